@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Regenerates vectors.txt: the shared wire-protocol test vectors (see ../PROTOCOL.md §6).
+
+This is an independent third encoder of the protocol (beside the C and Swift clients), written
+straight from the spec. Run it after changing the spec; commit the output.
+"""
+import math
+import struct
+import sys
+from pathlib import Path
+
+MAGIC = 0xF5
+KINDS = {"counter_add": 1, "gauge_set": 2, "gauge_add": 3, "histogram_observe": 4}
+
+
+def uvarint(n: int) -> bytes:
+    assert 0 <= n < 1 << 64
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def svarint(n: int) -> bytes:
+    assert -(1 << 63) <= n < 1 << 63
+    return uvarint(((n << 1) ^ (n >> 63)) & ((1 << 64) - 1))
+
+
+def string(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return uvarint(len(b)) + b
+
+
+def value(v: float) -> tuple[int, bytes]:
+    """Canonical form choice (PROTOCOL.md §3)."""
+    if math.isfinite(v) and v == math.floor(v):
+        if 0 <= v < 2**64:
+            return 0, uvarint(int(v))
+        if -(2**63) <= v < 0:
+            return 1, svarint(int(v))
+    return 2, struct.pack("<d", v)
+
+
+class Batch:
+    def __init__(self, drops: int = 0):
+        self.out = bytearray([MAGIC])
+        if drops:
+            self.out += b"\x02" + uvarint(drops)
+        self.series: dict[tuple, int] = {}
+
+    def call(self, kind: str, name: str, v: float, labels: list[tuple[str, str]]):
+        key = (name, tuple(labels))
+        if key not in self.series:
+            self.series[key] = len(self.series)
+            rec = b"\x01" + string(name) + uvarint(len(labels))
+            for ln, lv in labels:
+                rec += string(ln) + string(lv)
+            self.out += rec
+        form, enc = value(v)
+        self.out += bytes([KINDS[kind] << 4 | form]) + uvarint(self.series[key]) + enc
+
+
+def tok(s: str) -> str:
+    out = []
+    for b in s.encode("utf-8"):
+        c = chr(b)
+        if 0x21 <= b <= 0x7E and c not in "%=":
+            out.append(c)
+        else:
+            out.append("%%%02X" % b)
+    return "".join(out)
+
+
+def fmt_value(v: float) -> str:
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if v == 0 and math.copysign(1.0, v) < 0:
+        return "-0"
+    if v == math.floor(v) and abs(v) < 2**64:
+        return str(int(v))
+    return repr(v)
+
+
+VALID = [
+    ("counter_one_no_labels", 0, [("counter_add", "p2p.image.downloads.total", 1, [])]),
+    ("counter_labels_and_histogram", 0, [
+        ("counter_add", "p2p.cache.hits", 1, [("cache_type", "chunk")]),
+        ("histogram_observe", "p2p.transfer.duration", 0.25, []),
+    ]),
+    ("gauge_add_negative_with_drops", 3, [("gauge_add", "p2p.transfers.active", -1, [])]),
+    ("seed_import_success", 0, [
+        ("counter_add", "p2p.image.imports.total", 1, [("artifact_type", "microvm")]),
+        ("counter_add", "p2p.bytes_transferred.total", 1073741824, [("artifact_type", "microvm")]),
+    ]),
+    ("seed_import_failure", 0, [
+        ("counter_add", "p2p.image.imports.total", 1, [("artifact_type", "container")]),
+        ("counter_add", "p2p.image.imports.failed", 1, [("artifact_type", "container")]),
+    ]),
+    ("series_reused_in_batch", 0, [
+        ("counter_add", "p2p.chunks_transferred.total", 1, []),
+        ("counter_add", "p2p.bytes_transferred.total", 65536, []),
+        ("counter_add", "p2p.chunks_transferred.total", 1, []),
+        ("counter_add", "p2p.bytes_transferred.total", 4096, []),
+        ("counter_add", "p2p.chunks_deduplicated.total", 1, []),
+    ]),
+    ("label_order_is_part_of_the_series_record", 0, [
+        ("counter_add", "jobs", 1, [("a", "1"), ("b", "2")]),
+        ("counter_add", "jobs", 2, [("b", "2"), ("a", "1")]),
+    ]),
+    ("float_values", 0, [
+        ("counter_add", "work.seconds", 0.5, []),
+        ("gauge_set", "temperature", -12.75, [("sensor", "cpu")]),
+        ("gauge_add", "temperature", 0.125, [("sensor", "cpu")]),
+        ("histogram_observe", "p2p.transfer.duration", 1e-3, []),
+    ]),
+    ("gauge_set_special_values", 0, [
+        ("gauge_set", "g", float("inf"), []),
+        ("gauge_set", "g", float("-inf"), []),
+        ("gauge_set", "g", float("nan"), []),
+        ("gauge_set", "g", -0.0, []),
+    ]),
+    ("integer_extremes", 0, [
+        ("counter_add", "big", 18446744073709549568, []),  # 2^64 - 2048, the largest double < 2^64
+        ("gauge_add", "g", -9223372036854775808, []),
+        ("gauge_set", "g", 127, []),
+        ("gauge_set", "g", 128, []),
+        ("gauge_set", "g", 16384, []),
+        ("gauge_set", "g", 18446744073709551616.0, []),  # 2^64: not representable as uvarint, f64
+    ]),
+    ("utf8_and_escapes_in_label_values", 0, [
+        ("counter_add", "p2p.verification.failed", 1,
+         [("verification_type", 'nar "hash"\\\n'), ("node", "nœud-é=日本 x")]),
+    ]),
+    ("empty_label_value", 0, [("gauge_set", "p2p.transfers.active", 0, [("node", "")])]),
+    ("many_labels", 0, [("counter_add", "wide", 7, [("l%d" % i, "v%d" % i) for i in range(16)])]),
+    ("drops_large", 300, [("counter_add", "c", 2, [])]),
+    ("seed_download_failure", 0, [
+        ("counter_add", "p2p.image.downloads.total", 1, []),
+        ("counter_add", "p2p.image.downloads.failed", 1, []),
+        ("histogram_observe", "p2p.transfer.duration", 12.5, []),
+    ]),
+    ("seed_transfer_guard", 0, [
+        ("gauge_add", "p2p.transfers.active", 1, []),
+        ("gauge_add", "p2p.transfers.active", -1, []),
+        ("histogram_observe", "p2p.transfer.duration", 3.75, []),
+    ]),
+]
+
+
+def s(x: str) -> bytes:
+    return string(x)
+
+
+SERIES_C = b"\x01" + s("c") + b"\x00"
+# (id, bytes, reason)
+REJECT = [
+    ("empty", bytes([MAGIC]), "empty"),
+    ("bad_magic", bytes([0xF6]) + SERIES_C + b"\x10\x00\x01", "bad_magic"),
+    ("truncated_name", bytes([MAGIC, 0x01, 0x05]) + b"ab", "truncated"),
+    ("truncated_value", bytes([MAGIC]) + SERIES_C + b"\x12\x00\x00\x00\x00", "truncated"),
+    ("truncated_varint", bytes([MAGIC]) + SERIES_C + b"\x10\x00\x80", "truncated"),
+    ("varint_too_long", bytes([MAGIC]) + SERIES_C + b"\x10\x00" + b"\xff" * 10 + b"\x01", "bad_varint"),
+    ("varint_overflow", bytes([MAGIC]) + SERIES_C + b"\x10\x00" + b"\xff" * 9 + b"\x02", "bad_varint"),
+    ("varint_not_minimal", bytes([MAGIC]) + SERIES_C + b"\x10\x00\x81\x00", "bad_varint"),
+    ("absurd_name_length", bytes([MAGIC, 0x01]) + uvarint(2**63) + b"x", "truncated"),
+    ("bad_utf8_value", bytes([MAGIC, 0x01]) + s("c") + b"\x01" + s("l") + b"\x02\xc3\x28" + b"\x10\x00\x01", "bad_utf8"),
+    ("overlong_utf8", bytes([MAGIC, 0x01]) + s("c") + b"\x01" + s("l") + b"\x02\xc0\xaf" + b"\x10\x00\x01", "bad_utf8"),
+    ("surrogate_utf8", bytes([MAGIC, 0x01]) + s("c") + b"\x01" + s("l") + b"\x03\xed\xa0\x80" + b"\x10\x00\x01", "bad_utf8"),
+    ("unknown_record", bytes([MAGIC]) + SERIES_C + b"\x07\x00\x01", "unknown_record"),
+    ("unknown_form", bytes([MAGIC]) + SERIES_C + b"\x13\x00\x01", "unknown_record"),
+    ("reserved_kind", bytes([MAGIC]) + SERIES_C + b"\x50\x00\x01", "unknown_record"),
+    ("forward_series_ref", bytes([MAGIC]) + b"\x10\x00\x01" + SERIES_C, "bad_series_ref"),
+    ("series_ref_out_of_range", bytes([MAGIC]) + SERIES_C + b"\x10\x01\x01", "bad_series_ref"),
+    ("metric_name_starts_with_digit", bytes([MAGIC, 0x01]) + s("1abc") + b"\x00\x10\x00\x01", "bad_metric_name"),
+    ("metric_name_with_dash", bytes([MAGIC, 0x01]) + s("p2p-x") + b"\x00\x10\x00\x01", "bad_metric_name"),
+    ("empty_metric_name", bytes([MAGIC, 0x01]) + s("") + b"\x00\x10\x00\x01", "bad_metric_name"),
+    ("reserved_metric_name", bytes([MAGIC, 0x01]) + s("p2pmetricsd.series") + b"\x00\x10\x00\x01", "reserved_name"),
+    ("bad_label_name", bytes([MAGIC, 0x01]) + s("c") + b"\x01" + s("cache-type") + s("x") + b"\x10\x00\x01", "bad_label_name"),
+    ("double_underscore_label", bytes([MAGIC, 0x01]) + s("c") + b"\x01" + s("__name__") + s("x") + b"\x10\x00\x01", "bad_label_name"),
+    ("duplicate_label", bytes([MAGIC, 0x01]) + s("c") + b"\x02" + s("a") + s("1") + s("a") + s("2") + b"\x10\x00\x01", "duplicate_label"),
+    ("le_label_on_histogram", bytes([MAGIC, 0x01]) + s("h") + b"\x01" + s("le") + s("1") + b"\x42\x00" + struct.pack("<d", 1.0), "reserved_label"),
+    ("name_too_long", bytes([MAGIC, 0x01]) + s("n" * 201) + b"\x00\x10\x00\x01", "too_long"),
+    ("label_value_too_long", bytes([MAGIC, 0x01]) + s("c") + b"\x01" + s("l") + s("v" * 1025) + b"\x10\x00\x01", "too_long"),
+    ("too_many_labels", bytes([MAGIC, 0x01]) + s("c") + b"\x11" + b"".join(s("l%d" % i) + s("v") for i in range(17)) + b"\x10\x00\x01", "too_many_labels"),
+    ("negative_counter_svarint", bytes([MAGIC]) + SERIES_C + b"\x11\x00\x01", "negative_counter"),
+    ("negative_counter_float", bytes([MAGIC]) + SERIES_C + b"\x12\x00" + struct.pack("<d", -0.5), "negative_counter"),
+    ("counter_nan", bytes([MAGIC]) + SERIES_C + b"\x12\x00" + struct.pack("<d", float("nan")), "non_finite"),
+    ("counter_inf", bytes([MAGIC]) + SERIES_C + b"\x12\x00" + struct.pack("<d", float("inf")), "non_finite"),
+    ("gauge_add_nan", bytes([MAGIC]) + SERIES_C + b"\x32\x00" + struct.pack("<d", float("nan")), "non_finite"),
+    ("histogram_neg_inf", bytes([MAGIC]) + SERIES_C + b"\x42\x00" + struct.pack("<d", float("-inf")), "non_finite"),
+    ("good_then_bad_applies_nothing", bytes([MAGIC]) + SERIES_C + b"\x10\x00\x05" + b"\x10\x00\x80", "truncated"),
+]
+
+
+def main() -> None:
+    lines = [
+        "# p2pmetricsd wire protocol v1 test vectors. Generated by gen_vectors.py; do not edit.",
+        "# Format: ../PROTOCOL.md section 6.",
+        "",
+    ]
+    for vid, drops, calls in VALID:
+        b = Batch(drops)
+        lines.append("vector " + vid)
+        if drops:
+            lines.append("drops %d" % drops)
+        for kind, name, v, labels in calls:
+            v = float(v) if not isinstance(v, int) or abs(v) >= 2**53 else v
+            b.call(kind, name, float(v), labels)
+            parts = ["call", kind, tok(name), fmt_value(float(v))]
+            parts += [tok(k) + "=" + tok(val) for k, val in labels]
+            lines.append(" ".join(parts))
+        lines.append("bytes " + bytes(b.out).hex())
+        lines.append("end")
+        lines.append("")
+    for rid, data, reason in REJECT:
+        lines.append("reject " + rid)
+        lines.append("bytes " + data.hex())
+        lines.append("reason " + reason)
+        lines.append("end")
+        lines.append("")
+    out = Path(__file__).with_name("vectors.txt")
+    out.write_text("\n".join(lines))
+    print("wrote %s (%d valid, %d reject)" % (out, len(VALID), len(REJECT)), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
