@@ -1,0 +1,118 @@
+#define _GNU_SOURCE 1
+#include "datagram_socket.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define MAX_BATCH 64
+
+int p2pmd_receive_batch(int fd, p2pmd_datagram *slots, unsigned count, int credentials) {
+    struct mmsghdr messages[MAX_BATCH];
+    struct iovec vectors[MAX_BATCH];
+    union {
+        char buffer[CMSG_SPACE(sizeof(struct ucred))];
+        struct cmsghdr align;
+    } control[MAX_BATCH];
+
+    if (count > MAX_BATCH) count = MAX_BATCH;
+    memset(messages, 0, sizeof(messages[0]) * count);
+    for (unsigned i = 0; i < count; i++) {
+        vectors[i].iov_base = slots[i].buffer;
+        vectors[i].iov_len = slots[i].capacity;
+        messages[i].msg_hdr.msg_iov = &vectors[i];
+        messages[i].msg_hdr.msg_iovlen = 1;
+        if (credentials) {
+            messages[i].msg_hdr.msg_control = control[i].buffer;
+            messages[i].msg_hdr.msg_controllen = sizeof(control[i].buffer);
+        }
+    }
+    int n = recvmmsg(fd, messages, count, MSG_DONTWAIT, NULL);
+    if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
+    for (int i = 0; i < n; i++) {
+        p2pmd_datagram *slot = &slots[i];
+        slot->length = messages[i].msg_len;
+        slot->truncated = (messages[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+        slot->has_credentials = 0;
+        if (!credentials) continue;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&messages[i].msg_hdr); c; c = CMSG_NXTHDR(&messages[i].msg_hdr, c)) {
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS &&
+                c->cmsg_len == CMSG_LEN(sizeof(struct ucred))) {
+                struct ucred cred;
+                memcpy(&cred, CMSG_DATA(c), sizeof(cred));
+                slot->has_credentials = 1;
+                slot->pid = cred.pid;
+                slot->uid = cred.uid;
+                slot->gid = cred.gid;
+            }
+        }
+    }
+    return n;
+}
+
+int p2pmd_enable_credentials(int fd) {
+    int on = 1;
+    return setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) == 0 ? 0 : -errno;
+}
+
+int p2pmd_set_receive_buffer(int fd, int bytes) {
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) != 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+    int actual = 0;
+    socklen_t len = sizeof(actual);
+    if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &actual, &len) != 0) return -errno;
+    return actual;
+}
+
+int p2pmd_socket_type(int fd) {
+    int type = 0;
+    socklen_t len = sizeof(type);
+    return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0 ? type : -1;
+}
+
+int p2pmd_socket_family(int fd) {
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof(addr);
+    if (getsockname(fd, (struct sockaddr *)&addr, &len) != 0) return -1;
+    return addr.ss_family;
+}
+
+int p2pmd_set_nonblocking(int fd) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return -errno;
+    return 0;
+}
+
+int p2pmd_bind_datagram(const char *path, unsigned mode) {
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof(addr.sun_path)) return -ENAMETOOLONG;
+    memcpy(addr.sun_path, path, len + 1);
+
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) { close(fd); return -EEXIST; }
+        /* A live socket accepts a connect; a stale one refuses it. */
+        int probe = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (probe >= 0) {
+            int live = connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0;
+            close(probe);
+            if (live) { close(fd); return -EADDRINUSE; }
+        }
+        unlink(path);
+    }
+    mode_t old = umask(0777 & ~mode);
+    int rc = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
+    int err = errno;
+    umask(old);
+    if (rc != 0) { close(fd); return -err; }
+    if (chmod(path, mode) != 0) { err = errno; close(fd); unlink(path); return -err; }
+    return fd;
+}

@@ -1,0 +1,4 @@
+#ifndef P2PMETRICSD_CLIBUV_SHIM_H
+#define P2PMETRICSD_CLIBUV_SHIM_H
+#include <uv.h>
+#endif

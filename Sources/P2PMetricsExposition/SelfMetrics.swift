@@ -1,0 +1,95 @@
+import P2PMetricsStore
+import P2PMetricsWire
+
+/// The daemon's own health, exposed under the reserved `p2pmetricsd_` prefix.
+public struct SelfMetrics: Sendable {
+    public var version: String
+    public var statistics: IngestStatistics
+    public var liveSeries: Int
+    public var seriesMemoryBytes: Int
+    /// How long the previous complete scrape took to render and send, in seconds.
+    public var lastScrapeDurationSeconds: Double
+    public var scrapesTotal: UInt64
+    /// HTTP responses sent, by status code.
+    public var httpResponses: [(code: Int, count: UInt64)]
+    public var startTimeSeconds: Double
+
+    public init(
+        version: String, statistics: IngestStatistics, liveSeries: Int, seriesMemoryBytes: Int,
+        lastScrapeDurationSeconds: Double, scrapesTotal: UInt64, httpResponses: [(code: Int, count: UInt64)],
+        startTimeSeconds: Double
+    ) {
+        self.version = version
+        self.statistics = statistics
+        self.liveSeries = liveSeries
+        self.seriesMemoryBytes = seriesMemoryBytes
+        self.lastScrapeDurationSeconds = lastScrapeDurationSeconds
+        self.scrapesTotal = scrapesTotal
+        self.httpResponses = httpResponses
+        self.startTimeSeconds = startTimeSeconds
+    }
+
+    /// Appends every self-metric, with HELP and TYPE.
+    public func render(into out: inout [UInt8]) {
+        family("p2pmetricsd_build_info", "gauge", "Build information of the running p2pmetricsd.", &out)
+        line("p2pmetricsd_build_info{version=\"\(version)\",protocol=\"1\"}", 1, &out)
+
+        counter("p2pmetricsd_datagrams_received_total", "Datagrams read from the ingest socket, valid or not.",
+                statistics.datagramsReceived, &out)
+        counter("p2pmetricsd_bytes_received_total", "Bytes of all datagrams read from the ingest socket.",
+                statistics.bytesReceived, &out)
+        counter("p2pmetricsd_samples_applied_total", "Samples applied to series.", statistics.samplesApplied, &out)
+        counter("p2pmetricsd_client_dropped_datagrams_total",
+                "Datagrams clients reported in-band that they had to drop (socket full or sidecar absent).",
+                statistics.clientDroppedDatagrams, &out)
+
+        family("p2pmetricsd_datagrams_rejected_total", "counter",
+               "Datagrams refused whole, nothing of them applied, by reason.", &out)
+        for (i, reason) in DatagramRejection.allCases.enumerated() {
+            line("p2pmetricsd_datagrams_rejected_total{reason=\"\(reason.rawValue)\"}",
+                 Double(statistics.datagramsRejected[i]), &out)
+        }
+        family("p2pmetricsd_samples_rejected_total", "counter",
+               "Samples of valid datagrams refused because of the store's state, by reason.", &out)
+        for (i, reason) in SampleRejection.allCases.enumerated() {
+            line("p2pmetricsd_samples_rejected_total{reason=\"\(reason.rawValue)\"}",
+                 Double(statistics.samplesRejected[i]), &out)
+        }
+
+        gauge("p2pmetricsd_series", "Live series in the store.", Double(liveSeries), &out)
+        gauge("p2pmetricsd_series_memory_bytes", "Bytes held by the series tables.", Double(seriesMemoryBytes), &out)
+        gauge("p2pmetricsd_last_scrape_duration_seconds",
+              "Time the previous complete /metrics response took to render and send.", lastScrapeDurationSeconds, &out)
+        counter("p2pmetricsd_scrapes_total", "Completed /metrics responses.", scrapesTotal, &out)
+        family("p2pmetricsd_http_responses_total", "counter", "HTTP responses sent, by status code.", &out)
+        for (code, count) in httpResponses {
+            line("p2pmetricsd_http_responses_total{code=\"\(code)\"}", Double(count), &out)
+        }
+        gauge("p2pmetricsd_start_time_seconds", "Start time of the process since the Unix epoch, in seconds.",
+              startTimeSeconds, &out)
+    }
+
+    private func family(_ name: String, _ type: String, _ help: String, _ out: inout [UInt8]) {
+        TextFormat.appendHeader(name: name, help: help, type: type, to: &out)
+    }
+
+    private func line(_ series: String, _ value: Double, _ out: inout [UInt8]) {
+        out.append(contentsOf: series.utf8)
+        out.append(0x20)
+        TextFormat.appendValue(value, to: &out)
+        out.append(0x0A)
+    }
+
+    private func counter(_ name: String, _ help: String, _ value: UInt64, _ out: inout [UInt8]) {
+        family(name, "counter", help, &out)
+        out.append(contentsOf: name.utf8)
+        out.append(0x20)
+        TextFormat.appendDecimal(value, to: &out)
+        out.append(0x0A)
+    }
+
+    private func gauge(_ name: String, _ help: String, _ value: Double, _ out: inout [UInt8]) {
+        family(name, "gauge", help, &out)
+        line(name, value, &out)
+    }
+}

@@ -1,0 +1,82 @@
+import CDatagramSocket
+import CLibUV
+import Glibc
+import P2PMetricsStore
+import P2PMetricsWire
+
+/// Reads the ingest socket in batches (recvmmsg until EAGAIN) when libuv says it is readable,
+/// and hands each datagram to the store.
+final class IngestReceiver {
+    static let batchSize = 64
+    /// Batches per readiness callback before yielding to the rest of the loop (HTTP, timers).
+    static let batchesPerWakeup = 32
+
+    let fd: Int32
+    private let poll: UnsafeMutablePointer<uv_poll_t>
+    private var slots: UnsafeMutableBufferPointer<p2pmd_datagram>
+    private let buffers: UnsafeMutableRawPointer
+    private let apply: (UnsafeRawBufferPointer) -> Void
+    private let refuseTruncated: (Int) -> Void
+
+    init(
+        loop: UnsafeMutablePointer<uv_loop_t>, fd: Int32,
+        apply: @escaping (UnsafeRawBufferPointer) -> Void, refuseTruncated: @escaping (Int) -> Void
+    ) throws {
+        self.fd = fd
+        self.apply = apply
+        self.refuseTruncated = refuseTruncated
+        let slotSize = WireFormat.maxDatagramSize
+        buffers = UnsafeMutableRawPointer.allocate(byteCount: slotSize * Self.batchSize, alignment: 16)
+        slots = .allocate(capacity: Self.batchSize)
+        for i in 0..<Self.batchSize {
+            slots[i] = p2pmd_datagram(
+                buffer: buffers.advanced(by: i * slotSize).assumingMemoryBound(to: UInt8.self),
+                capacity: slotSize, length: 0, truncated: 0, has_credentials: 0, pid: 0, uid: 0, gid: 0)
+        }
+        poll = .allocate(capacity: 1)
+        _ = p2pmd_set_nonblocking(fd)
+        let rc = uv_poll_init(loop, poll, fd)
+        guard rc == 0 else {
+            poll.deallocate()
+            throw DaemonError("cannot watch the ingest socket: \(String(cString: uv_strerror(rc)))")
+        }
+        poll.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        uv_poll_start(poll, Int32(UV_READABLE.rawValue)) { handle, status, _ in
+            guard let handle, let data = handle.pointee.data else { return }
+            let receiver = Unmanaged<IngestReceiver>.fromOpaque(data).takeUnretainedValue()
+            _ = receiver.drain(maxBatches: IngestReceiver.batchesPerWakeup)
+        }
+    }
+
+    /// Receives and applies up to `maxBatches` batches; returns true when the socket is empty.
+    @discardableResult
+    func drain(maxBatches: Int) -> Bool {
+        for _ in 0..<maxBatches {
+            let n = p2pmd_receive_batch(fd, slots.baseAddress, UInt32(Self.batchSize), 0)
+            if n <= 0 { return true }
+            for i in 0..<Int(n) {
+                let slot = slots[i]
+                if slot.truncated != 0 {
+                    refuseTruncated(slot.length)
+                } else {
+                    apply(UnsafeRawBufferPointer(start: slot.buffer, count: slot.length))
+                }
+            }
+            if n < Self.batchSize { return true }
+        }
+        return false
+    }
+
+    /// Stops watching; the handle is freed by libuv's close callback.
+    func close() {
+        uv_poll_stop(poll)
+        poll.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { handle in
+            uv_close(handle) { handle in handle?.deallocate() }
+        }
+    }
+
+    deinit {
+        buffers.deallocate()
+        slots.deallocate()
+    }
+}

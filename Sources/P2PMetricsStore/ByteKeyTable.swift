@@ -1,0 +1,108 @@
+/// An open-addressing hash table from byte strings to 32-bit values.
+///
+/// Keys live back to back in one arena, so a million keys cost a million slots and one buffer,
+/// not a million heap objects, and a lookup hashes and compares the caller's bytes in place
+/// without allocating. Hashing uses the standard library's randomly seeded SipHash, so hostile
+/// senders cannot aim collisions at it.
+struct ByteKeyTable {
+    private struct Slot {
+        /// 0 marks an empty slot; stored hashes always have their low bit set.
+        var hash: UInt32 = 0
+        var value: Int32 = 0
+        var offset: UInt32 = 0
+        var length: UInt32 = 0
+    }
+
+    private var slots: [Slot]
+    private var mask: Int
+    private(set) var count = 0
+    /// Every inserted key, in insertion order. Offsets into it are stable forever.
+    private(set) var arena: [UInt8] = []
+
+    init(minimumCapacity: Int = 16) {
+        var size = 16
+        while size < minimumCapacity * 2 { size <<= 1 }
+        slots = Array(repeating: Slot(), count: size)
+        mask = size - 1
+    }
+
+    static func hash(_ key: UnsafeRawBufferPointer) -> UInt32 {
+        var hasher = Hasher()
+        hasher.combine(bytes: key)
+        return UInt32(truncatingIfNeeded: hasher.finalize()) | 1
+    }
+
+    /// Bytes held: slots plus arena (for the series memory self-metric and limits).
+    var memoryFootprint: Int { slots.capacity * MemoryLayout<Slot>.stride + arena.capacity }
+
+    func find(_ key: UnsafeRawBufferPointer, hash: UInt32) -> Int32? {
+        slots.withUnsafeBufferPointer { slots in
+            arena.withUnsafeBytes { arena in
+                var i = Int(hash) & mask
+                while true {
+                    let slot = slots[i]
+                    if slot.hash == 0 { return nil }
+                    if slot.hash == hash, Int(slot.length) == key.count {
+                        let stored = UnsafeRawBufferPointer(rebasing: arena[Int(slot.offset)..<Int(slot.offset) + key.count])
+                        if key.count == 0 || memcmpEqual(stored, key) { return slot.value }
+                    }
+                    i = (i + 1) & mask
+                }
+            }
+        }
+    }
+
+    /// Inserts a key known to be absent; returns the arena offset its bytes were stored at.
+    @discardableResult
+    mutating func insert(_ key: UnsafeRawBufferPointer, hash: UInt32, value: Int32) -> Int {
+        if (count + 1) * 2 > slots.count { grow() }
+        let offset = arena.count
+        arena.append(contentsOf: key)
+        place(Slot(hash: hash, value: value, offset: UInt32(offset), length: UInt32(key.count)))
+        count += 1
+        return offset
+    }
+
+    /// The stored bytes of a key inserted at `offset`.
+    func withKey<R>(offset: Int, length: Int, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        arena.withUnsafeBytes { body(UnsafeRawBufferPointer(rebasing: $0[offset..<offset + length])) }
+    }
+
+    mutating func removeAll() {
+        for i in slots.indices { slots[i] = Slot() }
+        arena.removeAll(keepingCapacity: true)
+        count = 0
+    }
+
+    private mutating func place(_ slot: Slot) {
+        var i = Int(slot.hash) & mask
+        while slots[i].hash != 0 { i = (i + 1) & mask }
+        slots[i] = slot
+    }
+
+    private mutating func grow() {
+        let old = slots
+        slots = Array(repeating: Slot(), count: old.count * 2)
+        mask = slots.count - 1
+        for slot in old where slot.hash != 0 { place(slot) }
+    }
+}
+
+@inline(__always)
+func memcmpEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+    guard a.count == b.count else { return false }
+    guard let pa = a.baseAddress, let pb = b.baseAddress else { return a.count == 0 }
+    var i = 0
+    let n = a.count
+    while i + 8 <= n {
+        if pa.loadUnaligned(fromByteOffset: i, as: UInt64.self) != pb.loadUnaligned(fromByteOffset: i, as: UInt64.self) {
+            return false
+        }
+        i += 8
+    }
+    while i < n {
+        if pa.load(fromByteOffset: i, as: UInt8.self) != pb.load(fromByteOffset: i, as: UInt8.self) { return false }
+        i += 1
+    }
+    return true
+}

@@ -1,0 +1,59 @@
+import P2PMetricsWire
+
+/// Limits and metric knowledge of a store. Defaults are safe for a node sidecar.
+public struct StoreConfiguration: Sendable {
+    /// Series the store holds at most; a sample that would create one more is refused.
+    public var maxSeries: Int = 1_000_000
+    /// Series one metric holds at most.
+    public var maxSeriesPerMetric: Int = 250_000
+    /// Buckets of histograms that neither the catalog nor the configuration describes.
+    public var defaultBuckets: [Double] = Catalog.defaultBuckets
+    /// Metrics known up front: the seed's catalog plus configured ones (later entries win).
+    public var metrics: [MetricDescriptor] = Catalog.p2p
+    /// Entries of the cache from a datagram's series bytes to a series; bounded, cleared when full.
+    public var wireCacheCapacity: Int = 65_536
+
+    public init() {}
+}
+
+/// Why one sample of a valid datagram was refused. The raw value is the `reason` label of
+/// `p2pmetricsd_samples_rejected_total`.
+public enum SampleRejection: String, Sendable, CaseIterable {
+    /// The metric exists with another type.
+    case typeClash = "type_clash"
+    /// The store holds `maxSeries` series already.
+    case seriesLimit = "series_limit"
+    /// The metric holds `maxSeriesPerMetric` series already.
+    case metricSeriesLimit = "metric_series_limit"
+}
+
+/// The daemon's own ingest counters, exposed as `p2pmetricsd_*` self-metrics.
+public struct IngestStatistics: Sendable, Equatable {
+    public var datagramsReceived: UInt64 = 0
+    public var bytesReceived: UInt64 = 0
+    public var samplesApplied: UInt64 = 0
+    /// Datagrams clients reported in-band that they could not send.
+    public var clientDroppedDatagrams: UInt64 = 0
+    /// Indexed like `DatagramRejection.allCases`.
+    public var datagramsRejected = [UInt64](repeating: 0, count: DatagramRejection.allCases.count)
+    /// Indexed like `SampleRejection.allCases`.
+    public var samplesRejected = [UInt64](repeating: 0, count: SampleRejection.allCases.count)
+
+    public init() {}
+
+    public func rejected(_ reason: DatagramRejection) -> UInt64 {
+        datagramsRejected[DatagramRejection.allCases.firstIndex(of: reason) ?? 0]
+    }
+
+    public func rejected(_ reason: SampleRejection) -> UInt64 {
+        samplesRejected[SampleRejection.allCases.firstIndex(of: reason) ?? 0]
+    }
+
+    mutating func count(_ reason: DatagramRejection) {
+        datagramsRejected[DatagramRejection.allCases.firstIndex(of: reason) ?? 0] += 1
+    }
+
+    mutating func count(_ reason: SampleRejection) {
+        samplesRejected[SampleRejection.allCases.firstIndex(of: reason) ?? 0] += 1
+    }
+}

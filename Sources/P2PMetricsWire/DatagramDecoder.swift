@@ -1,0 +1,249 @@
+/// One series record of a datagram, as byte ranges into that datagram.
+public struct SeriesDefinition: Sendable {
+    /// The series' identity within the datagram: from the name's length prefix to the end of the
+    /// last label value. Equal bytes mean the same name and label list in the same order.
+    public var keyRange: Range<Int>
+    /// The metric name as sent (dots not yet mapped).
+    public var nameRange: Range<Int>
+    /// Where the first label's name length prefix starts.
+    public var labelsStart: Int
+    public var labelCount: Int
+    @usableFromInline var hasLELabel: Bool
+}
+
+/// One sample of a validated datagram.
+public struct Sample: Sendable, Equatable {
+    public var kind: SampleKind
+    /// Index into the datagram's series table.
+    public var series: Int
+    public var value: SampleValue
+
+    @inlinable
+    public init(kind: SampleKind, series: Int, value: SampleValue) {
+        self.kind = kind
+        self.series = series
+        self.value = value
+    }
+}
+
+/// Validates datagrams whole and then walks their samples.
+///
+/// `validate` checks every rule of PROTOCOL.md §1 and builds the datagram's series table; only if
+/// it returns `nil` may `samples(in:)` be used on the same bytes. The series table is kept between
+/// calls, so a long-lived decoder allocates nothing per datagram once warm.
+public struct DatagramDecoder: Sendable {
+    /// The series table of the last validated datagram.
+    public private(set) var series: [SeriesDefinition] = []
+    /// Sum of the `dropped` records of the last validated datagram.
+    public private(set) var droppedReported: UInt64 = 0
+    /// Number of samples in the last validated datagram.
+    public private(set) var sampleCount: Int = 0
+
+    public init() {
+        series.reserveCapacity(64)
+    }
+
+    /// Checks the whole datagram; returns the first reason it must be refused, or `nil`.
+    public mutating func validate(_ bytes: UnsafeRawBufferPointer) -> DatagramRejection? {
+        series.removeAll(keepingCapacity: true)
+        droppedReported = 0
+        sampleCount = 0
+        guard let first = bytes.first else { return .empty }
+        guard bytes.count <= WireFormat.maxDatagramSize else { return .oversized }
+        guard first == WireFormat.magic else { return first < 0x80 ? .unsupportedText : .badMagic }
+        guard bytes.count > 1 else { return .empty }
+
+        var reader = ByteReader(bytes, offset: 1)
+        while let tag = reader.readByte() {
+            switch tag {
+            case WireFormat.Tag.series:
+                if let reason = readSeries(&reader) { return reason }
+            case WireFormat.Tag.dropped:
+                switch reader.readVarint() {
+                case .failure(let reason): return reason
+                case .success(let n): droppedReported &+= n
+                }
+            default:
+                if let reason = readSample(tag: tag, &reader) { return reason }
+            }
+        }
+        return nil
+    }
+
+    private mutating func readSeries(_ reader: inout ByteReader) -> DatagramRejection? {
+        guard series.count < WireFormat.maxSeriesPerDatagram else { return .tooManySeries }
+        let keyStart = reader.offset
+        let name: Range<Int>
+        switch reader.readString(maxLength: WireFormat.maxMetricNameLength) {
+        case .failure(let reason): return reason
+        case .success(let r): name = r
+        }
+        if let reason = Names.validateMetricName(UnsafeRawBufferPointer(rebasing: reader.bytes[name])) {
+            return reason
+        }
+        let count: UInt64
+        switch reader.readVarint() {
+        case .failure(let reason): return reason
+        case .success(let n): count = n
+        }
+        guard count <= UInt64(WireFormat.maxLabelsPerSeries) else { return .tooManyLabels }
+        let labelsStart = reader.offset
+        var hasLE = false
+        for i in 0..<Int(count) {
+            let labelName: Range<Int>
+            switch reader.readString(maxLength: WireFormat.maxLabelNameLength) {
+            case .failure(let reason): return reason
+            case .success(let r): labelName = r
+            }
+            let nameBytes = UnsafeRawBufferPointer(rebasing: reader.bytes[labelName])
+            if let reason = Names.validateLabelName(nameBytes) { return reason }
+            switch reader.readString(maxLength: WireFormat.maxLabelValueLength) {
+            case .failure(let reason): return reason
+            case .success(let value):
+                guard Names.isValidUTF8(UnsafeRawBufferPointer(rebasing: reader.bytes[value])) else { return .badUTF8 }
+            }
+            // Duplicate check against the earlier names of this series (at most 15 of them).
+            var earlier = LabelCursor(reader.bytes, offset: labelsStart, count: i)
+            while let previous = earlier.next() {
+                if memEqual(reader.bytes, previous.name, labelName) { return .duplicateLabel }
+            }
+            if nameBytes.count == 2 && nameBytes[0] == 0x6C && nameBytes[1] == 0x65 { hasLE = true }
+        }
+        series.append(SeriesDefinition(
+            keyRange: keyStart..<reader.offset, nameRange: name, labelsStart: labelsStart,
+            labelCount: Int(count), hasLELabel: hasLE))
+        return nil
+    }
+
+    private mutating func readSample(tag: UInt8, _ reader: inout ByteReader) -> DatagramRejection? {
+        guard let kind = SampleKind(rawValue: tag >> 4), let form = ValueForm(rawValue: tag & 0x0F) else {
+            return .unknownRecord
+        }
+        let index: UInt64
+        switch reader.readVarint() {
+        case .failure(let reason): return reason
+        case .success(let n): index = n
+        }
+        guard index < UInt64(series.count) else { return .badSeriesRef }
+        if kind == .histogramObserve && series[Int(index)].hasLELabel { return .reservedLabel }
+        let value: SampleValue
+        switch form {
+        case .unsigned:
+            switch reader.readVarint() {
+            case .failure(let reason): return reason
+            case .success(let u): value = .unsigned(u)
+            }
+        case .signed:
+            switch reader.readVarint() {
+            case .failure(let reason): return reason
+            case .success(let u): value = .signed(Varint.unzigzag(u))
+            }
+        case .float64:
+            guard let d = reader.readFloat64() else { return .truncated }
+            value = .double(d)
+        }
+        if let reason = Self.check(value, for: kind) { return reason }
+        sampleCount += 1
+        return nil
+    }
+
+    /// The value rules of PROTOCOL.md §1.3.
+    @usableFromInline
+    static func check(_ value: SampleValue, for kind: SampleKind) -> DatagramRejection? {
+        switch (kind, value) {
+        case (.gaugeSet, _), (_, .unsigned):
+            return nil
+        case (.counterAdd, .signed(let s)):
+            return s < 0 ? .negativeCounter : nil
+        case (.counterAdd, .double(let d)):
+            if !d.isFinite { return .nonFinite }
+            return d < 0 ? .negativeCounter : nil
+        case (_, .signed):
+            return nil
+        case (_, .double(let d)):
+            return d.isFinite ? nil : .nonFinite
+        }
+    }
+
+    /// The samples of the datagram last accepted by `validate`, in order.
+    @inlinable
+    public func samples(in bytes: UnsafeRawBufferPointer) -> SampleCursor {
+        SampleCursor(bytes)
+    }
+
+    /// The labels of a series of the datagram last accepted by `validate`.
+    @inlinable
+    public func labels(of definition: SeriesDefinition, in bytes: UnsafeRawBufferPointer) -> LabelCursor {
+        LabelCursor(bytes, offset: definition.labelsStart, count: definition.labelCount)
+    }
+}
+
+@usableFromInline
+func memEqual(_ bytes: UnsafeRawBufferPointer, _ a: Range<Int>, _ b: Range<Int>) -> Bool {
+    guard a.count == b.count else { return false }
+    for k in 0..<a.count where bytes[a.lowerBound + k] != bytes[b.lowerBound + k] { return false }
+    return true
+}
+
+/// Walks the samples of an already validated datagram without re-checking it.
+public struct SampleCursor {
+    @usableFromInline var reader: ByteReader
+
+    @inlinable
+    init(_ bytes: UnsafeRawBufferPointer) {
+        reader = ByteReader(bytes, offset: 1)
+    }
+
+    @inlinable
+    public mutating func next() -> Sample? {
+        while let tag = reader.readByte() {
+            switch tag {
+            case WireFormat.Tag.series:
+                _ = reader.readString(maxLength: .max)
+                guard case .success(let count) = reader.readVarint() else { return nil }
+                for _ in 0..<count {
+                    _ = reader.readString(maxLength: .max)
+                    _ = reader.readString(maxLength: .max)
+                }
+            case WireFormat.Tag.dropped:
+                _ = reader.readVarint()
+            default:
+                guard let kind = SampleKind(rawValue: tag >> 4),
+                      case .success(let index) = reader.readVarint() else { return nil }
+                switch tag & 0x0F {
+                case ValueForm.unsigned.rawValue:
+                    guard case .success(let u) = reader.readVarint() else { return nil }
+                    return Sample(kind: kind, series: Int(index), value: .unsigned(u))
+                case ValueForm.signed.rawValue:
+                    guard case .success(let u) = reader.readVarint() else { return nil }
+                    return Sample(kind: kind, series: Int(index), value: .signed(Varint.unzigzag(u)))
+                default:
+                    guard let d = reader.readFloat64() else { return nil }
+                    return Sample(kind: kind, series: Int(index), value: .double(d))
+                }
+            }
+        }
+        return nil
+    }
+}
+
+/// Walks the (name, value) byte ranges of one series record.
+public struct LabelCursor {
+    @usableFromInline var reader: ByteReader
+    @usableFromInline var remaining: Int
+
+    @inlinable
+    init(_ bytes: UnsafeRawBufferPointer, offset: Int, count: Int) {
+        reader = ByteReader(bytes, offset: offset)
+        remaining = count
+    }
+
+    @inlinable
+    public mutating func next() -> (name: Range<Int>, value: Range<Int>)? {
+        guard remaining > 0,
+              case .success(let name) = reader.readString(maxLength: .max),
+              case .success(let value) = reader.readString(maxLength: .max) else { return nil }
+        remaining -= 1
+        return (name, value)
+    }
+}

@@ -1,0 +1,110 @@
+/// Why an encoder refused a sample: the same rules the daemon applies (PROTOCOL.md §1), checked at
+/// the caller so that one bad call cannot poison a whole batch.
+public struct EncodingError: Error, Sendable, Equatable {
+    public var reason: DatagramRejection
+    public init(_ reason: DatagramRejection) { self.reason = reason }
+}
+
+/// Builds one datagram in the canonical encoding (PROTOCOL.md §3).
+///
+/// Samples are appended in call order; a series record is written the first time a (name, label
+/// list) pair appears and referenced by index afterwards.
+public struct DatagramEncoder: Sendable {
+    /// The datagram so far (starts with the magic byte).
+    public private(set) var bytes: [UInt8]
+    /// The size the datagram may not exceed.
+    public let maxSize: Int
+    private var seriesIndex: [[UInt8]: Int] = [:]
+    private var scratch: [UInt8] = []
+
+    public init(maxSize: Int = WireFormat.defaultBatchSize) {
+        self.maxSize = min(max(maxSize, 64), WireFormat.maxDatagramSize)
+        bytes = [WireFormat.magic]
+        bytes.reserveCapacity(self.maxSize)
+    }
+
+    /// True when no record has been appended since the last reset.
+    public var isEmpty: Bool { bytes.count == 1 }
+
+    /// Starts a new datagram.
+    public mutating func reset() {
+        bytes.removeAll(keepingCapacity: true)
+        bytes.append(WireFormat.magic)
+        seriesIndex.removeAll(keepingCapacity: true)
+    }
+
+    /// Appends a drop report; must come before any other record to be canonical.
+    public mutating func appendDropped(_ count: UInt64) {
+        bytes.append(WireFormat.Tag.dropped)
+        Varint.append(count, to: &bytes)
+    }
+
+    /// Appends one sample. Returns `false`, leaving the datagram unchanged, when it does not fit;
+    /// throws when the sample breaks a protocol rule.
+    @discardableResult
+    public mutating func append(
+        _ kind: SampleKind, name: String, labels: some Collection<(String, String)> = [(String, String)](),
+        value: SampleValue
+    ) throws(EncodingError) -> Bool {
+        if let reason = DatagramDecoder.check(value, for: kind) { throw EncodingError(reason) }
+        try encodeSeriesKey(name: name, labels: labels, histogram: kind == .histogramObserve)
+        let existing = seriesIndex[scratch]
+        let index = existing ?? seriesIndex.count
+        guard existing != nil || seriesIndex.count < WireFormat.maxSeriesPerDatagram else { return false }
+
+        let mark = bytes.count
+        if existing == nil {
+            bytes.append(WireFormat.Tag.series)
+            bytes.append(contentsOf: scratch)
+        }
+        switch value {
+        case .unsigned(let u):
+            bytes.append(kind.rawValue << 4 | ValueForm.unsigned.rawValue)
+            Varint.append(UInt64(index), to: &bytes)
+            Varint.append(u, to: &bytes)
+        case .signed(let s):
+            bytes.append(kind.rawValue << 4 | ValueForm.signed.rawValue)
+            Varint.append(UInt64(index), to: &bytes)
+            Varint.append(Varint.zigzag(s), to: &bytes)
+        case .double(let d):
+            bytes.append(kind.rawValue << 4 | ValueForm.float64.rawValue)
+            Varint.append(UInt64(index), to: &bytes)
+            withUnsafeBytes(of: d.bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
+        }
+        guard bytes.count <= maxSize else {
+            bytes.removeSubrange(mark...)
+            return false
+        }
+        if existing == nil { seriesIndex[scratch] = index }
+        return true
+    }
+
+    /// Writes name and labels of a series record (without its tag) into `scratch`, validating them.
+    private mutating func encodeSeriesKey(
+        name: String, labels: some Collection<(String, String)>, histogram: Bool
+    ) throws(EncodingError) {
+        scratch.removeAll(keepingCapacity: true)
+        let nameUTF8 = Array(name.utf8)
+        guard nameUTF8.count <= WireFormat.maxMetricNameLength else { throw EncodingError(.tooLong) }
+        if let reason = nameUTF8.withUnsafeBytes({ Names.validateMetricName($0) }) { throw EncodingError(reason) }
+        Varint.append(UInt64(nameUTF8.count), to: &scratch)
+        scratch.append(contentsOf: nameUTF8)
+        guard labels.count <= WireFormat.maxLabelsPerSeries else { throw EncodingError(.tooManyLabels) }
+        Varint.append(UInt64(labels.count), to: &scratch)
+        var seen: [[UInt8]] = []
+        for (labelName, labelValue) in labels {
+            let nameUTF8 = Array(labelName.utf8)
+            guard nameUTF8.count <= WireFormat.maxLabelNameLength else { throw EncodingError(.tooLong) }
+            if let reason = nameUTF8.withUnsafeBytes({ Names.validateLabelName($0) }) { throw EncodingError(reason) }
+            if seen.contains(nameUTF8) { throw EncodingError(.duplicateLabel) }
+            if histogram && labelName == "le" { throw EncodingError(.reservedLabel) }
+            seen.append(nameUTF8)
+            let valueUTF8 = labelValue.utf8
+            guard valueUTF8.count <= WireFormat.maxLabelValueLength else { throw EncodingError(.tooLong) }
+            Varint.append(UInt64(nameUTF8.count), to: &scratch)
+            scratch.append(contentsOf: nameUTF8)
+            Varint.append(UInt64(valueUTF8.count), to: &scratch)
+            scratch.append(contentsOf: valueUTF8)
+        }
+    }
+}
