@@ -1,0 +1,51 @@
+# p2pmetricsd — developer entry points. `make run` and `make test` are the README's two commands:
+# each installs what it needs (Debian packages, Python packages) before doing its job.
+
+SHELL := /bin/bash
+APT_PACKAGES := pkg-config libuv1-dev libsystemd-dev prometheus systemd python3 curl
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SWIFT_BUILD_FLAGS ?=
+ARGS ?=
+
+.PHONY: all deps build release run test test-swift test-c test-integration clean
+
+all: build
+
+## Installs the Debian and Python packages the daemon and its tests need (once).
+deps:
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+		echo "installing Debian packages: $(APT_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+	@python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install -q pytest 2>/dev/null \
+		|| (DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-pytest >/dev/null)
+
+build: deps
+	swift build $(SWIFT_BUILD_FLAGS)
+
+release: deps
+	swift build -c release
+
+## Builds and runs the sidecar in the foreground (Ctrl-C stops it). Extra flags: make run ARGS="--listen 0.0.0.0:9478"
+run: release
+	.build/release/p2pmetricsd $(ARGS)
+
+## Runs every test: Swift unit tests, C client tests (plain and sanitized), integration tests
+## against the built binary, a real Prometheus and systemd's tools.
+test: build
+	$(MAKE) test-swift
+	$(MAKE) test-c
+	$(MAKE) test-integration
+
+test-swift:
+	swift test $(SWIFT_BUILD_FLAGS)
+
+test-c:
+	$(MAKE) -C Clients/c test
+
+test-integration:
+	python3 -m pytest -q -p no:cacheprovider Tests/integration
+
+clean:
+	rm -rf .build
+	$(MAKE) -C Clients/c clean
