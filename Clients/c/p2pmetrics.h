@@ -1,0 +1,200 @@
+/*
+ * p2pmetrics.h - C client of p2pmetricsd, the metrics sidecar of p2p VM image clusters.
+ *
+ * One header, one C11 source file, libc (and pthread, part of glibc) only. Samples are encoded in
+ * the binary wire protocol v1 (Clients/PROTOCOL.md) and sent as datagrams to the sidecar's Unix
+ * datagram socket. Nothing here ever blocks the caller, prints, aborts or allocates per call.
+ *
+ * Socket path: the path given to p2pm_open(); with NULL, the value of the environment variable
+ * P2PM_SOCKET when it is set and non-empty, else P2PM_DEFAULT_SOCKET
+ * ("/run/p2pmetricsd/ingest.sock").
+ *
+ * Clients: every function taking a p2pm_client * accepts NULL, meaning the process-wide default
+ * client, opened lazily (with a NULL path) on first use and kept until the process exits. A
+ * client is thread-safe: any number of threads may use one client concurrently.
+ *
+ * Sending: by default every call sends its samples at once, as one datagram. Between
+ * p2pm_batch_begin() and p2pm_batch_end() samples are packed into datagrams of at most
+ * P2PM_MAX_DATAGRAM bytes instead; a full datagram is sent when the next sample does not fit,
+ * and p2pm_flush()/p2pm_batch_end() send the rest. The helpers (p2pm_record_*, the transfer
+ * guard) always put all the samples of one call into the same datagram, so they are applied
+ * atomically.
+ *
+ * Drops: when the socket buffer is full, or the sidecar is absent, the datagram is dropped and
+ * counted. The count of drops not yet reported travels in-band, as the first record of the next
+ * datagram that is sent successfully, so the sidecar exposes it as
+ * p2pmetricsd_client_dropped_datagrams_total. While the sidecar is absent, the client tries to
+ * connect again at most once every P2PM_RECONNECT_MS milliseconds (CLOCK_MONOTONIC).
+ *
+ * Errors: functions returning int return 0 on success or a negative errno value:
+ *   -EINVAL        invalid metric name, label name or value, label value, label list or value
+ *                  (PROTOCOL.md sections 1.3-1.5); nothing is sent and nothing is counted
+ *   -EMSGSIZE      the samples of this call cannot fit in one datagram; nothing is sent
+ *   -EAGAIN        the socket buffer was full: the datagram was dropped (and counted)
+ *   -ENOENT, -ECONNREFUSED, other connect()/send() errors
+ *                  the sidecar is absent: the datagram was dropped (and counted)
+ *   -ENOMEM etc.   the default client could not be opened (errors of p2pm_open())
+ * A return value always tells the fate of the call's own samples, so retrying a call that returned
+ * -EAGAIN never duplicates anything. In batch mode a sample call returns 0 once its samples are
+ * buffered: a full batch it had to send first is not its samples, and a failure of that send is
+ * counted (p2pm_dropped()) and reported in-band like any drop; p2pm_batch_end() and p2pm_flush()
+ * return the error of the datagram they send.
+ */
+#ifndef P2PMETRICS_H
+#define P2PMETRICS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define P2PM_VERSION "1.0.0"
+/** Socket path used when neither a path nor $P2PM_SOCKET is given. */
+#define P2PM_DEFAULT_SOCKET "/run/p2pmetricsd/ingest.sock"
+/** Environment variable naming the socket path when p2pm_open() gets NULL. */
+#define P2PM_SOCKET_ENV "P2PM_SOCKET"
+/** Largest datagram the client sends, in bytes (drop report included). */
+#define P2PM_MAX_DATAGRAM 8192
+/** Minimum interval between two connection attempts to an absent sidecar, in milliseconds. */
+#define P2PM_RECONNECT_MS 100
+
+/** A connection to the sidecar: opaque, one allocation made by p2pm_open(). */
+typedef struct p2pm_client p2pm_client;
+
+/** One label. name: 1-100 bytes of [A-Za-z_][A-Za-z0-9_]*, not starting with "__";
+ *  value: 0-1024 bytes of valid UTF-8. At most 16 labels per sample, no repeated names.
+ *  Label order matters for packing only (the sidecar treats any order as the same series). */
+typedef struct {
+    const char *name;
+    const char *value;
+} p2pm_label;
+
+/* ---- Clients ---------------------------------------------------------------------------- */
+
+/**
+ * Opens a client for the socket at socket_path (NULL: $P2PM_SOCKET, else P2PM_DEFAULT_SOCKET).
+ * Allocates the client once. An absent sidecar is not an error: the client connects when the
+ * socket appears. Returns NULL with errno set on failure (ENOMEM, ENAMETOOLONG when the path
+ * does not fit in a sockaddr_un, EINVAL for an empty path, or an error of socket()).
+ */
+p2pm_client *p2pm_open(const char *socket_path);
+
+/** Size in bytes of the memory p2pm_open_in() needs. */
+size_t p2pm_client_size(void);
+
+/**
+ * Like p2pm_open(), but builds the client in caller-provided memory of at least
+ * p2pm_client_size() bytes, aligned like max_align_t (e.g. from malloc, or a static buffer
+ * declared with _Alignas(max_align_t)). No allocation at all. Returns mem, or NULL with errno set
+ * (EINVAL when mem is NULL or size too small). Close it with p2pm_close(), then free mem.
+ */
+p2pm_client *p2pm_open_in(void *mem, size_t size, const char *socket_path);
+
+/**
+ * Sends what is pending (best effort), closes the socket and frees the client (if p2pm_open()
+ * allocated it). No other thread may use the client during or after this call. NULL does
+ * nothing: the default client lives until the process exits (use p2pm_flush(NULL)).
+ */
+void p2pm_close(p2pm_client *c);
+
+/**
+ * Total number of datagrams this client dropped since it was opened (reported or not). 0 for a
+ * default client (NULL) that was never opened.
+ */
+uint64_t p2pm_dropped(p2pm_client *c);
+
+/* ---- Samples ---------------------------------------------------------------------------- */
+/* name: 1-200 bytes of [A-Za-z_:][A-Za-z0-9_:.]*, whose exposed form (dots replaced by
+ * underscores) does not start with "p2pmetricsd_". labels may be NULL when n_labels is 0. */
+
+/** Adds value (finite, >= 0) to the counter name{labels}. */
+int p2pm_counter_add(p2pm_client *c, const char *name, double value,
+                     const p2pm_label *labels, size_t n_labels);
+
+/** Adds an exact 64-bit integer to the counter name{labels} (byte counts past 2^53). */
+int p2pm_counter_add_u64(p2pm_client *c, const char *name, uint64_t value,
+                         const p2pm_label *labels, size_t n_labels);
+
+/** Sets the gauge name{labels} to value (any value, NaN and infinities included). */
+int p2pm_gauge_set(p2pm_client *c, const char *name, double value,
+                   const p2pm_label *labels, size_t n_labels);
+
+/** Adds delta (finite, may be negative) to the gauge name{labels} (an up-down counter). */
+int p2pm_gauge_add(p2pm_client *c, const char *name, double delta,
+                   const p2pm_label *labels, size_t n_labels);
+
+/** Records one observation of value (finite) into the histogram name{labels}; a histogram may
+ *  not have a label named "le". */
+int p2pm_histogram_observe(p2pm_client *c, const char *name, double value,
+                           const p2pm_label *labels, size_t n_labels);
+
+/* ---- Batching --------------------------------------------------------------------------- */
+
+/**
+ * Starts batch mode: later samples, from any thread, are packed into shared datagrams instead of
+ * being sent one call at a time. Calls nest; only the outermost p2pm_batch_end() ends the batch.
+ * Returns 0, or an error of the default client.
+ */
+int p2pm_batch_begin(p2pm_client *c);
+
+/** Ends batch mode (the outermost call sends what is pending, see p2pm_flush()). Returns 0 or
+ *  the error of that send; -EINVAL without a matching p2pm_batch_begin(). */
+int p2pm_batch_end(p2pm_client *c);
+
+/** Sends the pending samples now, if any. Returns 0 (also when nothing was pending) or the
+ *  send's error (the datagram was then dropped and counted). */
+int p2pm_flush(p2pm_client *c);
+
+/* ---- P2P helpers (the seed's metrics_otel functions, one datagram each) ------------------ */
+
+/** p2p.image.imports.total{artifact_type} += 1; on failure p2p.image.imports.failed
+ *  {artifact_type} += 1; on success with size_bytes > 0 p2p.bytes_transferred.total
+ *  {artifact_type} += size_bytes. artifact_type: microvm, container, storepath, closure... */
+int p2pm_record_image_import(p2pm_client *c, const char *artifact_type, bool success,
+                             uint64_t size_bytes);
+
+/** p2p.image.downloads.total += 1; on failure p2p.image.downloads.failed += 1;
+ *  p2p.transfer.duration observes duration_secs (finite). image_id is not sent (may be NULL). */
+int p2pm_record_image_download(p2pm_client *c, const char *image_id, bool success,
+                               double duration_secs);
+
+/** deduplicated: p2p.chunks_deduplicated.total += 1; else p2p.chunks_transferred.total += 1 and
+ *  p2p.bytes_transferred.total += chunk_size (no labels). */
+int p2pm_record_chunk_transfer(p2pm_client *c, uint64_t chunk_size, bool deduplicated);
+
+/** p2p.verification.success{verification_type} or p2p.verification.failed{verification_type}
+ *  += 1. verification_type: nar_hash, chunk_hash... */
+int p2pm_record_verification(p2pm_client *c, bool success, const char *verification_type);
+
+/** p2p.cache.hits{cache_type} or p2p.cache.misses{cache_type} += 1. cache_type: chunk,
+ *  vm_image... */
+int p2pm_record_cache_access(p2pm_client *c, bool hit, const char *cache_type);
+
+/** An active transfer, returned by value by p2pm_transfer_start(). */
+typedef struct {
+    p2pm_client *client;   /* the client given to p2pm_transfer_start() (NULL: default) */
+    struct timespec start; /* CLOCK_MONOTONIC time of the start */
+    int active;            /* 1 until p2pm_transfer_end() */
+    int err;               /* result of sending the start's p2p.transfers.active += 1 */
+} p2pm_transfer;
+
+/** Starts a transfer: p2p.transfers.active += 1, and notes the monotonic start time. */
+p2pm_transfer p2pm_transfer_start(p2pm_client *c);
+
+/**
+ * Ends a transfer, in one datagram: p2p.transfers.active -= 1 and p2p.transfer.duration observes
+ * the seconds elapsed since the start. Ending a transfer again, or a zeroed p2pm_transfer, does
+ * nothing and returns 0. When the start's += 1 could not be sent (t->err != 0), only the duration
+ * is recorded, so the gauge never goes below zero. Returns 0 or the error of the send.
+ */
+int p2pm_transfer_end(p2pm_transfer *t);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* P2PMETRICS_H */

@@ -1,0 +1,500 @@
+/*
+ * test_client.c - behaviour of the C client against a receiver socket bound here: validation,
+ * datagram size limits, batching, series reuse, drops and their in-band report, reconnection,
+ * threads, the default client, caller-provided memory and the transfer guard.
+ */
+#include "testutil.h"
+
+#include <math.h>
+#include <pthread.h>
+
+static unsigned char buf[65536];
+
+/* Receives every queued datagram and decodes it into d; returns how many there were. */
+static int collect(struct receiver *r, struct decoded *d, int timeout_ms)
+{
+    int n = 0;
+    ssize_t len;
+    while ((len = receiver_recv(r, buf, sizeof buf, n ? 0 : timeout_ms)) > 0) {
+        CHECK(len <= P2PM_MAX_DATAGRAM);
+        CHECK_EQ_INT(decode(buf, (size_t)len, d), 0);
+        n++;
+    }
+    return n;
+}
+
+static void test_validation(void)
+{
+    struct receiver r;
+    receiver_open(&r, 1);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    char long_name[202], long_value[1026], long_label[102];
+    memset(long_name, 'n', 201), long_name[201] = 0;
+    memset(long_value, 'v', 1025), long_value[1025] = 0;
+    memset(long_label, 'l', 101), long_label[101] = 0;
+    p2pm_label ok = { "a", "1" }, dup[2] = { { "a", "1" }, { "a", "2" } };
+    p2pm_label bad_utf8 = { "a", "\xc3\x28" }, overlong = { "a", "\xc0\xaf" };
+    p2pm_label surrogate = { "a", "\xed\xa0\x80" }, le = { "le", "1" }, dunder = { "__x", "1" };
+    p2pm_label dash = { "a-b", "1" }, digit = { "1a", "1" }, empty = { "", "1" };
+    p2pm_label null_value = { "a", NULL }, null_name = { NULL, "1" };
+    p2pm_label too_long_value = { "a", long_value }, too_long_label = { long_label, "1" };
+    p2pm_label many[17];
+    char names[17][16];
+    for (int i = 0; i < 17; i++) {
+        snprintf(names[i], sizeof names[i], "l%d", i);
+        many[i] = (p2pm_label){ names[i], "v" };
+    }
+
+    CHECK_EQ_INT(p2pm_counter_add(c, "", 1, NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, NULL, 1, NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "1abc", 1, NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "p2p-x", 1, NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, long_name, 1, NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "p2pmetricsd.series", 1, NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "p2pmetricsd_series", 1, NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, NULL, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, dup, 2), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, &bad_utf8, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, &overlong, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, &surrogate, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, &dunder, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, &dash, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, &digit, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, &empty, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, &null_value, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, &null_name, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, &too_long_value, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, &too_long_label, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, many, 17), -EINVAL);
+    CHECK_EQ_INT(p2pm_histogram_observe(c, "h", 1, &le, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", -1, NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", -0.5, NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", NAN, NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", INFINITY, NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_gauge_add(c, "g", NAN, NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_gauge_add(c, "g", -INFINITY, NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_histogram_observe(c, "h", -INFINITY, NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_record_cache_access(c, true, NULL), -EINVAL);
+    CHECK_EQ_INT(p2pm_record_image_download(c, NULL, true, NAN), -EINVAL);
+    CHECK_EQ_INT(p2pm_batch_end(c), -EINVAL);   /* no batch to end */
+    CHECK_EQ_INT(receiver_drain(&r), 0);        /* nothing reached the socket */
+    CHECK_EQ_INT(p2pm_dropped(c), 0);
+
+    /* Valid edge cases are accepted. */
+    CHECK_EQ_INT(p2pm_counter_add(c, long_name + 1, 0, many, 16), 0);   /* 200 bytes, 16 labels */
+    CHECK_EQ_INT(p2pm_counter_add(c, ":a_b.c:9", -0.0, &ok, 1), 0);
+    CHECK_EQ_INT(p2pm_counter_add(c, "p2pmetricsdx", 1, NULL, 0), 0);
+    CHECK_EQ_INT(p2pm_histogram_observe(c, "h", -2.5, NULL, 0), 0);
+    CHECK_EQ_INT(p2pm_gauge_set(c, "g", NAN, &le, 1), 0);   /* "le" is reserved on histograms */
+    CHECK_EQ_INT(receiver_drain(&r), 5);
+    CHECK_EQ_INT(p2pm_counter_add_u64(c, "u", UINT64_MAX, NULL, 0), 0);
+    ssize_t n = receiver_recv(&r, buf, sizeof buf, 1000);
+    char hex[64];
+    to_hex(buf, (size_t)n, hex);   /* u64 max as uvarint: ff*9 01 */
+    CHECK(strcmp(hex, "f5010175001000ffffffffffffffffff01") == 0);
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
+static void test_sizes_and_batches(void)
+{
+    static struct decoded d;
+    static char big[8][1025];
+    struct receiver r;
+    receiver_open(&r, 1);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    p2pm_label labels[8];
+    for (int i = 0; i < 8; i++) {
+        memset(big[i], 'a' + i, 1024), big[i][1024] = 0;
+        labels[i] = (p2pm_label){ (const char *[]){ "a", "b", "c", "d", "e", "f", "g", "h" }[i],
+                                  big[i] };
+    }
+    /* 8 labels of 1 KiB cannot fit in 8192 bytes; 7 can. */
+    CHECK_EQ_INT(p2pm_counter_add(c, "wide", 1, labels, 8), -EMSGSIZE);
+    CHECK_EQ_INT(p2pm_counter_add(c, "wide", 1, labels, 7), 0);
+    decoded_reset(&d);
+    CHECK_EQ_INT(collect(&r, &d, 1000), 1);
+    CHECK_EQ_INT(d.n, 1);
+
+    /* A batch of 1000 distinct series overflows into several full datagrams, in call order; a
+     * batch full of one reused series costs 3 bytes per sample. 100 distinct series then the
+     * same 100 again: the 64-entry table overflows and the encoding stays valid. */
+    char name[32];
+    CHECK_EQ_INT(p2pm_batch_begin(c), 0);
+    CHECK_EQ_INT(p2pm_batch_begin(c), 0);   /* nesting */
+    for (int i = 0; i < 1000; i++) {
+        snprintf(name, sizeof name, "series.number_%d", i);
+        p2pm_label l = { "index", name + 14 };
+        CHECK_EQ_INT(p2pm_counter_add(c, name, i, &l, 1), 0);
+    }
+    CHECK_EQ_INT(p2pm_batch_end(c), 0);     /* still in the outer batch */
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < 100; i++) {
+            snprintf(name, sizeof name, "g%d", i);
+            CHECK_EQ_INT(p2pm_gauge_add(c, name, round ? -1 : 0.5, NULL, 0), 0);
+        }
+    for (int i = 0; i < 2000; i++)
+        CHECK_EQ_INT(p2pm_counter_add(c, "same", 1, NULL, 0), 0);
+    CHECK_EQ_INT(p2pm_batch_end(c), 0);
+    decoded_reset(&d);
+    int datagrams = collect(&r, &d, 1000);
+    CHECK(datagrams >= 5);
+    CHECK_EQ_INT(d.n, 1000 + 200 + 2000);
+    for (int i = 0; i < 1000 && i < (int)d.n; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "series.number_%d{index=%d}", i, i);
+        CHECK(strcmp(d.s[i].key, want) == 0 && d.s[i].v == i && d.s[i].kind == 1);
+    }
+    double g_sum = 0, same = 0;
+    for (size_t i = 1000; i < d.n; i++) {
+        if (d.s[i].kind == 3 && d.s[i].key[0] == 'g')
+            g_sum += d.s[i].v;
+        if (strcmp(d.s[i].key, "same") == 0 && d.s[i].kind == 1)
+            same += d.s[i].v;
+    }
+    CHECK(g_sum == -50 && same == 2000);
+
+    /* A helper's samples are never split between datagrams: fill a batch almost to the end,
+     * then record failed downloads whose 3 samples do not fit after it. */
+    CHECK_EQ_INT(p2pm_batch_begin(c), 0);
+    /* 7 + 2672 * 3 bytes of "same", leaving 157 of the 8180 bytes of room for records: the
+     * first download takes 97 bytes, the next ones 16 (series reused), so 4 fit and the 5th
+     * would be split after its first two samples if helpers were not atomic. */
+    for (int i = 0; i < 2672; i++)
+        CHECK_EQ_INT(p2pm_counter_add(c, "same", 1, NULL, 0), 0);
+    for (int i = 0; i < 50; i++)
+        CHECK_EQ_INT(p2pm_record_image_download(c, "img", false, 0.5), 0);
+    CHECK_EQ_INT(p2pm_batch_end(c), 0);
+    CHECK_EQ_INT(p2pm_flush(c), 0);         /* nothing pending: a no-op */
+    for (int k = 0; k < 2; k++) {
+        ssize_t n = receiver_recv(&r, buf, sizeof buf, 1000);
+        REQUIRE(n > 0);
+        decoded_reset(&d);
+        CHECK_EQ_INT(decode(buf, (size_t)n, &d), 0);
+        int total = 0, failed = 0, duration = 0;
+        for (size_t i = 0; i < d.n; i++) {
+            total += strcmp(d.s[i].key, "p2p.image.downloads.total") == 0;
+            failed += strcmp(d.s[i].key, "p2p.image.downloads.failed") == 0;
+            duration += strcmp(d.s[i].key, "p2p.transfer.duration") == 0;
+        }
+        CHECK_EQ_INT(total, k ? 46 : 4);
+        CHECK_EQ_INT(failed, total);
+        CHECK_EQ_INT(duration, total);
+    }
+    CHECK_EQ_INT(receiver_drain(&r), 0);
+    CHECK_EQ_INT(p2pm_dropped(c), 0);
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
+/* The receiver stops reading: calls return -EAGAIN without blocking, the drop count is exact and
+ * travels in the next datagram that gets through. */
+static void test_drops(void)
+{
+    static struct decoded d;
+    struct receiver r;
+    receiver_open(&r, 1);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    int sent = 0, dropped = 0;
+    for (int i = 0; i < 1000; i++) {
+        int rc = p2pm_record_chunk_transfer(c, 4096, false);
+        if (rc == 0)
+            sent++;
+        else if (rc == -EAGAIN)
+            dropped++;
+        else
+            CHECK_EQ_INT(rc, 0);
+    }
+    CHECK(sent >= 1 && dropped >= 1 && sent + dropped == 1000);
+    CHECK_EQ_INT(p2pm_dropped(c), dropped);
+    decoded_reset(&d);
+    CHECK_EQ_INT(collect(&r, &d, 1000), sent);
+    CHECK_EQ_INT(d.dropped, 0);
+    CHECK_EQ_INT(p2pm_record_cache_access(c, true, "chunk"), 0);
+    ssize_t n = receiver_recv(&r, buf, sizeof buf, 1000);
+    decoded_reset(&d);
+    CHECK_EQ_INT(decode(buf, (size_t)n, &d), 0);
+    CHECK(d.has_dropped_first && d.n == 1);
+    CHECK_EQ_INT(d.dropped, dropped);
+    dropped = 0;   /* reported */
+
+    /* Batch mode: a flush that fails drops the whole batch as one datagram. */
+    int refill = 0;   /* fill the queue again; the send that finds it full is dropped */
+    while (p2pm_counter_add(c, "fill", 1, NULL, 0) == 0)
+        refill++;
+    dropped++;
+    CHECK_EQ_INT(p2pm_batch_begin(c), 0);
+    CHECK_EQ_INT(p2pm_record_image_import(c, "closure", true, 5), 0);
+    CHECK_EQ_INT(p2pm_batch_end(c), -EAGAIN);
+    dropped++;
+    /* A full batch sent implicitly is dropped too; the calls still return 0 (their own samples
+     * were buffered), the drop is counted. */
+    CHECK_EQ_INT(p2pm_batch_begin(c), 0);
+    for (int i = 0; i < 3000; i++)
+        CHECK_EQ_INT(p2pm_counter_add(c, "same", 1, NULL, 0), 0);
+    dropped++;
+    CHECK_EQ_INT(p2pm_dropped(c), (uint64_t)(dropped + 1000 - sent));
+    CHECK_EQ_INT(p2pm_batch_end(c), -EAGAIN);
+    dropped++;
+    CHECK_EQ_INT(p2pm_dropped(c), (uint64_t)(dropped + 1000 - sent));
+    CHECK_EQ_INT(receiver_drain(&r), refill);
+
+    /* The next datagram starts with the dropped record; the one after has none. */
+    CHECK_EQ_INT(p2pm_record_verification(c, true, "nar_hash"), 0);
+    n = receiver_recv(&r, buf, sizeof buf, 1000);
+    REQUIRE(n > 3);
+    decoded_reset(&d);
+    CHECK_EQ_INT(decode(buf, (size_t)n, &d), 0);
+    CHECK(buf[1] == 0x02 && d.has_dropped_first);
+    CHECK_EQ_INT(d.dropped, dropped);
+    CHECK(d.n == 1 &&
+          strcmp(d.s[0].key, "p2p.verification.success{verification_type=nar_hash}") == 0);
+    CHECK_EQ_INT(p2pm_record_verification(c, false, "chunk_hash"), 0);
+    n = receiver_recv(&r, buf, sizeof buf, 1000);
+    REQUIRE(n > 3);
+    CHECK(buf[1] == 0x01);
+    CHECK_EQ_INT(p2pm_dropped(c), (uint64_t)(dropped + 1000 - sent));   /* the total stays */
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
+/* No sidecar at first (ENOENT), then it appears; then it restarts (a new socket at the path). */
+static void test_absent_and_reconnect(void)
+{
+    static struct decoded d;
+    struct receiver r;
+    receiver_open(&r, 0);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);                       /* an absent sidecar is not an open error */
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, NULL, 0), -ENOENT);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, NULL, 0), -ENOENT);
+    receiver_bind(&r);
+    sleep_ms(P2PM_RECONNECT_MS + 20);
+    CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, NULL, 0), 0);
+    CHECK_EQ_INT(p2pm_dropped(c), 2);
+    decoded_reset(&d);
+    CHECK_EQ_INT(collect(&r, &d, 1000), 1);
+    CHECK(d.dropped == 2 && d.n == 1);
+
+    /* The sidecar restarts: the old socket is gone, a new one is bound at the same path. */
+    receiver_unbind(&r);
+    receiver_bind(&r);
+    sleep_ms(P2PM_RECONNECT_MS + 20);
+    CHECK_EQ_INT(p2pm_gauge_set(c, "g", 3, NULL, 0), 0);   /* reconnects and resends at once */
+    decoded_reset(&d);
+    CHECK_EQ_INT(collect(&r, &d, 1000), 1);
+    CHECK(d.dropped == 0 && d.n == 1 && d.s[0].v == 3);
+
+    /* It goes away: drops; the reconnect attempts are rate-limited, and it comes back. */
+    receiver_unbind(&r);
+    int errors = 0;
+    for (int i = 0; i < 100; i++)
+        errors += p2pm_counter_add(c, "c", 1, NULL, 0) < 0;
+    CHECK_EQ_INT(errors, 100);
+    CHECK_EQ_INT(p2pm_dropped(c), 102);
+    receiver_bind(&r);
+    int rc = -1;
+    for (int i = 0; i < 100 && rc != 0; i++) {
+        rc = p2pm_counter_add(c, "c", 1, NULL, 0);
+        if (rc)
+            sleep_ms(10);
+    }
+    CHECK_EQ_INT(rc, 0);
+    decoded_reset(&d);
+    CHECK_EQ_INT(collect(&r, &d, 1000), 1);
+    CHECK_EQ_INT(d.dropped, p2pm_dropped(c) - 2);
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
+/* ---- Threads ---- */
+
+enum { THREADS = 8, CALLS = 20000 };
+
+struct drainer {
+    struct receiver *r;
+    _Atomic int stop;
+    double per_thread[THREADS];
+    uint64_t dropped_reported;
+    int bad;
+};
+
+static void *drain_main(void *arg)
+{
+    struct drainer *dr = arg;
+    static struct decoded d;
+    static unsigned char dbuf[65536];
+    for (;;) {
+        ssize_t n = receiver_recv(dr->r, dbuf, sizeof dbuf, 50);
+        if (n < 0) {
+            if (dr->stop)
+                return NULL;
+            continue;
+        }
+        decoded_reset(&d);
+        if (decode(dbuf, (size_t)n, &d) != 0)
+            dr->bad++;
+        dr->dropped_reported += d.dropped;
+        for (size_t i = 0; i < d.n; i++) {
+            int t;
+            if (sscanf(d.s[i].key, "thread.calls{thread=%d}", &t) == 1 && t >= 0 && t < THREADS)
+                dr->per_thread[t] += d.s[i].v;
+            else if (strcmp(d.s[i].key, "final") != 0)
+                dr->bad++;
+        }
+    }
+}
+
+struct worker {
+    p2pm_client *c;
+    int id;
+    int sent, dropped;
+};
+
+static void *work_main(void *arg)
+{
+    struct worker *w = arg;
+    char id[16];
+    snprintf(id, sizeof id, "%d", w->id);
+    p2pm_label l = { "thread", id };
+    for (int i = 0; i < CALLS; i++) {
+        int rc = p2pm_counter_add(w->c, "thread.calls", 1, &l, 1);
+        if (rc == 0) {
+            w->sent++;
+        } else {
+            w->dropped++;
+            struct timespec ts = { 0, 20000 };   /* let the drainer catch up */
+            nanosleep(&ts, NULL);
+        }
+    }
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    struct receiver r;
+    receiver_open(&r, 1);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    struct drainer dr = { .r = &r };
+    struct worker w[THREADS];
+    pthread_t dt, wt[THREADS];
+    REQUIRE(pthread_create(&dt, NULL, drain_main, &dr) == 0);
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (struct worker){ c, i, 0, 0 };
+        REQUIRE(pthread_create(&wt[i], NULL, work_main, &w[i]) == 0);
+    }
+    int sent = 0, dropped = 0;
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(wt[i], NULL);
+        sent += w[i].sent;
+        dropped += w[i].dropped;
+    }
+    /* one last datagram, retried until it gets through, carries the last drop report */
+    int final_drops = 0;
+    while (p2pm_counter_add(c, "final", 1, NULL, 0) != 0) {
+        final_drops++;
+        sleep_ms(1);
+    }
+    sleep_ms(100);
+    dr.stop = 1;
+    pthread_join(dt, NULL);
+    double got = 0;
+    for (int i = 0; i < THREADS; i++) {
+        got += dr.per_thread[i];
+        CHECK_EQ_INT(dr.per_thread[i], w[i].sent);
+    }
+    CHECK_EQ_INT(dr.bad, 0);
+    CHECK_EQ_INT((long long)got, sent);
+    CHECK_EQ_INT(sent + dropped, THREADS * CALLS);
+    CHECK_EQ_INT(p2pm_dropped(c), dropped + (uint64_t)final_drops);
+    CHECK_EQ_INT(dr.dropped_reported, p2pm_dropped(c));
+    printf("threads: %d samples delivered, %llu datagrams dropped and reported\n", sent,
+           (unsigned long long)p2pm_dropped(c));
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
+/* ---- Default client, caller memory, open errors, the transfer guard ---- */
+
+static void test_default_and_open(void)
+{
+    static struct decoded d;
+    struct receiver r;
+    receiver_open(&r, 1);
+    CHECK_EQ_INT(p2pm_dropped(NULL), 0);      /* not opened yet */
+    REQUIRE(setenv(P2PM_SOCKET_ENV, r.path, 1) == 0);
+    CHECK_EQ_INT(p2pm_record_cache_access(NULL, false, "vm_image"), 0);
+    CHECK_EQ_INT(p2pm_batch_begin(NULL), 0);
+    CHECK_EQ_INT(p2pm_record_cache_access(NULL, true, "chunk"), 0);
+    CHECK_EQ_INT(p2pm_record_cache_access(NULL, true, "chunk"), 0);
+    CHECK_EQ_INT(p2pm_batch_end(NULL), 0);
+    decoded_reset(&d);
+    CHECK_EQ_INT(collect(&r, &d, 1000), 2);
+    CHECK_EQ_INT(d.n, 3);
+    CHECK(strcmp(d.s[0].key, "p2p.cache.misses{cache_type=vm_image}") == 0);
+    CHECK(strcmp(d.s[2].key, "p2p.cache.hits{cache_type=chunk}") == 0);
+    p2pm_close(NULL);                         /* a no-op */
+    CHECK_EQ_INT(p2pm_flush(NULL), 0);
+
+    /* caller-provided memory */
+    static _Alignas(max_align_t) unsigned char mem[65536];
+    REQUIRE(p2pm_client_size() <= sizeof mem);
+    errno = 0;
+    CHECK(p2pm_open_in(mem, p2pm_client_size() - 1, r.path) == NULL && errno == EINVAL);
+    p2pm_client *c = p2pm_open_in(mem, sizeof mem, NULL);   /* $P2PM_SOCKET */
+    REQUIRE(c == (p2pm_client *)mem);
+    CHECK_EQ_INT(p2pm_batch_begin(c), 0);
+    CHECK_EQ_INT(p2pm_gauge_set(c, "g", 1.5, NULL, 0), 0);
+    p2pm_close(c);                            /* flushes the pending batch */
+    decoded_reset(&d);
+    CHECK_EQ_INT(collect(&r, &d, 1000), 1);
+    CHECK(d.n == 1 && d.s[0].v == 1.5 && d.s[0].kind == 2);
+
+    char long_path[200];
+    memset(long_path, 'x', sizeof long_path - 1), long_path[sizeof long_path - 1] = 0;
+    errno = 0;
+    CHECK(p2pm_open(long_path) == NULL && errno == ENAMETOOLONG);
+    errno = 0;
+    CHECK(p2pm_open("") == NULL && errno == EINVAL);
+
+    /* the transfer guard: +1 at start; -1 and the duration at end, once */
+    c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    p2pm_transfer t = p2pm_transfer_start(c);
+    CHECK(t.active == 1 && t.err == 0 && t.client == c);
+    sleep_ms(20);
+    CHECK_EQ_INT(p2pm_transfer_end(&t), 0);
+    CHECK_EQ_INT(p2pm_transfer_end(&t), 0);
+    p2pm_transfer zero = { 0 };
+    CHECK_EQ_INT(p2pm_transfer_end(&zero), 0);
+    CHECK_EQ_INT(p2pm_transfer_end(NULL), 0);
+    decoded_reset(&d);
+    CHECK_EQ_INT(collect(&r, &d, 1000), 2);
+    CHECK_EQ_INT(d.n, 3);
+    CHECK(d.s[0].kind == 3 && d.s[0].v == 1 && strcmp(d.s[0].key, "p2p.transfers.active") == 0);
+    CHECK(d.s[1].kind == 3 && d.s[1].v == -1 && d.s[1].form == 1);
+    CHECK(d.s[2].kind == 4 && strcmp(d.s[2].key, "p2p.transfer.duration") == 0);
+    CHECK(d.s[2].v >= 0.02 && d.s[2].v < 10);
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
+int main(void)
+{
+    test_validation();
+    test_sizes_and_batches();
+    test_drops();
+    test_absent_and_reconnect();
+    test_threads();
+    test_default_and_open();
+    if (test_failures) {
+        fprintf(stderr, "test_client: %d failure(s)\n", test_failures);
+        return 1;
+    }
+    printf("test_client: OK\n");
+    return 0;
+}
