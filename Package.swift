@@ -6,9 +6,11 @@ let package = Package(
     products: [
         .executable(name: "p2pmetricsd", targets: ["p2pmetricsd"]),
         .library(name: "P2PMetricsWire", targets: ["P2PMetricsWire"]),
+        .library(name: "P2PMetrics", targets: ["P2PMetrics"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
     ],
     targets: [
         // Core: plain Swift, no C dependency, testable without sockets.
@@ -34,10 +36,24 @@ let package = Package(
             ]
         ),
 
+        // Swift client: a swift-metrics backend plus the seed's typed API, on the shared wire codec.
+        .target(
+            name: "P2PMetrics",
+            dependencies: ["P2PMetricsWire", .product(name: "CoreMetrics", package: "swift-metrics")]
+        ),
+        .executableTarget(
+            name: "p2pmetrics-example",
+            dependencies: ["P2PMetrics", .product(name: "Metrics", package: "swift-metrics")]
+        ),
+
         .testTarget(name: "P2PMetricsWireTests", dependencies: ["P2PMetricsWire"]),
         .testTarget(name: "P2PMetricsStoreTests", dependencies: ["P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(name: "P2PMetricsExpositionTests", dependencies: ["P2PMetricsExposition", "P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(name: "P2PMetricsHTTPTests", dependencies: ["P2PMetricsHTTP"]),
+        .testTarget(
+            name: "P2PMetricsTests",
+            dependencies: ["P2PMetrics", "P2PMetricsWire", .product(name: "Metrics", package: "swift-metrics")]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,0 +1,1 @@
+// The Swift client; see issue 4.
