@@ -6,6 +6,8 @@ let package = Package(
     products: [
         .executable(name: "p2pmetricsd", targets: ["p2pmetricsd"]),
         .library(name: "P2PMetricsWire", targets: ["P2PMetricsWire"]),
+        .library(name: "P2PMetricsStore", targets: ["P2PMetricsStore"]), // FUZZ-TEMP
+        .library(name: "P2PMetricsHTTP", targets: ["P2PMetricsHTTP"]), // FUZZ-TEMP
         .library(name: "P2PMetrics", targets: ["P2PMetrics"]),
     ],
     dependencies: [
@@ -16,8 +18,9 @@ let package = Package(
         // Core: plain Swift, no C dependency, testable without sockets.
         // wire codec ← store/aggregation ← exposition; HTTP parsing beside them.
         .target(name: "P2PMetricsWire"),
-        .target(name: "P2PMetricsStore", dependencies: ["P2PMetricsWire"]),
-        .target(name: "P2PMetricsExposition", dependencies: ["P2PMetricsStore"]),
+        .target(name: "P2PMetricsStatsD", dependencies: ["P2PMetricsWire"]),
+        .target(name: "P2PMetricsStore", dependencies: ["P2PMetricsWire", "P2PMetricsStatsD"]),
+        .target(name: "P2PMetricsExposition", dependencies: ["P2PMetricsStore", "P2PMetricsStatsD"]),
         .target(name: "P2PMetricsHTTP"),
 
         // Edge: libuv and systemd.
@@ -50,6 +53,7 @@ let package = Package(
         .testTarget(name: "P2PMetricsStoreTests", dependencies: ["P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(name: "P2PMetricsExpositionTests", dependencies: ["P2PMetricsExposition", "P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(name: "P2PMetricsHTTPTests", dependencies: ["P2PMetricsHTTP"]),
+        .testTarget(name: "P2PMetricsStatsDTests", dependencies: ["P2PMetricsStatsD", "P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(
             name: "P2PMetricsTests",
             dependencies: ["P2PMetrics", "P2PMetricsWire", .product(name: "Metrics", package: "swift-metrics")]

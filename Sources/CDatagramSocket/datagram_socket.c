@@ -7,6 +7,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #define MAX_BATCH 64
@@ -114,5 +116,32 @@ int p2pmd_bind_datagram(const char *path, unsigned mode) {
     umask(old);
     if (rc != 0) { close(fd); return -err; }
     if (chmod(path, mode) != 0) { err = errno; close(fd); unlink(path); return -err; }
+    return fd;
+}
+
+int p2pmd_bind_udp(const char *host, unsigned short port) {
+    struct sockaddr_storage addr;
+    socklen_t len;
+    memset(&addr, 0, sizeof(addr));
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&addr;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&addr;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons(port);
+        len = sizeof(*v4);
+    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons(port);
+        len = sizeof(*v6);
+    } else {
+        return -EINVAL;
+    }
+    int fd = socket(addr.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    if (bind(fd, (struct sockaddr *)&addr, len) != 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
     return fd;
 }

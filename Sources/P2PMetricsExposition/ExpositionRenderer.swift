@@ -66,6 +66,11 @@ public struct ExpositionRenderer {
             out.append(0x20)
             TextFormat.appendValue(store.gaugeValue(id), to: &out)
             out.append(0x0A)
+        case .distinct:
+            appendSampleStart(family.name, suffix: "", id, store, &out)
+            out.append(0x20)
+            TextFormat.appendValue(store.distinctEstimate(id), to: &out)
+            out.append(0x0A)
         case .histogram:
             store.withHistogram(id) { counts, sum, count in
                 var cumulative: UInt64 = 0

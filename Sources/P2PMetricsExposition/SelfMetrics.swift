@@ -1,3 +1,4 @@
+import P2PMetricsStatsD
 import P2PMetricsStore
 import P2PMetricsWire
 
@@ -54,6 +55,15 @@ public struct SelfMetrics: Sendable {
         for (i, reason) in SampleRejection.allCases.enumerated() {
             line("p2pmetricsd_samples_rejected_total{reason=\"\(reason.rawValue)\"}",
                  Double(statistics.samplesRejected[i]), &out)
+        }
+
+        counter("p2pmetricsd_text_lines_received_total", "Non-empty text StatsD / DogStatsD lines read.",
+                statistics.textLinesReceived, &out)
+        family("p2pmetricsd_text_lines_rejected_total", "counter",
+               "Text lines refused (the other lines of their datagram still apply), by reason.", &out)
+        for (i, reason) in TextLineRejection.allCases.enumerated() {
+            line("p2pmetricsd_text_lines_rejected_total{reason=\"\(reason.rawValue)\"}",
+                 Double(statistics.textLinesRejected[i]), &out)
         }
 
         gauge("p2pmetricsd_series", "Live series in the store.", Double(liveSeries), &out)

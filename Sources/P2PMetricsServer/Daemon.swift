@@ -13,6 +13,7 @@ public final class Daemon: ExpositionSource {
     private let loop: UnsafeMutablePointer<uv_loop_t>
     private var store: MetricStore
     private var receiver: IngestReceiver?
+    private var udpReceiver: IngestReceiver?
     private var http: HTTPServer?
     private var timers: [UnsafeMutablePointer<uv_timer_t>] = []
     private var signals: [UnsafeMutablePointer<uv_signal_t>] = []
@@ -55,6 +56,21 @@ public final class Daemon: ExpositionSource {
             loop: loop, fd: ingestFD,
             apply: { [unowned self] bytes in self.store.ingest(bytes) },
             refuseTruncated: { [unowned self] length in self.store.countRejected(.oversized, bytes: length) })
+        if let address = configuration.udpAddress {
+            guard let (host, port) = parseHostPort(address) else {
+                throw DaemonError("bad --udp address '\(address)': expected HOST:PORT with a numeric host, e.g. 127.0.0.1:8125")
+            }
+            let fd = p2pmd_bind_udp(host, port)
+            guard fd >= 0 else {
+                throw DaemonError("cannot bind UDP \(address): \(fd == -EINVAL ? "not a numeric address" : String(cString: strerror(-fd)))")
+            }
+            _ = p2pmd_set_receive_buffer(fd, configuration.receiveBufferBytes)
+            udpReceiver = try IngestReceiver(
+                loop: loop, fd: fd,
+                apply: { [unowned self] bytes in self.store.ingest(bytes) },
+                refuseTruncated: { [unowned self] length in self.store.countRejected(.oversized, bytes: length) })
+            socketOrigin += ", udp bound at \(address)"
+        }
         http = try HTTPServer(loop: loop, configuration: configuration, source: self, inheritedFD: activated.http)
 
         for signal in [SIGTERM, SIGINT] {
@@ -87,9 +103,12 @@ public final class Daemon: ExpositionSource {
     /// Drains what is already queued on the ingest socket, then closes every handle so the loop ends.
     private func shutdown() {
         ServiceManager.notify("STOPPING=1")
-        receiver?.drain(maxBatches: 1 << 20)
-        receiver?.close()
+        for r in [receiver, udpReceiver].compactMap({ $0 }) {
+            r.drain(maxBatches: 1 << 20)
+            r.close()
+        }
         receiver = nil
+        udpReceiver = nil
         http?.close()
         for timer in timers { closeAndFree(timer.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { $0 }) }
         for signal in signals { closeAndFree(signal.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { $0 }) }

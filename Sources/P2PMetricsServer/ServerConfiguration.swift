@@ -7,6 +7,8 @@ public struct ServerConfiguration: Sendable {
     public var socketPath: String
     /// `HOST:PORT` of the HTTP listener to bind when systemd does not pass one.
     public var listenAddress: String
+    /// `HOST:PORT` of an optional UDP listener for text StatsD clients that cannot use a Unix socket.
+    public var udpAddress: String?
     /// File mode of a self-bound ingest socket.
     public var socketMode: UInt32 = 0o660
     /// Receive buffer requested for the ingest socket (SO_RCVBUFFORCE when permitted).

@@ -1,3 +1,4 @@
+import P2PMetricsStatsD
 import P2PMetricsWire
 
 /// Identifies a series for the life of the store.
@@ -43,13 +44,16 @@ public struct MetricStore {
     private var integerPart: [UInt64] = []
     /// Counter: fractional adds. Gauge: value. Histogram: sum.
     private var floatPart: [Double] = []
-    /// Histogram: first bucket of the series in `bucketCounts`.
+    /// Histogram: first bucket of the series in `bucketCounts`. Distinct: first register in `sketchRegisters`.
     private var histogramBase: [UInt32] = []
     /// Non-cumulative bucket counts of every histogram series; `+Inf` is the last of each run.
     private var bucketCounts: [UInt64] = []
+    /// HyperLogLog registers of every distinct-count series, `HyperLogLog.registerCount` each.
+    private var sketchRegisters: [UInt8] = []
 
     // Scratch reused across datagrams.
     private var decoder = DatagramDecoder()
+    private let transcoder = StatsDTranscoder()
     private var resolved: [SeriesID] = []
     private var keyScratch: [UInt8] = []
     private var labelScratch: [(name: Range<Int>, value: Range<Int>)] = []
@@ -69,11 +73,39 @@ public struct MetricStore {
 
     // MARK: Ingest
 
-    /// Applies one datagram. Returns the reason when the whole datagram was refused.
+    /// Applies one datagram: binary (first byte `0xF5`) or text StatsD lines (first byte ASCII).
+    /// Returns the reason when a binary datagram was refused whole; text is refused line by line.
     @discardableResult
     public mutating func ingest(_ bytes: UnsafeRawBufferPointer) -> DatagramRejection? {
         statistics.datagramsReceived &+= 1
         statistics.bytesReceived &+= UInt64(bytes.count)
+        if let first = bytes.first, first < 0x80 {
+            ingestText(bytes)
+            return nil
+        }
+        return ingestBinary(bytes)
+    }
+
+    /// Transcodes text lines into binary datagrams and applies those, so both formats share one
+    /// validation and aggregation path (and the same series for the same name and labels).
+    private mutating func ingestText(_ bytes: UnsafeRawBufferPointer) {
+        var encoder = DatagramEncoder(maxSize: WireFormat.maxDatagramSize)
+        var refused: [TextLineRejection] = []
+        let lines = transcoder.transcode(bytes, into: &encoder, flush: { full in
+            self.applyTranscoded(full)
+            full.reset()
+        }, reject: { refused.append($0) })
+        applyTranscoded(encoder)
+        statistics.textLinesReceived &+= UInt64(lines)
+        for reason in refused { statistics.count(reason) }
+    }
+
+    private mutating func applyTranscoded(_ encoder: DatagramEncoder) {
+        guard !encoder.isEmpty else { return }
+        encoder.bytes.withUnsafeBytes { _ = ingestBinary($0) }
+    }
+
+    private mutating func ingestBinary(_ bytes: UnsafeRawBufferPointer) -> DatagramRejection? {
         if let reason = decoder.validate(bytes) {
             statistics.count(reason)
             return reason
@@ -99,7 +131,7 @@ public struct MetricStore {
                 statistics.count(.typeClash)
                 continue
             }
-            apply(sample, to: Int(id), family: family)
+            apply(sample, to: Int(id), family: family, in: bytes)
             applied += 1
         }
         statistics.samplesApplied &+= applied
@@ -115,13 +147,14 @@ public struct MetricStore {
     }
 
     @inline(__always)
-    private mutating func apply(_ sample: Sample, to id: Int, family: Int) {
+    private mutating func apply(_ sample: Sample, to id: Int, family: Int, in bytes: UnsafeRawBufferPointer) {
         switch sample.kind {
         case .counterAdd:
             switch sample.value {
             case .unsigned(let u): addToCounter(id, u)
             case .signed(let s): addToCounter(id, UInt64(s))  // validated ≥ 0
             case .double(let d): floatPart[id] += d
+            case .key: break  // refused by validation
             }
         case .gaugeSet:
             floatPart[id] = sample.value.doubleValue
@@ -133,6 +166,13 @@ public struct MetricStore {
             bucketCounts[Int(histogramBase[id]) + bucket] &+= 1
             integerPart[id] &+= 1
             floatPart[id] += value
+        case .distinctAdd:
+            guard case .key(let range) = sample.value else { return }
+            let base = Int(histogramBase[id])
+            sketchRegisters.withUnsafeMutableBufferPointer { registers in
+                HyperLogLog.add(UnsafeRawBufferPointer(rebasing: bytes[range]),
+                                to: UnsafeMutableBufferPointer(rebasing: registers[base..<base + HyperLogLog.registerCount]))
+            }
         }
     }
 
@@ -220,10 +260,14 @@ public struct MetricStore {
         seriesKeyLength.append(UInt16(keyScratch.count))
         integerPart.append(0)
         floatPart.append(0)
-        if families[Int(family)].type == .histogram {
+        switch families[Int(family)].type {
+        case .histogram:
             histogramBase.append(UInt32(bucketCounts.count))
             bucketCounts.append(contentsOf: repeatElement(0, count: families[Int(family)].buckets.count + 1))
-        } else {
+        case .distinct:
+            histogramBase.append(UInt32(sketchRegisters.count))
+            sketchRegisters.append(contentsOf: repeatElement(0, count: HyperLogLog.registerCount))
+        case .counter, .gauge:
             histogramBase.append(0)
         }
         families[Int(family)].series.append(id)
@@ -259,11 +303,19 @@ public struct MetricStore {
         }
     }
 
+    /// The estimated number of distinct keys of a distinct-count series.
+    public func distinctEstimate(_ id: SeriesID) -> Double {
+        let base = Int(histogramBase[Int(id)])
+        return sketchRegisters.withUnsafeBufferPointer {
+            HyperLogLog.estimate(UnsafeBufferPointer(rebasing: $0[base..<base + HyperLogLog.registerCount]))
+        }
+    }
+
     /// Bytes the series tables hold (an estimate for the self-metric).
     public var memoryFootprint: Int {
         canonical.memoryFootprint + wireCache.memoryFootprint
             + seriesFamily.capacity * 4 + seriesKeyOffset.capacity * 4 + seriesKeyLength.capacity * 2
-            + integerPart.capacity * 8 + floatPart.capacity * 8 + histogramBase.capacity * 4 + bucketCounts.capacity * 8
+            + integerPart.capacity * 8 + floatPart.capacity * 8 + histogramBase.capacity * 4 + bucketCounts.capacity * 8 + sketchRegisters.capacity
     }
 }
 

@@ -1,3 +1,4 @@
+import P2PMetricsStatsD
 import P2PMetricsWire
 
 /// Limits and metric knowledge of a store. Defaults are safe for a node sidecar.
@@ -38,6 +39,10 @@ public struct IngestStatistics: Sendable, Equatable {
     public var datagramsRejected = [UInt64](repeating: 0, count: DatagramRejection.allCases.count)
     /// Indexed like `SampleRejection.allCases`.
     public var samplesRejected = [UInt64](repeating: 0, count: SampleRejection.allCases.count)
+    /// Non-empty text (StatsD / DogStatsD) lines read.
+    public var textLinesReceived: UInt64 = 0
+    /// Indexed like `TextLineRejection.allCases`.
+    public var textLinesRejected = [UInt64](repeating: 0, count: TextLineRejection.allCases.count)
 
     public init() {}
 
@@ -47,6 +52,14 @@ public struct IngestStatistics: Sendable, Equatable {
 
     public func rejected(_ reason: SampleRejection) -> UInt64 {
         samplesRejected[SampleRejection.allCases.firstIndex(of: reason) ?? 0]
+    }
+
+    public func rejected(_ reason: TextLineRejection) -> UInt64 {
+        textLinesRejected[TextLineRejection.allCases.firstIndex(of: reason) ?? 0]
+    }
+
+    mutating func count(_ reason: TextLineRejection) {
+        textLinesRejected[TextLineRejection.allCases.firstIndex(of: reason) ?? 0] += 1
     }
 
     mutating func count(_ reason: DatagramRejection) {

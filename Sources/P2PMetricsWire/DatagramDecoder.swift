@@ -50,7 +50,7 @@ public struct DatagramDecoder: Sendable {
         sampleCount = 0
         guard let first = bytes.first else { return .empty }
         guard bytes.count <= WireFormat.maxDatagramSize else { return .oversized }
-        guard first == WireFormat.magic else { return first < 0x80 ? .unsupportedText : .badMagic }
+        guard first == WireFormat.magic else { return .badMagic }  // text is told apart before decoding
         guard bytes.count > 1 else { return .empty }
 
         var reader = ByteReader(bytes, offset: 1)
@@ -116,7 +116,8 @@ public struct DatagramDecoder: Sendable {
     }
 
     private mutating func readSample(tag: UInt8, _ reader: inout ByteReader) -> DatagramRejection? {
-        guard let kind = SampleKind(rawValue: tag >> 4), let form = ValueForm(rawValue: tag & 0x0F) else {
+        guard let kind = SampleKind(rawValue: tag >> 4), let form = ValueForm(rawValue: tag & 0x0F),
+              kind.takesKey == (form == .bytes) else {
             return .unknownRecord
         }
         let index: UInt64
@@ -141,6 +142,11 @@ public struct DatagramDecoder: Sendable {
         case .float64:
             guard let d = reader.readFloat64() else { return .truncated }
             value = .double(d)
+        case .bytes:
+            switch reader.readString(maxLength: WireFormat.maxKeyLength) {
+            case .failure(let reason): return reason
+            case .success(let range): value = .key(range)
+            }
         }
         if let reason = Self.check(value, for: kind) { return reason }
         sampleCount += 1
@@ -151,7 +157,7 @@ public struct DatagramDecoder: Sendable {
     @usableFromInline
     static func check(_ value: SampleValue, for kind: SampleKind) -> DatagramRejection? {
         switch (kind, value) {
-        case (.gaugeSet, _), (_, .unsigned):
+        case (_, .key), (.gaugeSet, _), (_, .unsigned):
             return nil
         case (.counterAdd, .signed(let s)):
             return s < 0 ? .negativeCounter : nil
@@ -217,6 +223,9 @@ public struct SampleCursor {
                 case ValueForm.signed.rawValue:
                     guard case .success(let u) = reader.readVarint() else { return nil }
                     return Sample(kind: kind, series: Int(index), value: .signed(Varint.unzigzag(u)))
+                case ValueForm.bytes.rawValue:
+                    guard case .success(let range) = reader.readString(maxLength: .max) else { return nil }
+                    return Sample(kind: kind, series: Int(index), value: .key(range))
                 default:
                     guard let d = reader.readFloat64() else { return nil }
                     return Sample(kind: kind, series: Int(index), value: .double(d))

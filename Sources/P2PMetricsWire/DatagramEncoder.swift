@@ -46,8 +46,26 @@ public struct DatagramEncoder: Sendable {
         _ kind: SampleKind, name: String, labels: some Collection<(String, String)> = [(String, String)](),
         value: SampleValue
     ) throws(EncodingError) -> Bool {
+        if case .key = value { throw EncodingError(.unknownRecord) }  // keys go through appendDistinct
+        if kind.takesKey { throw EncodingError(.unknownRecord) }
         if let reason = DatagramDecoder.check(value, for: kind) { throw EncodingError(reason) }
         try encodeSeriesKey(name: name, labels: labels, histogram: kind == .histogramObserve)
+        return appendSample(kind, value: value, key: [UInt8]())
+    }
+
+    /// Appends a distinct-count sample: `key` (at most 1,024 bytes, any bytes) joins the set.
+    /// Returns `false`, leaving the datagram unchanged, when it does not fit.
+    @discardableResult
+    public mutating func appendDistinct(
+        name: String, labels: some Collection<(String, String)> = [(String, String)](), key: some Collection<UInt8>
+    ) throws(EncodingError) -> Bool {
+        guard key.count <= WireFormat.maxKeyLength else { throw EncodingError(.tooLong) }
+        try encodeSeriesKey(name: name, labels: labels, histogram: false)
+        return appendSample(.distinctAdd, value: .key(0..<0), key: key)
+    }
+
+    /// Appends the sample whose series key is in `scratch`.
+    private mutating func appendSample(_ kind: SampleKind, value: SampleValue, key: some Collection<UInt8>) -> Bool {
         let existing = seriesIndex[scratch]
         let index = existing ?? seriesIndex.count
         guard existing != nil || seriesIndex.count < WireFormat.maxSeriesPerDatagram else { return false }
@@ -70,6 +88,11 @@ public struct DatagramEncoder: Sendable {
             bytes.append(kind.rawValue << 4 | ValueForm.float64.rawValue)
             Varint.append(UInt64(index), to: &bytes)
             withUnsafeBytes(of: d.bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
+        case .key:
+            bytes.append(kind.rawValue << 4 | ValueForm.bytes.rawValue)
+            Varint.append(UInt64(index), to: &bytes)
+            Varint.append(UInt64(key.count), to: &bytes)
+            bytes.append(contentsOf: key)
         }
         guard bytes.count <= maxSize else {
             bytes.removeSubrange(mark...)

@@ -15,6 +15,8 @@ public enum WireFormat {
     public static let maxLabelNameLength = 100
     public static let maxLabelValueLength = 1_024
     public static let maxSeriesPerDatagram = 4_096
+    /// Longest item key of a distinct-count sample.
+    public static let maxKeyLength = 1_024
 
     /// Record tags that are not samples.
     public enum Tag {
@@ -29,6 +31,8 @@ public enum SampleKind: UInt8, Sendable, CaseIterable {
     case gaugeSet = 2
     case gaugeAdd = 3
     case histogramObserve = 4
+    /// Adds an item key (e.g. a chunk hash) to a distinct-count sketch; value form `.bytes` only.
+    case distinctAdd = 5
 
     /// The Prometheus metric type a sample of this kind belongs to.
     @inlinable
@@ -37,8 +41,13 @@ public enum SampleKind: UInt8, Sendable, CaseIterable {
         case .counterAdd: return .counter
         case .gaugeSet, .gaugeAdd: return .gauge
         case .histogramObserve: return .histogram
+        case .distinctAdd: return .distinct
         }
     }
+
+    /// Whether this kind carries an item key (`.bytes` form) rather than a number.
+    @inlinable
+    public var takesKey: Bool { self == .distinctAdd }
 }
 
 /// The exposed type of a metric. Fixed by the catalog or by the metric's first accepted sample.
@@ -46,14 +55,21 @@ public enum MetricType: UInt8, Sendable, CaseIterable {
     case counter
     case gauge
     case histogram
+    /// Estimated number of distinct keys (a HyperLogLog sketch), exposed as a gauge.
+    case distinct
 
     /// The word used on `# TYPE` lines.
     public var exposedName: String {
         switch self {
         case .counter: return "counter"
-        case .gauge: return "gauge"
+        case .gauge, .distinct: return "gauge"
         case .histogram: return "histogram"
         }
+    }
+
+    /// The word used in configuration files.
+    public var configurationName: String {
+        self == .distinct ? "distinct" : exposedName
     }
 }
 
@@ -62,6 +78,8 @@ public enum ValueForm: UInt8, Sendable {
     case unsigned = 0
     case signed = 1
     case float64 = 2
+    /// `string`-encoded item key (distinct counts).
+    case bytes = 3
 }
 
 /// A decoded sample value, exact as sent.
@@ -69,14 +87,17 @@ public enum SampleValue: Sendable, Equatable {
     case unsigned(UInt64)
     case signed(Int64)
     case double(Double)
+    /// An item key: a byte range of the datagram the sample was decoded from.
+    case key(Range<Int>)
 
-    /// The value as a double (what Prometheus stores).
+    /// The value as a double (what Prometheus stores); NaN for a key.
     @inlinable
     public var doubleValue: Double {
         switch self {
         case .unsigned(let u): return Double(u)
         case .signed(let s): return Double(s)
         case .double(let d): return d
+        case .key: return .nan
         }
     }
 
@@ -101,6 +122,7 @@ public enum SampleValue: Sendable, Equatable {
         case (.unsigned(let a), .unsigned(let b)): return a == b
         case (.signed(let a), .signed(let b)): return a == b
         case (.double(let a), .double(let b)): return a.bitPattern == b.bitPattern
+        case (.key(let a), .key(let b)): return a == b
         default: return false
         }
     }
@@ -127,8 +149,6 @@ public enum DatagramRejection: String, Error, Sendable, CaseIterable {
     case tooManySeries = "too_many_series"
     case negativeCounter = "negative_counter"
     case nonFinite = "non_finite"
-    /// A datagram that starts with an ASCII byte: text StatsD, not yet accepted.
-    case unsupportedText = "unsupported_text"
     /// The sender's kernel-verified credentials are not on the allow-list.
     case unauthorized
 }

@@ -10,6 +10,7 @@ import P2PMetricsWire
 /// {
 ///   "socket": "/run/p2pmetricsd/ingest.sock",
 ///   "listen": "127.0.0.1:9478",
+///   "udp": "127.0.0.1:8125",
 ///   "socket_mode": "0660",
 ///   "receive_buffer_bytes": 8388608,
 ///   "limits": {"max_series": 1000000, "max_series_per_metric": 250000,
@@ -22,6 +23,7 @@ import P2PMetricsWire
 struct ConfigFile {
     var socket: String?
     var listen: String?
+    var udp: String?
 
     /// Reads `path` and applies it to `configuration`; throws one line saying what is wrong.
     static func load(path: String, into configuration: inout ServerConfiguration) throws -> ConfigFile {
@@ -46,11 +48,12 @@ struct ConfigFile {
 
     private static func apply(_ root: JSONValue, to configuration: inout ServerConfiguration) throws -> ConfigFile {
         let top = try root.object(at: "top level",
-                                  keys: ["socket", "listen", "socket_mode", "receive_buffer_bytes", "limits",
+                                  keys: ["socket", "listen", "udp", "socket_mode", "receive_buffer_bytes", "limits",
                                          "default_buckets", "metrics"])
         var file = ConfigFile()
         file.socket = try top["socket"]?.string(at: "socket")
         file.listen = try top["listen"]?.string(at: "listen")
+        file.udp = try top["udp"]?.string(at: "udp")
         if let mode = try top["socket_mode"]?.string(at: "socket_mode") {
             guard let value = UInt32(mode, radix: 8), value <= 0o777 else {
                 throw ConfigError("socket_mode must be an octal string like \"0660\"")
@@ -102,8 +105,8 @@ struct ConfigFile {
                 var descriptor = configuration.store.metrics.first { $0.exposedName == exposed }
                     ?? MetricDescriptor(name: name, type: .gauge, help: "")
                 if let type = try entry["type"]?.string(at: "\(at).type") {
-                    guard let parsed = MetricType.allCases.first(where: { $0.exposedName == type }) else {
-                        throw ConfigError("\(at).type must be counter, gauge or histogram")
+                    guard let parsed = MetricType.allCases.first(where: { $0.configurationName == type }) else {
+                        throw ConfigError("\(at).type must be counter, gauge, histogram or distinct")
                     }
                     descriptor.type = parsed
                 } else if !configuration.store.metrics.contains(where: { $0.exposedName == exposed }) {

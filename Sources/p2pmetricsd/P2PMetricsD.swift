@@ -25,6 +25,9 @@ struct P2PMetricsD: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Address of the HTTP listener (default 127.0.0.1:9478).", valueName: "host:port"))
     var listen: String?
 
+    @Option(name: .long, help: ArgumentHelp("Also accept text StatsD over UDP on this numeric address (off by default).", valueName: "host:port"))
+    var udp: String?
+
     @Option(name: .long, help: ArgumentHelp("JSON configuration file (limits, buckets, metrics).", valueName: "file"))
     var config: String?
 
@@ -43,9 +46,11 @@ struct P2PMetricsD: ParsableCommand {
             let file = try ConfigFile.load(path: config, into: &configuration)
             if let path = file.socket { configuration.socketPath = path }
             if let address = file.listen { configuration.listenAddress = address }
+            if let address = file.udp { configuration.udpAddress = address }
         }
         if let socket { configuration.socketPath = socket }
         if let listen { configuration.listenAddress = listen }
+        if let udp { configuration.udpAddress = udp }
 
         let daemon = try Daemon(configuration: configuration)
         writeStandardError("p2pmetricsd \(Self.version): serving (\(daemon.socketOrigin))")

@@ -1,7 +1,7 @@
 import Foundation
 import P2PMetricsWire
 
-/// The shared test vectors of `Clients/testdata/vectors.txt` (format: `Clients/PROTOCOL.md` §6).
+/// The shared test vectors of `Clients/testdata/vectors.txt` (format: `Clients/PROTOCOL.md` §7).
 struct TestVectors {
     struct Call: Equatable {
         var kind: SampleKind

@@ -94,7 +94,7 @@ struct WireTests {
         var big = [UInt8](repeating: 0, count: WireFormat.maxDatagramSize + 1)
         big[0] = WireFormat.magic
         #expect(big.withUnsafeBytes { decoder.validate($0) } == .oversized)
-        #expect(Array("p2p.x:1|c".utf8).withUnsafeBytes { decoder.validate($0) } == .unsupportedText)
+        #expect(Array("p2p.x:1|c".utf8).withUnsafeBytes { decoder.validate($0) } == .badMagic)
         #expect([UInt8]().withUnsafeBytes { decoder.validate($0) } == .empty)
         #expect([0xFF, 0x01].withUnsafeBytes { decoder.validate($0) } == .badMagic)
     }

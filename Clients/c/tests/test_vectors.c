@@ -1,6 +1,6 @@
 /*
  * test_vectors.c - conformance of the C client to the shared wire-protocol vectors
- * (Clients/testdata/vectors.txt, format in PROTOCOL.md section 6).
+ * (Clients/testdata/vectors.txt, format in PROTOCOL.md section 7).
  *
  * For every `vector`: a fresh client on a receiver socket bound here; the vector's pending drop
  * count is produced for real (the receiver's queue is filled with the client's own datagrams

@@ -38,6 +38,10 @@ int p2pmd_socket_family(int fd);
  * Returns the fd or a negative errno. */
 int p2pmd_bind_datagram(const char *path, unsigned mode);
 
+/* Binds a non-blocking, close-on-exec UDP socket to the numeric IPv4 or IPv6 address `host` and
+ * `port`. Returns the fd or a negative errno (-EINVAL for a host that is not a numeric address). */
+int p2pmd_bind_udp(const char *host, unsigned short port);
+
 /* Makes a file descriptor non-blocking. */
 int p2pmd_set_nonblocking(int fd);
 

@@ -1,0 +1,152 @@
+import Testing
+import P2PMetricsStatsD
+import P2PMetricsWire
+@testable import P2PMetricsStore
+
+extension MetricStore {
+    mutating func ingestText(_ text: String) {
+        _ = Array(text.utf8).withUnsafeBytes { ingest($0) }
+    }
+
+    func value(_ name: String, _ labels: [String: String] = [:]) -> Double? {
+        guard let family = families.first(where: { $0.name == name }) else { return nil }
+        guard let id = family.series.first(where: { id in
+            var found: [String: String] = [:]
+            forEachLabel(of: id) { n, v in found[String(decoding: n, as: UTF8.self)] = String(decoding: v, as: UTF8.self) }
+            return found == labels
+        }) else { return nil }
+        switch family.type {
+        case .counter: let (i, f) = counterValue(id); return Double(i) + f
+        case .gauge: return gaugeValue(id)
+        case .distinct: return distinctEstimate(id)
+        case .histogram: return withHistogram(id) { _, _, count in Double(count) }
+        }
+    }
+
+    func histogramSum(_ name: String) -> Double? {
+        guard let id = families.first(where: { $0.name == name })?.series.first else { return nil }
+        return withHistogram(id) { _, sum, _ in sum }
+    }
+}
+
+@Suite("Text StatsD and DogStatsD")
+struct StatsDTests {
+    /// Lines as the StatsD and DogStatsD documentation writes them, with what each must do.
+    @Test("documented lines aggregate as documented")
+    func documentedLines() {
+        var store = MetricStore()
+        store.ingestText("""
+        gorets:1|c
+        gorets:1|c|@0.1
+        glork:320|ms
+        glork:320|ms|@0.5
+        gaugor:333|g
+        gaugor:-10|g
+        gaugor:+4|g
+        uniques:765|s
+        uniques:765|s
+        uniques:766|s
+        page.views:1|c|#env:prod,region:eu-west
+        page.views:2|c|#region:eu-west,env:prod
+        fuel.level:0.5|g|#env:prod
+        song.length:240|h|@0.5|#genre:rock
+        users.online:1|c|#country:china|c:83c0a99c0a54c0c187f461c7980e9b57f3f6a8b0c918c8d93df19a9de6f3fe1d
+        request.latency:10:20:30|d
+        historic.value:1|c|T1656581400
+        """)
+        #expect(store.value("gorets") == 11)  // 1 + 1/0.1
+        #expect(store.value("glork") == 3)  // one observation + two for @0.5
+        #expect(store.histogramSum("glork") == 0.96)  // 3 × 0.32 s
+        #expect(store.value("gaugor") == 327)  // set 333, -10, +4
+        #expect(store.value("uniques") == 2)
+        #expect(store.value("page_views", ["env": "prod", "region": "eu-west"]) == 3)
+        #expect(store.value("fuel_level", ["env": "prod"]) == 0.5)
+        #expect(store.value("song_length", ["genre": "rock"]) == 2)
+        #expect(store.value("users_online", ["country": "china"]) == 1)
+        #expect(store.value("request_latency") == 3)
+        #expect(store.histogramSum("request_latency") == 60)
+        #expect(store.value("historic_value") == 1)
+        #expect(store.statistics.textLinesReceived == 17)
+        #expect(store.statistics.textLinesRejected.allSatisfy { $0 == 0 })
+    }
+
+    @Test("a bad line refuses that line only, with its reason")
+    func badLines() {
+        var store = MetricStore()
+        let lines: [(String, TextLineRejection)] = [
+            ("nocolon", .malformed),
+            ("novalue:|c", .malformed),
+            ("notype:1", .malformed),
+            (":1|c", .malformed),
+            ("x:1|c|@", .badSampleRate),
+            ("x:1|c|@2", .badSampleRate),
+            ("x:1|c|@0", .badSampleRate),
+            ("x:1|ms|@0.001", .badSampleRate),
+            ("x:1|c|%weird", .malformed),
+            ("x:1|c|Tabc", .malformed),
+            ("x:abc|c", .badValue),
+            ("x:nan|g", .badValue),
+            ("x:inf|c", .badValue),
+            ("x:0x10|c", .badValue),
+            ("x:1|q", .badType),
+            ("x:-1|c", .negativeCounter),
+            ("p2pmetricsd.series:1|c", .badName),
+            ("x:1|c|#__reserved:1", .badTag),
+            ("_e{5,4}:title|text", .unsupportedEvent),
+            ("_sc|Redis connection|2|#env:dev", .unsupportedEvent),
+        ]
+        store.ingestText((lines.map(\.0) + ["good:1|c"]).joined(separator: "\n"))
+        #expect(store.value("good") == 1)
+        #expect(store.statistics.textLinesReceived == UInt64(lines.count + 1))
+        for reason in TextLineRejection.allCases {
+            let expected = lines.filter { $0.1 == reason }.count
+            #expect(store.statistics.rejected(reason) == UInt64(expected), "\(reason)")
+        }
+        #expect(store.families.map(\.name) == ["good"])
+    }
+
+    @Test("names and tags are sanitized like statsd_exporter; CRLF and blank lines are fine")
+    func sanitizing() {
+        var store = MetricStore()
+        store.ingestText("my-app/requests:1|c|#http-method:GET,1st:a,bare\r\n\n\n9lives:2|g\n")
+        #expect(store.value("my_app_requests", ["http_method": "GET", "_1st": "a"]) == 1)
+        #expect(store.value("_9lives") == 2)
+        #expect(store.statistics.textLinesReceived == 2)
+    }
+
+    @Test("text and binary samples meet in the same series")
+    func mixedWithBinary() throws {
+        var store = MetricStore()
+        store.ingestText("p2p.cache.hits:2|c|#cache_type:chunk")
+        var encoder = DatagramEncoder()
+        try encoder.append(.counterAdd, name: "p2p.cache.hits", labels: [("cache_type", "chunk")], value: .unsigned(3))
+        _ = encoder.bytes.withUnsafeBytes { store.ingest($0) }
+        store.ingestText("p2p_cache_hits:5|c|#cache_type:chunk")
+        #expect(store.value("p2p_cache_hits", ["cache_type": "chunk"]) == 10)
+        #expect(store.seriesCount == 1)
+        store.ingestText("p2p.cache.hits:1|g")  // a counter in the catalog: a gauge sample clashes
+        #expect(store.statistics.rejected(SampleRejection.typeClash) == 1)
+    }
+
+    @Test("distinct counts stay within the documented error and bounded memory")
+    func distinctAccuracy() {
+        var store = MetricStore()
+        for n in [1, 10, 1_000, 50_000] {
+            let name = "set\(n)"
+            var batch: [String] = []
+            for i in 0..<n {
+                batch.append("\(name):chunk-\(i)|s")
+                batch.append("\(name):chunk-\(i / 2)|s")  // repeats don't count
+                if batch.count >= 1_000 {
+                    store.ingestText(batch.joined(separator: "\n"))
+                    batch.removeAll()
+                }
+            }
+            store.ingestText(batch.joined(separator: "\n"))
+            let estimate = store.value(name)!
+            let error = abs(estimate - Double(n)) / Double(n)
+            #expect(error <= (n < 1000 ? 0.01 : 3 * 0.0163), "n=\(n) estimate=\(estimate)")
+        }
+        #expect(store.memoryFootprint < 4 * 4096 + 1 << 20)
+    }
+}
