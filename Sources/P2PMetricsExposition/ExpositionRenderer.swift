@@ -29,7 +29,7 @@ public struct ExpositionRenderer {
         }
         while familyPosition < order.count {
             let family = store.families[order[familyPosition]]
-            if seriesPosition == 0 {
+            if seriesPosition == 0 && !family.series.isEmpty {  // a family whose series all expired says nothing
                 TextFormat.appendHeader(name: family.name, help: family.help, type: family.type.exposedName, to: &out)
             }
             let series = family.series

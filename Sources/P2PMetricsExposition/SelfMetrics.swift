@@ -14,12 +14,15 @@ public struct SelfMetrics: Sendable {
     /// HTTP responses sent, by status code.
     public var httpResponses: [(code: Int, count: UInt64)]
     public var startTimeSeconds: Double
+    /// Processes whose exit the daemon watches (they have gauge adds outstanding).
+    public var trackedProcesses: Int
 
     public init(
         version: String, statistics: IngestStatistics, liveSeries: Int, seriesMemoryBytes: Int,
-        lastScrapeDurationSeconds: Double, scrapesTotal: UInt64, httpResponses: [(code: Int, count: UInt64)],
-        startTimeSeconds: Double
+        lastScrapeDurationSeconds: Double, trackedProcesses: Int = 0, scrapesTotal: UInt64,
+        httpResponses: [(code: Int, count: UInt64)], startTimeSeconds: Double
     ) {
+        self.trackedProcesses = trackedProcesses
         self.version = version
         self.statistics = statistics
         self.liveSeries = liveSeries
@@ -66,6 +69,14 @@ public struct SelfMetrics: Sendable {
                  Double(statistics.textLinesRejected[i]), &out)
         }
 
+        counter("p2pmetricsd_series_expired_total", "Series removed after their metric's TTL passed without an update.",
+                statistics.seriesExpired, &out)
+        counter("p2pmetricsd_processes_withdrawn_total",
+                "Exited processes whose outstanding gauge adds were withdrawn.", statistics.processesWithdrawn, &out)
+        counter("p2pmetricsd_gauge_adds_untracked_total",
+                "Gauge adds to process-scoped metrics applied without tracking (no sender pid, or tracking limits reached).",
+                statistics.gaugeAddsUntracked, &out)
+        gauge("p2pmetricsd_tracked_processes", "Sending processes watched for exit.", Double(trackedProcesses), &out)
         gauge("p2pmetricsd_series", "Live series in the store.", Double(liveSeries), &out)
         gauge("p2pmetricsd_series_memory_bytes", "Bytes held by the series tables.", Double(seriesMemoryBytes), &out)
         gauge("p2pmetricsd_last_scrape_duration_seconds",

@@ -14,6 +14,8 @@ public final class Daemon: ExpositionSource {
     private var store: MetricStore
     private var receiver: IngestReceiver?
     private var udpReceiver: IngestReceiver?
+    private var processWatcher: ProcessWatcher?
+    private var activeScrapes = 0
     private var http: HTTPServer?
     private var timers: [UnsafeMutablePointer<uv_timer_t>] = []
     private var signals: [UnsafeMutablePointer<uv_signal_t>] = []
@@ -52,11 +54,24 @@ public final class Daemon: ExpositionSource {
             activated.http != nil ? "http from systemd" : "http bound at \(configuration.listenAddress)",
         ].joined(separator: ", ")
 
-        receiver = try IngestReceiver(
-            loop: loop, fd: ingestFD,
-            apply: { [unowned self] bytes in self.store.ingest(bytes) },
+        _ = p2pmd_raise_nofile_limit()  // one pidfd per watched process
+        let wantCredentials = configuration.store.requiresCredentials || configuration.store.trackProcessGauges
+        let receiver = try IngestReceiver(
+            loop: loop, fd: ingestFD, credentials: wantCredentials,
+            apply: { [unowned self] bytes, sender in self.store.ingest(bytes, from: sender) },
             refuseTruncated: { [unowned self] length in self.store.countRejected(.oversized, bytes: length) })
+        self.receiver = receiver
+        if configuration.store.trackProcessGauges {
+            let watcher = ProcessWatcher(loop: loop) { [unowned self] pid in self.store.processExited(pid) }
+            processWatcher = watcher
+            receiver.afterDrain = { [unowned self] in
+                for pid in self.store.takeNewlyTrackedProcesses() { watcher.watch(pid) }
+            }
+        }
         if let address = configuration.udpAddress {
+            guard !configuration.store.requiresCredentials else {
+                throw DaemonError("--udp cannot be combined with an allow-list: UDP datagrams carry no credentials")
+            }
             guard let (host, port) = parseHostPort(address) else {
                 throw DaemonError("bad --udp address '\(address)': expected HOST:PORT with a numeric host, e.g. 127.0.0.1:8125")
             }
@@ -66,8 +81,8 @@ public final class Daemon: ExpositionSource {
             }
             _ = p2pmd_set_receive_buffer(fd, configuration.receiveBufferBytes)
             udpReceiver = try IngestReceiver(
-                loop: loop, fd: fd,
-                apply: { [unowned self] bytes in self.store.ingest(bytes) },
+                loop: loop, fd: fd, credentials: false,
+                apply: { [unowned self] bytes, _ in self.store.ingest(bytes) },
                 refuseTruncated: { [unowned self] length in self.store.countRejected(.oversized, bytes: length) })
             socketOrigin += ", udp bound at \(address)"
         }
@@ -84,6 +99,7 @@ public final class Daemon: ExpositionSource {
             signals.append(handle)
         }
         addTimer(every: 5_000) { $0.notifyStatus() }
+        addTimer(every: 1_000) { $0.tick() }
         if let interval = ServiceManager.watchdogPingIntervalMilliseconds() {
             addTimer(every: interval) { _ in ServiceManager.notify("WATCHDOG=1") }
         }
@@ -110,6 +126,7 @@ public final class Daemon: ExpositionSource {
         receiver = nil
         udpReceiver = nil
         http?.close()
+        processWatcher?.closeAll()
         for timer in timers { closeAndFree(timer.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { $0 }) }
         for signal in signals { closeAndFree(signal.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { $0 }) }
         timers = []
@@ -136,6 +153,13 @@ public final class Daemon: ExpositionSource {
             box.action(box.daemon)
         }, milliseconds, milliseconds)
         timers.append(timer)
+    }
+
+    /// Advances the store's clock and removes series past their TTL — never in the middle of a
+    /// sliced scrape, whose position in the series lists must stay valid.
+    private func tick() {
+        store.now = UInt32(truncatingIfNeeded: uv_now(loop) / 1_000)
+        if activeScrapes == 0 { store.expireStale() }
     }
 
     private func notifyStatus() {
@@ -165,9 +189,11 @@ public final class Daemon: ExpositionSource {
     // MARK: ExpositionSource
 
     func beginScrape(into out: inout [UInt8]) {
+        activeScrapes += 1
         SelfMetrics(
             version: configuration.version, statistics: store.statistics, liveSeries: store.seriesCount,
             seriesMemoryBytes: store.memoryFootprint, lastScrapeDurationSeconds: lastScrapeDuration,
+            trackedProcesses: processWatcher?.count ?? 0,
             scrapesTotal: scrapes,
             httpResponses: responses.sorted { $0.key.rawValue < $1.key.rawValue }.map { ($0.key.rawValue, $0.value) },
             startTimeSeconds: startTime
@@ -179,8 +205,13 @@ public final class Daemon: ExpositionSource {
     }
 
     func scrapeFinished(durationSeconds: Double) {
+        activeScrapes -= 1
         lastScrapeDuration = durationSeconds
         scrapes += 1
+    }
+
+    func scrapeAborted() {
+        activeScrapes -= 1
     }
 
     func countResponse(_ status: HTTPStatus) {

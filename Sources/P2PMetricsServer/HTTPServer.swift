@@ -11,6 +11,8 @@ protocol ExpositionSource: AnyObject {
     /// Appends the next slice of the store's exposition; returns true when it is complete.
     func renderSlice(_ renderer: inout ExpositionRenderer, into out: inout [UInt8], budget: Int) -> Bool
     func scrapeFinished(durationSeconds: Double)
+    /// A sliced scrape whose connection went away before it finished.
+    func scrapeAborted()
     func countResponse(_ status: HTTPStatus)
 }
 
@@ -351,6 +353,10 @@ final class HTTPConnection {
     func close() {
         guard !closing else { return }
         closing = true
+        if renderer != nil {
+            renderer = nil
+            server.source.scrapeAborted()
+        }
         uv_timer_stop(timer)
         let done: uv_close_cb = { handle in
             guard let handle else { return }

@@ -15,14 +15,22 @@ final class IngestReceiver {
     private let poll: UnsafeMutablePointer<uv_poll_t>
     private var slots: UnsafeMutableBufferPointer<p2pmd_datagram>
     private let buffers: UnsafeMutableRawPointer
-    private let apply: (UnsafeRawBufferPointer) -> Void
+    private let credentials: Bool
+    private let apply: (UnsafeRawBufferPointer, SenderCredentials?) -> Void
     private let refuseTruncated: (Int) -> Void
+    /// Called after each readiness callback's batches (the daemon picks up new processes to watch).
+    var afterDrain: () -> Void = {}
 
     init(
-        loop: UnsafeMutablePointer<uv_loop_t>, fd: Int32,
-        apply: @escaping (UnsafeRawBufferPointer) -> Void, refuseTruncated: @escaping (Int) -> Void
+        loop: UnsafeMutablePointer<uv_loop_t>, fd: Int32, credentials: Bool,
+        apply: @escaping (UnsafeRawBufferPointer, SenderCredentials?) -> Void, refuseTruncated: @escaping (Int) -> Void
     ) throws {
         self.fd = fd
+        self.credentials = credentials
+        if credentials {
+            let rc = p2pmd_enable_credentials(fd)
+            guard rc == 0 else { throw DaemonError("cannot enable SO_PASSCRED on the ingest socket: \(String(cString: strerror(-rc)))") }
+        }
         self.apply = apply
         self.refuseTruncated = refuseTruncated
         let slotSize = WireFormat.maxDatagramSize
@@ -45,6 +53,7 @@ final class IngestReceiver {
             guard let handle, let data = handle.pointee.data else { return }
             let receiver = Unmanaged<IngestReceiver>.fromOpaque(data).takeUnretainedValue()
             _ = receiver.drain(maxBatches: IngestReceiver.batchesPerWakeup)
+            receiver.afterDrain()
         }
     }
 
@@ -52,14 +61,15 @@ final class IngestReceiver {
     @discardableResult
     func drain(maxBatches: Int) -> Bool {
         for _ in 0..<maxBatches {
-            let n = p2pmd_receive_batch(fd, slots.baseAddress, UInt32(Self.batchSize), 0)
+            let n = p2pmd_receive_batch(fd, slots.baseAddress, UInt32(Self.batchSize), credentials ? 1 : 0)
             if n <= 0 { return true }
             for i in 0..<Int(n) {
                 let slot = slots[i]
                 if slot.truncated != 0 {
                     refuseTruncated(slot.length)
                 } else {
-                    apply(UnsafeRawBufferPointer(start: slot.buffer, count: slot.length))
+                    let sender = slot.has_credentials != 0 ? SenderCredentials(pid: slot.pid, uid: slot.uid, gid: slot.gid) : nil
+                    apply(UnsafeRawBufferPointer(start: slot.buffer, count: slot.length), sender)
                 }
             }
             if n < Self.batchSize { return true }

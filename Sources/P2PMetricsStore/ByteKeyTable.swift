@@ -6,7 +6,7 @@
 /// senders cannot aim collisions at it.
 struct ByteKeyTable {
     private struct Slot {
-        /// 0 marks an empty slot; stored hashes always have their low bit set.
+        /// 0 marks an empty slot, 2 a removed one; stored hashes always have their low bit set.
         var hash: UInt32 = 0
         var value: Int32 = 0
         var offset: UInt32 = 0
@@ -16,8 +16,12 @@ struct ByteKeyTable {
     private var slots: [Slot]
     private var mask: Int
     private(set) var count = 0
-    /// Every inserted key, in insertion order. Offsets into it are stable forever.
+    private var tombstones = 0
+    /// Bytes of the arena that belong to removed keys.
+    private(set) var deadBytes = 0
+    /// Every inserted key, in insertion order. Offsets into it are stable until `compact`.
     private(set) var arena: [UInt8] = []
+    private static let tombstone: UInt32 = 2
 
     init(minimumCapacity: Int = 16) {
         var size = 16
@@ -55,7 +59,7 @@ struct ByteKeyTable {
     /// Inserts a key known to be absent; returns the arena offset its bytes were stored at.
     @discardableResult
     mutating func insert(_ key: UnsafeRawBufferPointer, hash: UInt32, value: Int32) -> Int {
-        if (count + 1) * 2 > slots.count { grow() }
+        if (count + tombstones + 1) * 2 > slots.count { rehash(size: (count + 1) * 4 > slots.count ? slots.count * 2 : slots.count) }
         let offset = arena.count
         arena.append(contentsOf: key)
         place(Slot(hash: hash, value: value, offset: UInt32(offset), length: UInt32(key.count)))
@@ -72,6 +76,55 @@ struct ByteKeyTable {
         for i in slots.indices { slots[i] = Slot() }
         arena.removeAll(keepingCapacity: true)
         count = 0
+        tombstones = 0
+        deadBytes = 0
+    }
+
+    /// Removes a key; returns its value, or nil when it was absent. Its arena bytes stay until
+    /// `compact`.
+    @discardableResult
+    mutating func remove(_ key: UnsafeRawBufferPointer, hash: UInt32) -> Int32? {
+        let index: Int? = slots.withUnsafeBufferPointer { slots in
+            arena.withUnsafeBytes { arena in
+                var i = Int(hash) & mask
+                while true {
+                    let slot = slots[i]
+                    if slot.hash == 0 { return nil }
+                    if slot.hash == hash, Int(slot.length) == key.count,
+                       key.count == 0 || memcmpEqual(
+                           UnsafeRawBufferPointer(rebasing: arena[Int(slot.offset)..<Int(slot.offset) + key.count]), key) {
+                        return i
+                    }
+                    i = (i + 1) & mask
+                }
+            }
+        }
+        guard let index else { return nil }
+        let value = slots[index].value
+        deadBytes += Int(slots[index].length)
+        slots[index].hash = Self.tombstone
+        count -= 1
+        tombstones += 1
+        return value
+    }
+
+    /// True when removed keys hold more than half the arena (and more than a little memory).
+    var shouldCompact: Bool { deadBytes > 64 * 1024 && deadBytes * 2 > arena.count }
+
+    /// Rewrites the arena with the live keys only; `relocated(value, newOffset)` is called for
+    /// each, so holders of offsets can follow.
+    mutating func compact(_ relocated: (Int32, Int) -> Void) {
+        var fresh: [UInt8] = []
+        fresh.reserveCapacity(arena.count - deadBytes)
+        for i in slots.indices where slots[i].hash & 1 == 1 {
+            let start = Int(slots[i].offset)
+            let newOffset = fresh.count
+            fresh.append(contentsOf: arena[start..<start + Int(slots[i].length)])
+            slots[i].offset = UInt32(newOffset)
+            relocated(slots[i].value, newOffset)
+        }
+        arena = fresh
+        deadBytes = 0
     }
 
     private mutating func place(_ slot: Slot) {
@@ -80,11 +133,12 @@ struct ByteKeyTable {
         slots[i] = slot
     }
 
-    private mutating func grow() {
+    private mutating func rehash(size: Int) {
         let old = slots
-        slots = Array(repeating: Slot(), count: old.count * 2)
-        mask = slots.count - 1
-        for slot in old where slot.hash != 0 { place(slot) }
+        slots = Array(repeating: Slot(), count: size)
+        mask = size - 1
+        tombstones = 0
+        for slot in old where slot.hash & 1 == 1 { place(slot) }
     }
 }
 

@@ -12,13 +12,24 @@ public struct MetricDescriptor: Sendable, Equatable {
     /// Upper bounds of the histogram buckets, strictly increasing, without `+Inf`; `nil` means
     /// the configured default.
     public var buckets: [Double]?
+    /// Series of this metric not updated for this many seconds are removed; nil keeps them
+    /// (the default for counters, so `rate()` never sees a false reset).
+    public var ttlSeconds: UInt32?
+    /// Gauge adds to this metric belong to the process that sent them: when it exits, what it
+    /// added and did not take back is withdrawn (a crashed image store leaves no transfer
+    /// "active"). Off for gauges that processes hand to each other (a producer adds, a consumer
+    /// subtracts).
+    public var processScoped: Bool
 
-    public init(name: String, type: MetricType, help: String, labelNames: [String] = [], buckets: [Double]? = nil) {
+    public init(name: String, type: MetricType, help: String, labelNames: [String] = [], buckets: [Double]? = nil,
+                ttlSeconds: UInt32? = nil, processScoped: Bool = false) {
+        self.processScoped = processScoped
         self.name = name
         self.type = type
         self.help = help
         self.labelNames = labelNames
         self.buckets = buckets
+        self.ttlSeconds = ttlSeconds
     }
 
     /// The Prometheus name.
@@ -56,6 +67,6 @@ public enum Catalog {
               help: "Number of failed P2P image verifications.", labelNames: ["verification_type"]),
         .init(name: "p2p.cache.hits", type: .counter, help: "Number of P2P cache hits.", labelNames: ["cache_type"]),
         .init(name: "p2p.cache.misses", type: .counter, help: "Number of P2P cache misses.", labelNames: ["cache_type"]),
-        .init(name: "p2p.transfers.active", type: .gauge, help: "Number of active P2P transfers."),
+        .init(name: "p2p.transfers.active", type: .gauge, help: "Number of active P2P transfers.", processScoped: true),
     ]
 }

@@ -12,7 +12,11 @@ public struct MetricFamily: Sendable {
     public let help: String
     /// Histogram bucket upper bounds (without `+Inf`); empty for other types.
     public let buckets: [Double]
-    /// The family's series in creation order.
+    /// Seconds without an update after which a series is removed; nil: never.
+    public let ttlSeconds: UInt32?
+    /// Whether gauge adds are withdrawn when their sending process exits.
+    public let processScoped: Bool
+    /// The family's live series in creation order.
     public internal(set) var series: [SeriesID] = []
 }
 
@@ -50,9 +54,24 @@ public struct MetricStore {
     private var bucketCounts: [UInt64] = []
     /// HyperLogLog registers of every distinct-count series, `HyperLogLog.registerCount` each.
     private var sketchRegisters: [UInt8] = []
+    /// `now` when the series last received a sample.
+    private var lastSeen: [UInt32] = []
+
+    // Removed series' ids and value regions, reused before anything new is allocated, so that
+    // churn under a TTL keeps memory flat.
+    private var freeIDs: [SeriesID] = []
+    private var freeBucketRuns: [Int: [UInt32]] = [:]
+    private var freeSketches: [UInt32] = []
+
+    private var processGauges: ProcessGauges
+    private var newlyTrackedProcesses: [Int32] = []
+
+    /// The store's clock in seconds, set by its owner (monotonic; used for TTLs).
+    public var now: UInt32 = 0
 
     // Scratch reused across datagrams.
     private var decoder = DatagramDecoder()
+    private var currentSender: Int32?
     private let transcoder = StatsDTranscoder()
     private var resolved: [SeriesID] = []
     private var keyScratch: [UInt8] = []
@@ -63,22 +82,34 @@ public struct MetricStore {
 
     public init(configuration: StoreConfiguration = StoreConfiguration()) {
         self.configuration = configuration
+        processGauges = ProcessGauges(maxProcesses: configuration.maxTrackedProcesses,
+                                      maxEntries: configuration.maxTrackedContributions)
         var descriptors: [String: MetricDescriptor] = [:]
         for d in configuration.metrics { descriptors[d.exposedName] = d }
         self.descriptors = descriptors
     }
 
     /// Live series.
-    public var seriesCount: Int { seriesFamily.count }
+    public var seriesCount: Int { seriesFamily.count - freeIDs.count }
 
     // MARK: Ingest
 
     /// Applies one datagram: binary (first byte `0xF5`) or text StatsD lines (first byte ASCII).
     /// Returns the reason when a binary datagram was refused whole; text is refused line by line.
+    ///
+    /// `sender` carries the kernel-verified credentials when the transport has them; they decide
+    /// the allow-list and whose gauge adds are withdrawn when a process exits.
     @discardableResult
-    public mutating func ingest(_ bytes: UnsafeRawBufferPointer) -> DatagramRejection? {
+    public mutating func ingest(_ bytes: UnsafeRawBufferPointer, from sender: SenderCredentials? = nil) -> DatagramRejection? {
         statistics.datagramsReceived &+= 1
         statistics.bytesReceived &+= UInt64(bytes.count)
+        if configuration.requiresCredentials {
+            guard let sender, configuration.allowedUIDs.contains(sender.uid) || configuration.allowedGIDs.contains(sender.gid) else {
+                statistics.count(.unauthorized)
+                return .unauthorized
+            }
+        }
+        currentSender = configuration.trackProcessGauges ? sender.flatMap { $0.pid > 0 ? $0.pid : nil } : nil
         if let first = bytes.first, first < 0x80 {
             ingestText(bytes)
             return nil
@@ -121,6 +152,7 @@ public struct MetricStore {
             if id == Self.unresolved {
                 id = resolve(decoder.series[sample.series], kind: sample.kind, in: bytes)
                 resolved[sample.series] = id
+                if id >= 0 { lastSeen[Int(id)] = now }
             }
             if id < 0 {
                 statistics.count(SampleRejection.allCases[Int(Self.refusedBase - id)])
@@ -158,8 +190,21 @@ public struct MetricStore {
             }
         case .gaugeSet:
             floatPart[id] = sample.value.doubleValue
+            if currentSender != nil || processGauges.entries > 0 { processGauges.clear(series: SeriesID(id)) }
         case .gaugeAdd:
-            floatPart[id] += sample.value.doubleValue
+            let value = sample.value.doubleValue
+            floatPart[id] += value
+            if families[family].processScoped {
+                if let pid = currentSender {
+                    switch processGauges.add(value, to: SeriesID(id), from: pid) {
+                    case .tracked: break
+                    case .trackedNewProcess: newlyTrackedProcesses.append(pid)
+                    case .untracked: statistics.gaugeAddsUntracked &+= 1
+                    }
+                } else {
+                    statistics.gaugeAddsUntracked &+= 1
+                }
+            }
         case .histogramObserve:
             let value = sample.value.doubleValue
             let bucket = families[family].buckets.partitioningIndex { value <= $0 }
@@ -248,30 +293,125 @@ public struct MetricStore {
         let descriptor = descriptors[name]
         let buckets = type == .histogram ? (descriptor?.buckets ?? configuration.defaultBuckets) : []
         let help = descriptor?.help ?? "Metric \(name) sent by clients of p2pmetricsd."
+        let ttl = descriptor?.ttlSeconds ?? (type == .counter ? nil : configuration.defaultTTLSeconds)
         familyIndex[name] = Int32(families.count)
-        families.append(MetricFamily(name: name, type: type, help: help, buckets: buckets))
+        families.append(MetricFamily(name: name, type: type, help: help, buckets: buckets, ttlSeconds: ttl,
+                                     processScoped: descriptor?.processScoped ?? false))
     }
 
     private mutating func createSeries(family: Int32) -> SeriesID {
-        let id = SeriesID(seriesFamily.count)
+        let reused = freeIDs.popLast()
+        let id = reused ?? SeriesID(seriesFamily.count)
         let offset = keyScratch.withUnsafeBytes { key in canonical.insert(key, hash: ByteKeyTable.hash(key), value: id) }
-        seriesFamily.append(family)
-        seriesKeyOffset.append(UInt32(offset))
-        seriesKeyLength.append(UInt16(keyScratch.count))
-        integerPart.append(0)
-        floatPart.append(0)
+        var base: UInt32 = 0
         switch families[Int(family)].type {
         case .histogram:
-            histogramBase.append(UInt32(bucketCounts.count))
-            bucketCounts.append(contentsOf: repeatElement(0, count: families[Int(family)].buckets.count + 1))
+            let run = families[Int(family)].buckets.count + 1
+            if let free = freeBucketRuns[run]?.popLast() {
+                base = free
+                for i in Int(free)..<Int(free) + run { bucketCounts[i] = 0 }
+            } else {
+                base = UInt32(bucketCounts.count)
+                bucketCounts.append(contentsOf: repeatElement(0, count: run))
+            }
         case .distinct:
-            histogramBase.append(UInt32(sketchRegisters.count))
-            sketchRegisters.append(contentsOf: repeatElement(0, count: HyperLogLog.registerCount))
+            if let free = freeSketches.popLast() {
+                base = free
+                for i in Int(free)..<Int(free) + HyperLogLog.registerCount { sketchRegisters[i] = 0 }
+            } else {
+                base = UInt32(sketchRegisters.count)
+                sketchRegisters.append(contentsOf: repeatElement(0, count: HyperLogLog.registerCount))
+            }
         case .counter, .gauge:
-            histogramBase.append(0)
+            break
+        }
+        if let reused {
+            let i = Int(reused)
+            seriesFamily[i] = family
+            seriesKeyOffset[i] = UInt32(offset)
+            seriesKeyLength[i] = UInt16(keyScratch.count)
+            integerPart[i] = 0
+            floatPart[i] = 0
+            histogramBase[i] = base
+            lastSeen[i] = now
+        } else {
+            seriesFamily.append(family)
+            seriesKeyOffset.append(UInt32(offset))
+            seriesKeyLength.append(UInt16(keyScratch.count))
+            integerPart.append(0)
+            floatPart.append(0)
+            histogramBase.append(base)
+            lastSeen.append(now)
         }
         families[Int(family)].series.append(id)
         return id
+    }
+
+    // MARK: Process exits and expiry
+
+    /// Processes whose gauge adds became tracked since the last call; the owner watches them and
+    /// calls `processExited` when they end.
+    public mutating func takeNewlyTrackedProcesses() -> [Int32] {
+        defer { newlyTrackedProcesses.removeAll(keepingCapacity: true) }
+        return newlyTrackedProcesses
+    }
+
+    /// Withdraws what an exited process still contributed to gauges.
+    public mutating func processExited(_ pid: Int32) {
+        let contributions = processGauges.withdraw(pid)
+        guard !contributions.isEmpty else { return }
+        for (id, value) in contributions where seriesFamily[Int(id)] >= 0 {
+            floatPart[Int(id)] -= value
+        }
+        statistics.processesWithdrawn &+= 1
+    }
+
+    /// Removes every series whose metric has a TTL and that saw no sample for longer than it.
+    /// Returns how many were removed.
+    @discardableResult
+    public mutating func expireStale() -> Int {
+        var removed = 0
+        for f in families.indices {
+            guard let ttl = families[f].ttlSeconds else { continue }
+            let before = families[f].series.count
+            var kept: [SeriesID] = []
+            kept.reserveCapacity(before)
+            for id in families[f].series {
+                if now &- lastSeen[Int(id)] > ttl {
+                    removeSeries(id, family: f)
+                } else {
+                    kept.append(id)
+                }
+            }
+            if kept.count != before {
+                families[f].series = kept
+                removed += before - kept.count
+            }
+        }
+        if removed > 0 {
+            wireCache.removeAll()  // it may name removed series
+            statistics.seriesExpired &+= UInt64(removed)
+            if canonical.shouldCompact {
+                canonical.compact { id, offset in seriesKeyOffset[Int(id)] = UInt32(offset) }
+            }
+        }
+        return removed
+    }
+
+    private mutating func removeSeries(_ id: SeriesID, family: Int) {
+        let i = Int(id)
+        let offset = Int(seriesKeyOffset[i])
+        let length = Int(seriesKeyLength[i])
+        let key = Array(canonical.arena[offset..<offset + length])
+        key.withUnsafeBytes { _ = canonical.remove($0, hash: ByteKeyTable.hash($0)) }
+        switch families[family].type {
+        case .histogram: freeBucketRuns[families[family].buckets.count + 1, default: []].append(histogramBase[i])
+        case .distinct: freeSketches.append(histogramBase[i])
+        case .counter, .gauge: break
+        }
+        processGauges.clear(series: id)
+        seriesFamily[i] = -1
+        freeIDs.append(id)
     }
 
     // MARK: Reading (for exposition)
@@ -315,7 +455,7 @@ public struct MetricStore {
     public var memoryFootprint: Int {
         canonical.memoryFootprint + wireCache.memoryFootprint
             + seriesFamily.capacity * 4 + seriesKeyOffset.capacity * 4 + seriesKeyLength.capacity * 2
-            + integerPart.capacity * 8 + floatPart.capacity * 8 + histogramBase.capacity * 4 + bucketCounts.capacity * 8 + sketchRegisters.capacity
+            + integerPart.capacity * 8 + floatPart.capacity * 8 + histogramBase.capacity * 4 + bucketCounts.capacity * 8 + sketchRegisters.capacity + lastSeen.capacity * 4
     }
 }
 

@@ -13,8 +13,23 @@ public struct StoreConfiguration: Sendable {
     public var metrics: [MetricDescriptor] = Catalog.p2p
     /// Entries of the cache from a datagram's series bytes to a series; bounded, cleared when full.
     public var wireCacheCapacity: Int = 65_536
+    /// When either is non-empty, only datagrams whose kernel-verified sender uid is in
+    /// `allowedUIDs` or gid is in `allowedGIDs` are accepted; others are refused (`unauthorized`).
+    public var allowedUIDs: Set<UInt32> = []
+    public var allowedGIDs: Set<UInt32> = []
+    /// Track gauge adds to process-scoped metrics (`MetricDescriptor.processScoped`) per sending
+    /// process and withdraw them when the process exits.
+    public var trackProcessGauges = true
+    public var maxTrackedProcesses = 512
+    public var maxTrackedContributions = 100_000
+    /// TTL of gauge, histogram and distinct series that no metric entry sets; nil keeps them.
+    /// Counters expire only with an explicit per-metric TTL.
+    public var defaultTTLSeconds: UInt32?
 
     public init() {}
+
+    /// Whether an allow-list is configured (and credentials are therefore required).
+    public var requiresCredentials: Bool { !allowedUIDs.isEmpty || !allowedGIDs.isEmpty }
 }
 
 /// Why one sample of a valid datagram was refused. The raw value is the `reason` label of
@@ -39,6 +54,12 @@ public struct IngestStatistics: Sendable, Equatable {
     public var datagramsRejected = [UInt64](repeating: 0, count: DatagramRejection.allCases.count)
     /// Indexed like `SampleRejection.allCases`.
     public var samplesRejected = [UInt64](repeating: 0, count: SampleRejection.allCases.count)
+    /// Processes that exited with gauge adds outstanding, which were then withdrawn.
+    public var processesWithdrawn: UInt64 = 0
+    /// Gauge adds applied without per-process tracking (tracking limits reached, or no pid).
+    public var gaugeAddsUntracked: UInt64 = 0
+    /// Series removed because their metric's TTL passed without an update.
+    public var seriesExpired: UInt64 = 0
     /// Non-empty text (StatsD / DogStatsD) lines read.
     public var textLinesReceived: UInt64 = 0
     /// Indexed like `TextLineRejection.allCases`.

@@ -13,11 +13,16 @@ import P2PMetricsWire
 ///   "udp": "127.0.0.1:8125",
 ///   "socket_mode": "0660",
 ///   "receive_buffer_bytes": 8388608,
+///   "allowed_uids": [1000], "allowed_gids": [998],
+///   "track_process_gauges": true,
+///   "default_ttl_seconds": 3600,
 ///   "limits": {"max_series": 1000000, "max_series_per_metric": 250000,
 ///              "max_http_connections": 64, "max_http_head_bytes": 8192, "max_http_headers": 64,
 ///              "idle_timeout_seconds": 60, "request_timeout_seconds": 10},
 ///   "default_buckets": [0.005, 0.01, 0.1, 1, 10],
-///   "metrics": {"my.job.duration": {"type": "histogram", "help": "…", "buckets": [0.1, 1, 10]}}
+///   "metrics": {"my.job.duration": {"type": "histogram", "help": "…", "buckets": [0.1, 1, 10],
+///                                    "ttl_seconds": 600},
+///               "jobs.running": {"type": "gauge", "process_scoped": true}}
 /// }
 /// ```
 struct ConfigFile {
@@ -49,7 +54,8 @@ struct ConfigFile {
     private static func apply(_ root: JSONValue, to configuration: inout ServerConfiguration) throws -> ConfigFile {
         let top = try root.object(at: "top level",
                                   keys: ["socket", "listen", "udp", "socket_mode", "receive_buffer_bytes", "limits",
-                                         "default_buckets", "metrics"])
+                                         "default_buckets", "metrics", "allowed_uids", "allowed_gids",
+                                         "track_process_gauges", "default_ttl_seconds"])
         var file = ConfigFile()
         file.socket = try top["socket"]?.string(at: "socket")
         file.listen = try top["listen"]?.string(at: "listen")
@@ -63,10 +69,26 @@ struct ConfigFile {
         if let bytes = try top["receive_buffer_bytes"]?.integer(at: "receive_buffer_bytes", in: 4096...(1 << 30)) {
             configuration.receiveBufferBytes = Int32(bytes)
         }
+        if let uids = top["allowed_uids"] {
+            configuration.store.allowedUIDs = Set(try uids.ids(at: "allowed_uids"))
+        }
+        if let gids = top["allowed_gids"] {
+            configuration.store.allowedGIDs = Set(try gids.ids(at: "allowed_gids"))
+        }
+        if let track = top["track_process_gauges"] {
+            guard case .bool(let b) = track else { throw ConfigError("track_process_gauges must be true or false") }
+            configuration.store.trackProcessGauges = b
+        }
+        if let ttl = try top["default_ttl_seconds"]?.integer(at: "default_ttl_seconds", in: 1...31_536_000) {
+            configuration.store.defaultTTLSeconds = UInt32(ttl)
+        }
         if let limits = try top["limits"]?.object(
             at: "limits",
             keys: ["max_series", "max_series_per_metric", "max_http_connections", "max_http_head_bytes",
-                   "max_http_headers", "idle_timeout_seconds", "request_timeout_seconds"]) {
+                   "max_http_headers", "idle_timeout_seconds", "request_timeout_seconds", "max_tracked_processes"]) {
+            if let n = try limits["max_tracked_processes"]?.integer(at: "limits.max_tracked_processes", in: 0...65_536) {
+                configuration.store.maxTrackedProcesses = n
+            }
             if let n = try limits["max_series"]?.integer(at: "limits.max_series", in: 1...100_000_000) {
                 configuration.store.maxSeries = n
             }
@@ -100,7 +122,7 @@ struct ConfigFile {
                 guard bad == nil, name.utf8.count <= WireFormat.maxMetricNameLength else {
                     throw ConfigError("\(at): not a valid metric name")
                 }
-                let entry = try value.object(at: at, keys: ["type", "help", "buckets"])
+                let entry = try value.object(at: at, keys: ["type", "help", "buckets", "ttl_seconds", "process_scoped"])
                 let exposed = Names.exposedName(name.utf8)
                 var descriptor = configuration.store.metrics.first { $0.exposedName == exposed }
                     ?? MetricDescriptor(name: name, type: .gauge, help: "")
@@ -117,6 +139,15 @@ struct ConfigFile {
                 if let buckets = entry["buckets"] {
                     guard descriptor.type == .histogram else { throw ConfigError("\(at).buckets is only for histograms") }
                     descriptor.buckets = try buckets.buckets(at: "\(at).buckets")
+                }
+                if let ttl = try entry["ttl_seconds"]?.integer(at: "\(at).ttl_seconds", in: 1...31_536_000) {
+                    descriptor.ttlSeconds = UInt32(ttl)
+                }
+                if let scoped = entry["process_scoped"] {
+                    guard case .bool(let b) = scoped, descriptor.type == .gauge else {
+                        throw ConfigError("\(at).process_scoped must be true or false, and only for gauges")
+                    }
+                    descriptor.processScoped = b
                 }
                 configuration.store.metrics.removeAll { $0.exposedName == exposed }
                 configuration.store.metrics.append(descriptor)
@@ -164,6 +195,11 @@ enum JSONValue: Decodable {
             throw ConfigError("\(path) must be a whole number from \(range.lowerBound) to \(range.upperBound)")
         }
         return i
+    }
+
+    func ids(at path: String) throws -> [UInt32] {
+        guard case .array(let items) = self else { throw ConfigError("\(path) must be a list of numeric ids") }
+        return try items.map { try $0.integer(at: path, in: 0...Int(UInt32.max - 1)) }.map { UInt32($0) }
     }
 
     func buckets(at path: String) throws -> [Double] {

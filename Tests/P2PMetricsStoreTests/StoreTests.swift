@@ -183,3 +183,142 @@ struct StoreTests {
         #expect(store.counter("m4", ["k": "19996", "peer": "p\(19996 % 13)"]) == 19996)
     }
 }
+
+@Suite("Access control, crash-safe gauges and expiry")
+struct ReliabilityStoreTests {
+    let alice = SenderCredentials(pid: 100, uid: 1000, gid: 1000)
+    let bob = SenderCredentials(pid: 200, uid: 2000, gid: 998)
+    let mallory = SenderCredentials(pid: 300, uid: 3000, gid: 3000)
+
+    @Test("the allow-list admits listed uids or gids and refuses everyone else, including no credentials")
+    func allowList() {
+        var configuration = StoreConfiguration()
+        configuration.allowedUIDs = [1000]
+        configuration.allowedGIDs = [998]
+        var store = MetricStore(configuration: configuration)
+        let bytes = datagram([(.counterAdd, "c", [], .unsigned(1))])
+        #expect(bytes.withUnsafeBytes { store.ingest($0, from: alice) } == nil)
+        #expect(bytes.withUnsafeBytes { store.ingest($0, from: bob) } == nil)
+        #expect(bytes.withUnsafeBytes { store.ingest($0, from: mallory) } == .unauthorized)
+        #expect(bytes.withUnsafeBytes { store.ingest($0, from: nil) } == .unauthorized)
+        #expect(store.counter("c") == 2)
+        #expect(store.statistics.rejected(DatagramRejection.unauthorized) == 2)
+    }
+
+    @Test("a process that exits has its outstanding gauge adds withdrawn; others keep theirs")
+    func withdrawOnExit() {
+        var store = MetricStore()
+        let start = datagram([(.gaugeAdd, "p2p.transfers.active", [], .unsigned(1))])
+        let end = datagram([(.gaugeAdd, "p2p.transfers.active", [], .signed(-1))])
+        for _ in 0..<3 { _ = start.withUnsafeBytes { store.ingest($0, from: alice) } }
+        _ = end.withUnsafeBytes { store.ingest($0, from: alice) }
+        _ = start.withUnsafeBytes { store.ingest($0, from: bob) }
+        #expect(store.gauge("p2p_transfers_active") == 3)
+        #expect(store.takeNewlyTrackedProcesses() == [100, 200])
+        #expect(store.takeNewlyTrackedProcesses() == [])
+        store.processExited(100)  // alice crashed with two transfers open
+        #expect(store.gauge("p2p_transfers_active") == 1)
+        store.processExited(100)  // reported twice: nothing more happens
+        #expect(store.gauge("p2p_transfers_active") == 1)
+        _ = end.withUnsafeBytes { store.ingest($0, from: bob) }
+        store.processExited(200)  // bob finished cleanly: nothing to withdraw
+        #expect(store.gauge("p2p_transfers_active") == 0)
+        #expect(store.statistics.processesWithdrawn == 1)
+    }
+
+    static func scoped(_ name: String = "g") -> StoreConfiguration {
+        var configuration = StoreConfiguration()
+        configuration.metrics.append(MetricDescriptor(name: name, type: .gauge, help: "x", processScoped: true))
+        return configuration
+    }
+
+    @Test("a gauge set makes the value absolute and forgets earlier contributions")
+    func setForgetsContributions() {
+        var store = MetricStore(configuration: Self.scoped())
+        _ = datagram([(.gaugeAdd, "g", [], .unsigned(5))]).withUnsafeBytes { store.ingest($0, from: alice) }
+        _ = datagram([(.gaugeSet, "g", [], .unsigned(2))]).withUnsafeBytes { store.ingest($0, from: bob) }
+        store.processExited(100)
+        #expect(store.gauge("g") == 2)
+    }
+
+    @Test("gauges that are not process-scoped keep what exited processes added (producer/consumer)")
+    func unscopedGaugesPersist() {
+        var store = MetricStore()
+        _ = datagram([(.gaugeAdd, "queue.depth", [], .unsigned(3))]).withUnsafeBytes { store.ingest($0, from: alice) }
+        store.processExited(100)  // the producer is gone; the items it queued are still there
+        _ = datagram([(.gaugeAdd, "queue.depth", [], .signed(-1))]).withUnsafeBytes { store.ingest($0, from: bob) }
+        #expect(store.gauge("queue_depth") == 2)
+        #expect(store.takeNewlyTrackedProcesses() == [])
+    }
+
+    @Test("tracking is bounded: beyond the process limit adds apply untracked and are counted")
+    func trackingBounds() {
+        var configuration = Self.scoped()
+        configuration.maxTrackedProcesses = 1
+        var store = MetricStore(configuration: configuration)
+        let add = datagram([(.gaugeAdd, "g", [], .unsigned(1))])
+        _ = add.withUnsafeBytes { store.ingest($0, from: alice) }
+        _ = add.withUnsafeBytes { store.ingest($0, from: bob) }
+        _ = add.withUnsafeBytes { store.ingest($0, from: nil) }
+        #expect(store.gauge("g") == 3)
+        #expect(store.statistics.gaugeAddsUntracked == 2)
+        store.processExited(200)
+        #expect(store.gauge("g") == 3)
+        store.processExited(100)
+        #expect(store.gauge("g") == 2)
+    }
+
+    @Test("series past their TTL are removed; counters stay; ids and memory are reused")
+    func expiry() {
+        var configuration = StoreConfiguration()
+        configuration.defaultTTLSeconds = 10
+        configuration.metrics.append(MetricDescriptor(name: "short.counter", type: .counter, help: "x", ttlSeconds: 5))
+        var store = MetricStore(configuration: configuration)
+        store.now = 100
+        store.ingest(datagram([
+            (.gaugeSet, "temp", [("room", "a")], .unsigned(1)),
+            (.gaugeSet, "temp", [("room", "b")], .unsigned(2)),
+            (.counterAdd, "requests", [], .unsigned(1)),
+            (.counterAdd, "short.counter", [], .unsigned(1)),
+            (.histogramObserve, "p2p.transfer.duration", [], .double(1)),
+        ]))
+        store.now = 108
+        store.ingest(datagram([(.gaugeSet, "temp", [("room", "b")], .unsigned(3))]))
+        #expect(store.expireStale() == 1)  // short.counter (5 s)
+        store.now = 111
+        #expect(store.expireStale() == 2)  // temp{room=a} and the histogram (10 s default)
+        #expect(store.gauge("temp", ["room": "a"]) == nil)
+        #expect(store.gauge("temp", ["room": "b"]) == 3)
+        #expect(store.counter("requests") == 1)  // counters have no TTL unless configured
+        #expect(store.seriesCount == 2)
+        #expect(store.statistics.seriesExpired == 3)
+        // A returning series starts afresh, in a reused id and bucket run.
+        store.ingest(datagram([(.histogramObserve, "p2p.transfer.duration", [], .double(0.02))]))
+        store.ingest(datagram([(.gaugeSet, "temp", [("room", "a")], .unsigned(9))]))
+        #expect(store.gauge("temp", ["room": "a"]) == 9)
+        let id = store.series("p2p_transfer_duration")!
+        store.withHistogram(id) { counts, sum, count in
+            #expect(count == 1 && sum == 0.02 && counts.reduce(0, +) == 1)
+        }
+        #expect(store.seriesCount == 4)
+    }
+
+    @Test("churn under a TTL keeps memory flat")
+    func churnIsBounded() {
+        var configuration = StoreConfiguration()
+        configuration.defaultTTLSeconds = 1
+        var store = MetricStore(configuration: configuration)
+        var footprints: [Int] = []
+        for round in 0..<20 {
+            store.now = UInt32(round * 10)
+            for i in 0..<2_000 {
+                store.ingest(datagram([(.gaugeSet, "churn", [("id", "\(round)-\(i)-with-a-long-label-value")], .unsigned(1))]))
+            }
+            store.now += 5
+            store.expireStale()
+            #expect(store.seriesCount == 0)
+            footprints.append(store.memoryFootprint)
+        }
+        #expect(footprints.last! <= footprints[4] * 2, "\(footprints)")
+    }
+}

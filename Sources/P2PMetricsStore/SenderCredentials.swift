@@ -1,0 +1,76 @@
+/// Who sent a datagram, as the kernel vouches for it (`SCM_CREDENTIALS`).
+public struct SenderCredentials: Sendable, Equatable {
+    public var pid: Int32
+    public var uid: UInt32
+    public var gid: UInt32
+
+    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+    }
+}
+
+/// The outstanding gauge adds of each sending process, so that a process that dies mid-transfer
+/// can have its contribution withdrawn (`p2p.transfers.active` never stays stuck above zero).
+///
+/// A `gauge set` on a series makes its value absolute again and forgets the contributions to it.
+/// Contributions that net to zero are dropped, so a process holds entries only while it has
+/// something outstanding. Bounded: beyond `maxProcesses` processes or `maxEntries` entries, new
+/// contributions are applied but not tracked (and counted).
+struct ProcessGauges {
+    let maxProcesses: Int
+    let maxEntries: Int
+    private(set) var byProcess: [Int32: [SeriesID: Double]] = [:]
+    private var bySeries: [SeriesID: Set<Int32>] = [:]
+    private(set) var entries = 0
+
+    init(maxProcesses: Int, maxEntries: Int) {
+        self.maxProcesses = maxProcesses
+        self.maxEntries = maxEntries
+    }
+
+    enum AddResult { case tracked, trackedNewProcess, untracked }
+
+    mutating func add(_ value: Double, to series: SeriesID, from pid: Int32) -> AddResult {
+        let known = byProcess[pid] != nil
+        if !known && byProcess.count >= maxProcesses { return .untracked }
+        var contributions = byProcess[pid] ?? [:]
+        if let current = contributions[series] {
+            let sum = current + value
+            if sum == 0 {
+                contributions[series] = nil
+                bySeries[series]?.remove(pid)
+                if bySeries[series]?.isEmpty == true { bySeries[series] = nil }
+                entries -= 1
+            } else {
+                contributions[series] = sum
+            }
+        } else {
+            guard entries < maxEntries else { return .untracked }
+            guard value != 0 else { return .tracked }
+            contributions[series] = value
+            bySeries[series, default: []].insert(pid)
+            entries += 1
+        }
+        byProcess[pid] = contributions
+        return known ? .tracked : .trackedNewProcess
+    }
+
+    /// Forgets every contribution to `series` (after a gauge set, or when the series expires).
+    mutating func clear(series: SeriesID) {
+        guard let pids = bySeries.removeValue(forKey: series) else { return }
+        for pid in pids where byProcess[pid]?.removeValue(forKey: series) != nil { entries -= 1 }
+    }
+
+    /// Removes a process and returns what it still contributed, per series.
+    mutating func withdraw(_ pid: Int32) -> [SeriesID: Double] {
+        guard let contributions = byProcess.removeValue(forKey: pid) else { return [:] }
+        for series in contributions.keys {
+            bySeries[series]?.remove(pid)
+            if bySeries[series]?.isEmpty == true { bySeries[series] = nil }
+        }
+        entries -= contributions.count
+        return contributions
+    }
+}
