@@ -26,10 +26,11 @@ let package = Package(
         // Edge: libuv and systemd.
         .systemLibrary(name: "CLibUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "CDatagramSocket"),
         .target(
             name: "P2PMetricsServer",
-            dependencies: ["P2PMetricsStore", "P2PMetricsExposition", "P2PMetricsHTTP", "CLibUV", "CSystemd", "CDatagramSocket"]
+            dependencies: ["P2PMetricsStore", "P2PMetricsExposition", "P2PMetricsHTTP", "CLibUV", "CSystemd", "CDatagramSocket", "CZlib"]
         ),
         .executableTarget(
             name: "p2pmetricsd",
@@ -42,7 +43,8 @@ let package = Package(
         // Swift client: a swift-metrics backend plus the seed's typed API, on the shared wire codec.
         .target(
             name: "P2PMetrics",
-            dependencies: ["P2PMetricsWire", .product(name: "CoreMetrics", package: "swift-metrics")]
+            dependencies: ["P2PMetricsWire", .product(name: "CoreMetrics", package: "swift-metrics")],
+            exclude: ["README-section.md"]
         ),
         .executableTarget(
             name: "p2pmetrics-example",

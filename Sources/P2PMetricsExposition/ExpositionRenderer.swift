@@ -1,7 +1,7 @@
 import P2PMetricsStore
 import P2PMetricsWire
 
-/// Renders a store's families in the Prometheus text format, a slice at a time.
+/// Renders a store's families in the Prometheus text format or OpenMetrics, a slice at a time.
 ///
 /// A scrape of a million series must not stop the loop from draining the ingest socket, so the
 /// renderer keeps its position between calls: each `render` call appends roughly `budget` bytes
@@ -9,14 +9,19 @@ import P2PMetricsWire
 /// series in the order they were created; series created after the scrape started may or may
 /// not appear in it, like in any live exporter.
 public struct ExpositionRenderer {
+    public let format: ExpositionFormat
     private var order: [Int] = []
     private var familyPosition = 0
     private var seriesPosition = 0
+    /// Top-K families are written in two passes: the counts, then the `_error` family.
+    private var errorPass = false
     private var started = false
 
-    public init() {}
+    public init(format: ExpositionFormat = .prometheusText) {
+        self.format = format
+    }
 
-    /// True once every family has been written.
+    /// True once every family has been written (and `# EOF`, in OpenMetrics).
     public private(set) var isFinished = false
 
     /// Appends the next slice of the exposition to `out`; stops after the series that takes `out`
@@ -29,54 +34,77 @@ public struct ExpositionRenderer {
         }
         while familyPosition < order.count {
             let family = store.families[order[familyPosition]]
-            if seriesPosition == 0 && !family.series.isEmpty {  // a family whose series all expired says nothing
-                TextFormat.appendHeader(name: family.name, help: family.help, type: family.type.exposedName, to: &out)
-            }
             let series = family.series
+            if seriesPosition == 0 && !series.isEmpty {  // a family whose series all expired says nothing
+                if errorPass {
+                    TextFormat.appendHeader(
+                        name: family.name + "_error",
+                        help: "Upper bound of the overestimation of each count of \(family.name).",
+                        type: "gauge", format: format, to: &out)
+                } else {
+                    TextFormat.appendHeader(name: family.name, help: family.help, type: family.type.exposedName,
+                                            format: format, to: &out)
+                }
+            }
             while seriesPosition < series.count {
-                Self.appendSeries(series[seriesPosition], of: family, from: store, to: &out)
+                appendSeries(series[seriesPosition], of: family, from: store, to: &out)
                 seriesPosition += 1
                 if out.count >= budget { return false }
             }
-            familyPosition += 1
             seriesPosition = 0
+            if family.type == .topK && !errorPass {
+                errorPass = true
+            } else {
+                errorPass = false
+                familyPosition += 1
+            }
         }
+        if format == .openMetrics { out.append(contentsOf: "# EOF\n".utf8) }
         isFinished = true
         return true
     }
 
     /// Renders everything at once (for tests and small stores).
-    public static func renderAll(_ store: MetricStore) -> [UInt8] {
-        var renderer = ExpositionRenderer()
+    public static func renderAll(_ store: MetricStore, format: ExpositionFormat = .prometheusText) -> [UInt8] {
+        var renderer = ExpositionRenderer(format: format)
         var out: [UInt8] = []
         renderer.render(store, into: &out, budget: .max)
         return out
     }
 
-    static func appendSeries(_ id: SeriesID, of family: MetricFamily, from store: MetricStore, to out: inout [UInt8]) {
+    private func appendSeries(_ id: SeriesID, of family: MetricFamily, from store: MetricStore, to out: inout [UInt8]) {
         switch family.type {
         case .counter:
-            appendSampleStart(family.name, suffix: "", id, store, &out)
+            Self.appendSampleStart(family.name, suffix: "", id, store, &out)
             out.append(0x20)
             let (integer, fraction) = store.counterValue(id)
             TextFormat.appendCounter(integer: integer, fraction: fraction, to: &out)
             out.append(0x0A)
         case .gauge:
-            appendSampleStart(family.name, suffix: "", id, store, &out)
+            Self.appendSampleStart(family.name, suffix: "", id, store, &out)
             out.append(0x20)
             TextFormat.appendValue(store.gaugeValue(id), to: &out)
             out.append(0x0A)
         case .distinct:
-            appendSampleStart(family.name, suffix: "", id, store, &out)
+            Self.appendSampleStart(family.name, suffix: "", id, store, &out)
             out.append(0x20)
             TextFormat.appendValue(store.distinctEstimate(id), to: &out)
             out.append(0x0A)
+        case .topK:
+            for entry in store.topKEntries(id).entries {
+                Self.appendSampleStart(family.name, suffix: errorPass ? "_error" : "", id, store, &out, openEnded: true)
+                out.append(contentsOf: "key=\"".utf8)
+                entry.key.withUnsafeBytes { TextFormat.appendEscapedLabelValue($0, to: &out) }
+                out.append(contentsOf: "\"} ".utf8)
+                TextFormat.appendDecimal(errorPass ? entry.error : entry.count, to: &out)
+                out.append(0x0A)
+            }
         case .histogram:
             store.withHistogram(id) { counts, sum, count in
                 var cumulative: UInt64 = 0
                 for (i, n) in counts.enumerated() {
                     cumulative &+= n
-                    appendSampleStart(family.name, suffix: "_bucket", id, store, &out, openEnded: true)
+                    Self.appendSampleStart(family.name, suffix: "_bucket", id, store, &out, openEnded: true)
                     out.append(contentsOf: "le=\"".utf8)
                     if i < family.buckets.count {
                         TextFormat.appendValue(family.buckets[i], to: &out)
@@ -87,11 +115,11 @@ public struct ExpositionRenderer {
                     TextFormat.appendDecimal(cumulative, to: &out)
                     out.append(0x0A)
                 }
-                appendSampleStart(family.name, suffix: "_sum", id, store, &out)
+                Self.appendSampleStart(family.name, suffix: "_sum", id, store, &out)
                 out.append(0x20)
                 TextFormat.appendValue(sum, to: &out)
                 out.append(0x0A)
-                appendSampleStart(family.name, suffix: "_count", id, store, &out)
+                Self.appendSampleStart(family.name, suffix: "_count", id, store, &out)
                 out.append(0x20)
                 TextFormat.appendDecimal(count, to: &out)
                 out.append(0x0A)

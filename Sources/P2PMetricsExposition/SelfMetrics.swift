@@ -33,6 +33,9 @@ public struct SelfMetrics: Sendable {
         self.startTimeSeconds = startTimeSeconds
     }
 
+    /// The format `render` writes.
+    public var format: ExpositionFormat = .prometheusText
+
     /// Appends every self-metric, with HELP and TYPE.
     public func render(into out: inout [UInt8]) {
         family("p2pmetricsd_build_info", "gauge", "Build information of the running p2pmetricsd.", &out)
@@ -73,7 +76,7 @@ public struct SelfMetrics: Sendable {
                 statistics.seriesExpired, &out)
         counter("p2pmetricsd_processes_withdrawn_total",
                 "Exited processes whose outstanding gauge adds were withdrawn.", statistics.processesWithdrawn, &out)
-        counter("p2pmetricsd_gauge_adds_untracked_total",
+        counter("p2pmetricsd_untracked_adds_total",
                 "Gauge adds to process-scoped metrics applied without tracking (no sender pid, or tracking limits reached).",
                 statistics.gaugeAddsUntracked, &out)
         gauge("p2pmetricsd_tracked_processes", "Sending processes watched for exit.", Double(trackedProcesses), &out)
@@ -91,7 +94,7 @@ public struct SelfMetrics: Sendable {
     }
 
     private func family(_ name: String, _ type: String, _ help: String, _ out: inout [UInt8]) {
-        TextFormat.appendHeader(name: name, help: help, type: type, to: &out)
+        TextFormat.appendHeader(name: name, help: help, type: type, format: format, to: &out)
     }
 
     private func line(_ series: String, _ value: Double, _ out: inout [UInt8]) {

@@ -1,7 +1,50 @@
-/// Byte-level writers for the Prometheus text exposition format 0.0.4.
+/// The two exposition formats the daemon speaks.
+public enum ExpositionFormat: Sendable, Equatable {
+    /// Prometheus text format 0.0.4.
+    case prometheusText
+    /// OpenMetrics 1.0.0 text.
+    case openMetrics
+
+    public var contentType: String {
+        switch self {
+        case .prometheusText: return "text/plain; version=0.0.4; charset=utf-8"
+        case .openMetrics: return "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        }
+    }
+
+    /// Picks the format an `Accept` header prefers: OpenMetrics when it is listed with a higher
+    /// quality than (or without) the plain text format, as Prometheus' default header does.
+    public static func negotiate(accept: String?) -> ExpositionFormat {
+        guard let accept else { return .prometheusText }
+        var openMetrics = -1.0
+        var text = -1.0
+        for part in accept.split(separator: ",") {
+            let fields = part.split(separator: ";").map { $0.trimmingCharacters() }
+            guard let type = fields.first?.lowercased() else { continue }
+            var quality = 1.0
+            for field in fields.dropFirst() where field.lowercased().hasPrefix("q=") {
+                quality = Double(field.dropFirst(2)) ?? 0
+            }
+            if type == "application/openmetrics-text" {
+                openMetrics = max(openMetrics, quality)
+            } else if type == "text/plain" || type == "*/*" || type == "text/*" {
+                text = max(text, quality)
+            }
+        }
+        return openMetrics > 0 && openMetrics >= text ? .openMetrics : .prometheusText
+    }
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters() -> String {
+        String(drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
+    }
+}
+
+/// Byte-level writers for the Prometheus text format 0.0.4 and OpenMetrics 1.0.
 public enum TextFormat {
-    /// The `Content-Type` of the text format.
-    public static let contentType = "text/plain; version=0.0.4; charset=utf-8"
+    /// The `Content-Type` of the Prometheus text format.
+    public static let contentType = ExpositionFormat.prometheusText.contentType
 
     /// Appends a label value with `\`, `"` and newline escaped.
     @inlinable
@@ -16,27 +59,44 @@ public enum TextFormat {
         }
     }
 
-    /// Appends HELP text with `\` and newline escaped.
-    public static func appendEscapedHelp(_ text: String, to out: inout [UInt8]) {
+    /// Appends HELP text with `\` and newline escaped (and `"` too, in OpenMetrics).
+    public static func appendEscapedHelp(_ text: String, format: ExpositionFormat = .prometheusText, to out: inout [UInt8]) {
         for b in text.utf8 {
             switch b {
             case 0x5C: out.append(0x5C); out.append(0x5C)
             case 0x0A: out.append(0x5C); out.append(0x6E)
+            case 0x22 where format == .openMetrics: out.append(0x5C); out.append(0x22)
             default: out.append(b)
             }
         }
     }
 
-    /// Appends `# HELP` and `# TYPE` lines.
-    public static func appendHeader(name: String, help: String, type: String, to out: inout [UInt8]) {
+    /// Appends `# HELP` and `# TYPE` lines for the metric whose samples are named `name`.
+    ///
+    /// OpenMetrics names a counter family without its `_total` suffix. A counter whose name does
+    /// not end in `_total` (the seed's `p2p_cache_hits`, …) is declared `unknown` there, so that a
+    /// Prometheus scraping OpenMetrics stores it under the same name as with the text format and
+    /// the seed's queries keep working.
+    public static func appendHeader(
+        name: String, help: String, type: String, format: ExpositionFormat = .prometheusText, to out: inout [UInt8]
+    ) {
+        var family = name
+        var declared = type
+        if format == .openMetrics && type == "counter" {
+            if name.hasSuffix("_total") {
+                family = String(name.dropLast(6))
+            } else {
+                declared = "unknown"
+            }
+        }
         out.append(contentsOf: "# HELP ".utf8)
-        out.append(contentsOf: name.utf8)
+        out.append(contentsOf: family.utf8)
         out.append(0x20)
-        appendEscapedHelp(help, to: &out)
+        appendEscapedHelp(help, format: format, to: &out)
         out.append(contentsOf: "\n# TYPE ".utf8)
-        out.append(contentsOf: name.utf8)
+        out.append(contentsOf: family.utf8)
         out.append(0x20)
-        out.append(contentsOf: type.utf8)
+        out.append(contentsOf: declared.utf8)
         out.append(0x0A)
     }
 

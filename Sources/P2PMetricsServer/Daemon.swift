@@ -188,16 +188,17 @@ public final class Daemon: ExpositionSource {
 
     // MARK: ExpositionSource
 
-    func beginScrape(into out: inout [UInt8]) {
+    func beginScrape(into out: inout [UInt8], format: ExpositionFormat) {
         activeScrapes += 1
-        SelfMetrics(
+        var selfMetrics = SelfMetrics(
             version: configuration.version, statistics: store.statistics, liveSeries: store.seriesCount,
             seriesMemoryBytes: store.memoryFootprint, lastScrapeDurationSeconds: lastScrapeDuration,
             trackedProcesses: processWatcher?.count ?? 0,
             scrapesTotal: scrapes,
             httpResponses: responses.sorted { $0.key.rawValue < $1.key.rawValue }.map { ($0.key.rawValue, $0.value) },
-            startTimeSeconds: startTime
-        ).render(into: &out)
+            startTimeSeconds: startTime)
+        selfMetrics.format = format
+        selfMetrics.render(into: &out)
     }
 
     func renderSlice(_ renderer: inout ExpositionRenderer, into out: inout [UInt8], budget: Int) -> Bool {

@@ -7,7 +7,7 @@ import P2PMetricsHTTP
 /// What the HTTP side needs from the daemon: the exposition and a place to count responses.
 protocol ExpositionSource: AnyObject {
     /// Appends the self-metrics that open every scrape.
-    func beginScrape(into out: inout [UInt8])
+    func beginScrape(into out: inout [UInt8], format: ExpositionFormat)
     /// Appends the next slice of the store's exposition; returns true when it is complete.
     func renderSlice(_ renderer: inout ExpositionRenderer, into out: inout [UInt8], budget: Int) -> Bool
     func scrapeFinished(durationSeconds: Double)
@@ -129,6 +129,7 @@ final class HTTPConnection {
 
     // The scrape in progress.
     private var renderer: ExpositionRenderer?
+    private var gzip: GzipStream?
     private var chunked = false
     private var scrapeStart: UInt64 = 0
 
@@ -208,12 +209,16 @@ final class HTTPConnection {
         let isHead = head.method == "HEAD"
         switch HTTPRoute(head) {
         case .metrics:
+            let format = ExpositionFormat.negotiate(accept: head.accept)
+            let gzip = acceptsGzip(head.acceptEncoding)
             if isHead {
+                var headers = [("Vary", "Accept, Accept-Encoding")]
+                if gzip { headers.append(("Content-Encoding", "gzip")) }
                 respond(HTTPResponseHead.make(.ok, minorVersion: minor, keepAlive: keepAlive,
-                                              contentType: TextFormat.contentType, framing: .untilClose),
+                                              contentType: format.contentType, framing: .untilClose, extraHeaders: headers),
                         status: .ok, close: !keepAlive)
             } else {
-                beginScrape(minorVersion: minor, keepAlive: keepAlive)
+                beginScrape(minorVersion: minor, keepAlive: keepAlive, format: format, gzip: gzip)
             }
         case .health:
             respond(HTTPResponseHead.simple(.ok, body: "OK\n", minorVersion: minor, keepAlive: keepAlive, includeBody: !isHead),
@@ -242,19 +247,27 @@ final class HTTPConnection {
         write(bytes)
     }
 
-    private func beginScrape(minorVersion: Int, keepAlive: Bool) {
+    private func beginScrape(minorVersion: Int, keepAlive: Bool, format: ExpositionFormat, gzip useGzip: Bool) {
         server.source.countResponse(.ok)
         responding = true
         scrapeStart = uv_hrtime()
         var body: [UInt8] = []
         body.reserveCapacity(HTTPServer.sliceBytes + 4096)
-        server.source.beginScrape(into: &body)
-        var renderer = ExpositionRenderer()
+        server.source.beginScrape(into: &body, format: format)
+        var renderer = ExpositionRenderer(format: format)
         let finished = server.source.renderSlice(&renderer, into: &body, budget: HTTPServer.sliceBytes)
+        gzip = useGzip ? GzipStream() : nil
+        var headers = [("Vary", "Accept, Accept-Encoding")]
+        if let gzip {
+            headers.append(("Content-Encoding", "gzip"))
+            body = gzip.compress(body, finish: finished)
+        }
         if finished {
+            gzip = nil
             closeAfterResponse = !keepAlive
             var out = HTTPResponseHead.make(.ok, minorVersion: minorVersion, keepAlive: keepAlive,
-                                            contentType: TextFormat.contentType, framing: .contentLength(body.count))
+                                            contentType: format.contentType, framing: .contentLength(body.count),
+                                            extraHeaders: headers)
             out += body
             scrapeDone()
             write(out)
@@ -264,12 +277,14 @@ final class HTTPConnection {
         chunked = minorVersion == 1
         closeAfterResponse = !keepAlive || !chunked
         var out = HTTPResponseHead.make(.ok, minorVersion: minorVersion, keepAlive: !closeAfterResponse,
-                                        contentType: TextFormat.contentType, framing: chunked ? .chunked : .untilClose)
+                                        contentType: format.contentType, framing: chunked ? .chunked : .untilClose,
+                                        extraHeaders: headers)
         appendBody(body, to: &out)
         write(out)
     }
 
     private func appendBody(_ body: [UInt8], to out: inout [UInt8]) {
+        guard !body.isEmpty else { return }  // an empty chunk would end a chunked body
         guard chunked else { out += body; return }
         out += Array(String(body.count, radix: 16).utf8)
         out += [0x0D, 0x0A]
@@ -295,8 +310,12 @@ final class HTTPConnection {
             } else {
                 var body: [UInt8] = []
                 body.reserveCapacity(HTTPServer.sliceBytes + 4096)
-                _ = server.source.renderSlice(&renderer, into: &body, budget: HTTPServer.sliceBytes)
+                let finished = server.source.renderSlice(&renderer, into: &body, budget: HTTPServer.sliceBytes)
                 self.renderer = renderer
+                if let gzip {
+                    body = gzip.compress(body, finish: finished)
+                    if finished { self.gzip = nil }
+                }
                 var out: [UInt8] = []
                 appendBody(body, to: &out)
                 write(out)

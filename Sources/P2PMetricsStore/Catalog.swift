@@ -20,10 +20,13 @@ public struct MetricDescriptor: Sendable, Equatable {
     /// "active"). Off for gauges that processes hand to each other (a producer adds, a consumer
     /// subtracts).
     public var processScoped: Bool
+    /// How many keys a top-K metric keeps per series (1–100; default 10).
+    public var topK: Int
 
     public init(name: String, type: MetricType, help: String, labelNames: [String] = [], buckets: [Double]? = nil,
-                ttlSeconds: UInt32? = nil, processScoped: Bool = false) {
+                ttlSeconds: UInt32? = nil, processScoped: Bool = false, topK: Int = 10) {
         self.processScoped = processScoped
+        self.topK = topK
         self.name = name
         self.type = type
         self.help = help
@@ -46,7 +49,8 @@ public enum Catalog {
     /// Prometheus' client libraries' default buckets, for histograms nobody configured.
     public static let defaultBuckets: [Double] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
-    /// The seed's 13 P2P image-transfer metrics (the contract of the seed guide).
+    /// The seed's 13 P2P image-transfer metrics (the contract of the seed guide), plus the
+    /// distinct-chunk and chunk-popularity sketches.
     public static let p2p: [MetricDescriptor] = [
         .init(name: "p2p.image.imports.total", type: .counter,
               help: "Total number of P2P image imports.", labelNames: ["artifact_type"]),
@@ -68,5 +72,10 @@ public enum Catalog {
         .init(name: "p2p.cache.hits", type: .counter, help: "Number of P2P cache hits.", labelNames: ["cache_type"]),
         .init(name: "p2p.cache.misses", type: .counter, help: "Number of P2P cache misses.", labelNames: ["cache_type"]),
         .init(name: "p2p.transfers.active", type: .gauge, help: "Number of active P2P transfers.", processScoped: true),
+        // Beyond the seed: capacity planning and chunk popularity with fixed memory per series.
+        .init(name: "p2p.chunks.unique", type: .distinct,
+              help: "Estimated number of distinct chunks seen (HyperLogLog, about 1.6% standard error)."),
+        .init(name: "p2p.chunks.requested", type: .topK,
+              help: "Most requested chunks and their request counts (Space-Saving top-K sketch)."),
     ]
 }

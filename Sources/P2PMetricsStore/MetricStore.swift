@@ -16,6 +16,8 @@ public struct MetricFamily: Sendable {
     public let ttlSeconds: UInt32?
     /// Whether gauge adds are withdrawn when their sending process exits.
     public let processScoped: Bool
+    /// Keys kept per series by a top-K metric.
+    public let topK: Int
     /// The family's live series in creation order.
     public internal(set) var series: [SeriesID] = []
 }
@@ -62,6 +64,7 @@ public struct MetricStore {
     private var freeIDs: [SeriesID] = []
     private var freeBucketRuns: [Int: [UInt32]] = [:]
     private var freeSketches: [UInt32] = []
+    private var topKSketches = TopKSketches()
 
     private var processGauges: ProcessGauges
     private var newlyTrackedProcesses: [Int32] = []
@@ -218,6 +221,10 @@ public struct MetricStore {
                 HyperLogLog.add(UnsafeRawBufferPointer(rebasing: bytes[range]),
                                 to: UnsafeMutableBufferPointer(rebasing: registers[base..<base + HyperLogLog.registerCount]))
             }
+        case .topKAdd:
+            guard case .key(let range) = sample.value else { return }
+            topKSketches.add(UnsafeRawBufferPointer(rebasing: bytes[range]), base: histogramBase[id], k: families[family].topK)
+            integerPart[id] &+= 1
         }
     }
 
@@ -296,7 +303,8 @@ public struct MetricStore {
         let ttl = descriptor?.ttlSeconds ?? (type == .counter ? nil : configuration.defaultTTLSeconds)
         familyIndex[name] = Int32(families.count)
         families.append(MetricFamily(name: name, type: type, help: help, buckets: buckets, ttlSeconds: ttl,
-                                     processScoped: descriptor?.processScoped ?? false))
+                                     processScoped: descriptor?.processScoped ?? false,
+                                     topK: min(max(descriptor?.topK ?? 10, 1), 100)))
     }
 
     private mutating func createSeries(family: Int32) -> SeriesID {
@@ -322,6 +330,8 @@ public struct MetricStore {
                 base = UInt32(sketchRegisters.count)
                 sketchRegisters.append(contentsOf: repeatElement(0, count: HyperLogLog.registerCount))
             }
+        case .topK:
+            base = topKSketches.allocate(families[Int(family)].topK)
         case .counter, .gauge:
             break
         }
@@ -407,6 +417,7 @@ public struct MetricStore {
         switch families[family].type {
         case .histogram: freeBucketRuns[families[family].buckets.count + 1, default: []].append(histogramBase[i])
         case .distinct: freeSketches.append(histogramBase[i])
+        case .topK: topKSketches.release(histogramBase[i], families[family].topK)
         case .counter, .gauge: break
         }
         processGauges.clear(series: id)
@@ -451,11 +462,19 @@ public struct MetricStore {
         }
     }
 
+    /// A top-K series' keys with their counts and error bounds, most counted first, and the
+    /// number of occurrences counted in all.
+    public func topKEntries(_ id: SeriesID) -> (entries: [(key: [UInt8], count: UInt64, error: UInt64)], total: UInt64) {
+        let family = families[Int(seriesFamily[Int(id)])]
+        let entries = topKSketches.entries(base: histogramBase[Int(id)], k: family.topK).map { ($0.key, $0.count, $0.error) }
+        return (entries, integerPart[Int(id)])
+    }
+
     /// Bytes the series tables hold (an estimate for the self-metric).
     public var memoryFootprint: Int {
         canonical.memoryFootprint + wireCache.memoryFootprint
             + seriesFamily.capacity * 4 + seriesKeyOffset.capacity * 4 + seriesKeyLength.capacity * 2
-            + integerPart.capacity * 8 + floatPart.capacity * 8 + histogramBase.capacity * 4 + bucketCounts.capacity * 8 + sketchRegisters.capacity + lastSeen.capacity * 4
+            + integerPart.capacity * 8 + floatPart.capacity * 8 + histogramBase.capacity * 4 + bucketCounts.capacity * 8 + sketchRegisters.capacity + lastSeen.capacity * 4 + topKSketches.memoryFootprint
     }
 }
 

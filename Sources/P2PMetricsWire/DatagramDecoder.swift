@@ -9,6 +9,7 @@ public struct SeriesDefinition: Sendable {
     public var labelsStart: Int
     public var labelCount: Int
     @usableFromInline var hasLELabel: Bool
+    @usableFromInline var hasKeyLabel: Bool
 }
 
 /// One sample of a validated datagram.
@@ -89,6 +90,7 @@ public struct DatagramDecoder: Sendable {
         guard count <= UInt64(WireFormat.maxLabelsPerSeries) else { return .tooManyLabels }
         let labelsStart = reader.offset
         var hasLE = false
+        var hasKey = false
         for i in 0..<Int(count) {
             let labelName: Range<Int>
             switch reader.readString(maxLength: WireFormat.maxLabelNameLength) {
@@ -108,10 +110,11 @@ public struct DatagramDecoder: Sendable {
                 if memEqual(reader.bytes, previous.name, labelName) { return .duplicateLabel }
             }
             if nameBytes.count == 2 && nameBytes[0] == 0x6C && nameBytes[1] == 0x65 { hasLE = true }
+            if nameBytes.count == 3 && nameBytes[0] == 0x6B && nameBytes[1] == 0x65 && nameBytes[2] == 0x79 { hasKey = true }
         }
         series.append(SeriesDefinition(
             keyRange: keyStart..<reader.offset, nameRange: name, labelsStart: labelsStart,
-            labelCount: Int(count), hasLELabel: hasLE))
+            labelCount: Int(count), hasLELabel: hasLE, hasKeyLabel: hasKey))
         return nil
     }
 
@@ -127,6 +130,7 @@ public struct DatagramDecoder: Sendable {
         }
         guard index < UInt64(series.count) else { return .badSeriesRef }
         if kind == .histogramObserve && series[Int(index)].hasLELabel { return .reservedLabel }
+        if kind == .topKAdd && series[Int(index)].hasKeyLabel { return .reservedLabel }
         let value: SampleValue
         switch form {
         case .unsigned:
@@ -143,9 +147,16 @@ public struct DatagramDecoder: Sendable {
             guard let d = reader.readFloat64() else { return .truncated }
             value = .double(d)
         case .bytes:
-            switch reader.readString(maxLength: WireFormat.maxKeyLength) {
+            let limit = kind == .topKAdd ? WireFormat.maxTopKKeyLength : WireFormat.maxKeyLength
+            switch reader.readString(maxLength: limit) {
             case .failure(let reason): return reason
-            case .success(let range): value = .key(range)
+            case .success(let range):
+                if kind == .topKAdd {
+                    let key = UnsafeRawBufferPointer(rebasing: reader.bytes[range])
+                    guard !key.isEmpty else { return .tooLong }
+                    guard Names.isValidUTF8(key) else { return .badUTF8 }
+                }
+                value = .key(range)
             }
         }
         if let reason = Self.check(value, for: kind) { return reason }

@@ -64,6 +64,18 @@ public struct DatagramEncoder: Sendable {
         return appendSample(.distinctAdd, value: .key(0..<0), key: key)
     }
 
+    /// Appends a top-K sample: one occurrence of `key` (1–128 bytes of UTF-8). Returns `false`,
+    /// leaving the datagram unchanged, when it does not fit.
+    @discardableResult
+    public mutating func appendTopK(
+        name: String, labels: some Collection<(String, String)> = [(String, String)](), key: String
+    ) throws(EncodingError) -> Bool {
+        guard !key.utf8.isEmpty, key.utf8.count <= WireFormat.maxTopKKeyLength else { throw EncodingError(.tooLong) }
+        if labels.contains(where: { $0.0 == "key" }) { throw EncodingError(.reservedLabel) }
+        try encodeSeriesKey(name: name, labels: labels, histogram: false)
+        return appendSample(.topKAdd, value: .key(0..<0), key: key.utf8)
+    }
+
     /// Appends the sample whose series key is in `scratch`.
     private mutating func appendSample(_ kind: SampleKind, value: SampleValue, key: some Collection<UInt8>) -> Bool {
         let existing = seriesIndex[scratch]

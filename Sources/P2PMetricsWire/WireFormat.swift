@@ -17,6 +17,8 @@ public enum WireFormat {
     public static let maxSeriesPerDatagram = 4_096
     /// Longest item key of a distinct-count sample.
     public static let maxKeyLength = 1_024
+    /// Longest item key of a top-K sample (it becomes a label value, so it must be UTF-8).
+    public static let maxTopKKeyLength = 128
 
     /// Record tags that are not samples.
     public enum Tag {
@@ -33,6 +35,9 @@ public enum SampleKind: UInt8, Sendable, CaseIterable {
     case histogramObserve = 4
     /// Adds an item key (e.g. a chunk hash) to a distinct-count sketch; value form `.bytes` only.
     case distinctAdd = 5
+    /// Counts one occurrence of an item key (e.g. a requested chunk hash) in a top-K sketch;
+    /// value form `.bytes` only, 1–128 bytes of UTF-8.
+    case topKAdd = 6
 
     /// The Prometheus metric type a sample of this kind belongs to.
     @inlinable
@@ -42,12 +47,13 @@ public enum SampleKind: UInt8, Sendable, CaseIterable {
         case .gaugeSet, .gaugeAdd: return .gauge
         case .histogramObserve: return .histogram
         case .distinctAdd: return .distinct
+        case .topKAdd: return .topK
         }
     }
 
     /// Whether this kind carries an item key (`.bytes` form) rather than a number.
     @inlinable
-    public var takesKey: Bool { self == .distinctAdd }
+    public var takesKey: Bool { self == .distinctAdd || self == .topKAdd }
 }
 
 /// The exposed type of a metric. Fixed by the catalog or by the metric's first accepted sample.
@@ -57,19 +63,26 @@ public enum MetricType: UInt8, Sendable, CaseIterable {
     case histogram
     /// Estimated number of distinct keys (a HyperLogLog sketch), exposed as a gauge.
     case distinct
+    /// The K most frequent keys with their counts (a Space-Saving sketch), exposed as gauges
+    /// labelled `key`.
+    case topK
 
     /// The word used on `# TYPE` lines.
     public var exposedName: String {
         switch self {
         case .counter: return "counter"
-        case .gauge, .distinct: return "gauge"
+        case .gauge, .distinct, .topK: return "gauge"
         case .histogram: return "histogram"
         }
     }
 
     /// The word used in configuration files.
     public var configurationName: String {
-        self == .distinct ? "distinct" : exposedName
+        switch self {
+        case .distinct: return "distinct"
+        case .topK: return "topk"
+        default: return exposedName
+        }
     }
 }
 

@@ -22,7 +22,8 @@ import P2PMetricsWire
 ///   "default_buckets": [0.005, 0.01, 0.1, 1, 10],
 ///   "metrics": {"my.job.duration": {"type": "histogram", "help": "…", "buckets": [0.1, 1, 10],
 ///                                    "ttl_seconds": 600},
-///               "jobs.running": {"type": "gauge", "process_scoped": true}}
+///               "jobs.running": {"type": "gauge", "process_scoped": true},
+///               "p2p.chunk.requests": {"type": "topk", "top_k": 20}}
 /// }
 /// ```
 struct ConfigFile {
@@ -122,13 +123,13 @@ struct ConfigFile {
                 guard bad == nil, name.utf8.count <= WireFormat.maxMetricNameLength else {
                     throw ConfigError("\(at): not a valid metric name")
                 }
-                let entry = try value.object(at: at, keys: ["type", "help", "buckets", "ttl_seconds", "process_scoped"])
+                let entry = try value.object(at: at, keys: ["type", "help", "buckets", "ttl_seconds", "process_scoped", "top_k"])
                 let exposed = Names.exposedName(name.utf8)
                 var descriptor = configuration.store.metrics.first { $0.exposedName == exposed }
                     ?? MetricDescriptor(name: name, type: .gauge, help: "")
                 if let type = try entry["type"]?.string(at: "\(at).type") {
                     guard let parsed = MetricType.allCases.first(where: { $0.configurationName == type }) else {
-                        throw ConfigError("\(at).type must be counter, gauge, histogram or distinct")
+                        throw ConfigError("\(at).type must be counter, gauge, histogram, distinct or topk")
                     }
                     descriptor.type = parsed
                 } else if !configuration.store.metrics.contains(where: { $0.exposedName == exposed }) {
@@ -142,6 +143,10 @@ struct ConfigFile {
                 }
                 if let ttl = try entry["ttl_seconds"]?.integer(at: "\(at).ttl_seconds", in: 1...31_536_000) {
                     descriptor.ttlSeconds = UInt32(ttl)
+                }
+                if let k = try entry["top_k"]?.integer(at: "\(at).top_k", in: 1...100) {
+                    guard descriptor.type == .topK else { throw ConfigError("\(at).top_k is only for topk metrics") }
+                    descriptor.topK = k
                 }
                 if let scoped = entry["process_scoped"] {
                     guard case .bool(let b) = scoped, descriptor.type == .gauge else {

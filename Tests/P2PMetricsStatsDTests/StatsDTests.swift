@@ -19,6 +19,7 @@ extension MetricStore {
         case .counter: let (i, f) = counterValue(id); return Double(i) + f
         case .gauge: return gaugeValue(id)
         case .distinct: return distinctEstimate(id)
+        case .topK: return Double(topKEntries(id).total)
         case .histogram: return withHistogram(id) { _, _, count in Double(count) }
         }
     }

@@ -322,3 +322,52 @@ struct ReliabilityStoreTests {
         #expect(footprints.last! <= footprints[4] * 2, "\(footprints)")
     }
 }
+
+@Suite("Top-K sketches")
+struct TopKTests {
+    @Test("heavy hitters are found with exact counts when they fit, and within the error bound when they do not")
+    func spaceSaving() throws {
+        var configuration = StoreConfiguration()
+        configuration.metrics.append(MetricDescriptor(name: "chunks.requested", type: .topK, help: "x", topK: 5))
+        var store = MetricStore(configuration: configuration)
+        // A Zipf-like stream: chunk-i is requested 1000/i times, plus 3000 one-off chunks.
+        var stream: [String] = []
+        for i in 1...20 { stream += Array(repeating: "chunk-\(i)", count: 1000 / i) }
+        for i in 0..<3000 { stream.append("rare-\(i)") }
+        var generator = SystemRandomNumberGenerator()
+        stream.shuffle(using: &generator)
+        var encoder = DatagramEncoder(maxSize: WireFormat.maxDatagramSize)
+        for key in stream {
+            if try !encoder.appendTopK(name: "chunks.requested", key: key) {
+                _ = encoder.bytes.withUnsafeBytes { store.ingest($0) }
+                encoder.reset()
+                try encoder.appendTopK(name: "chunks.requested", key: key)
+            }
+        }
+        _ = encoder.bytes.withUnsafeBytes { store.ingest($0) }
+        let id = try #require(store.series("chunks_requested"))
+        let (entries, total) = store.topKEntries(id)
+        #expect(total == UInt64(stream.count))
+        #expect(entries.count == 5)
+        // Every key above N/K is guaranteed present; each count overestimates by at most its error.
+        let truth = Dictionary(grouping: stream, by: { $0 }).mapValues { UInt64($0.count) }
+        let reported = Set(entries.map { String(decoding: $0.key, as: UTF8.self) })
+        for (key, count) in truth where count > total / 5 { #expect(reported.contains(key), "\(key)") }
+        for entry in entries {
+            let key = String(decoding: entry.key, as: UTF8.self)
+            let real = truth[key] ?? 0
+            #expect(entry.count >= real && entry.count - entry.error <= real, "\(key): \(entry.count) ± \(entry.error), real \(real)")
+        }
+        #expect(String(decoding: entries[0].key, as: UTF8.self) == "chunk-1")
+    }
+
+    @Test("keys must be UTF-8 and `key` is reserved as a label of top-K series")
+    func validation() {
+        var encoder = DatagramEncoder()
+        #expect(throws: EncodingError(.reservedLabel)) { try encoder.appendTopK(name: "t", labels: [("key", "x")], key: "a") }
+        #expect(throws: EncodingError(.tooLong)) { try encoder.appendTopK(name: "t", key: "") }
+        var decoder = DatagramDecoder()
+        let bad: [UInt8] = [WireFormat.magic, 0x01, 0x01, 0x74, 0x00, 0x63, 0x00, 0x02, 0xC3, 0x28]
+        #expect(bad.withUnsafeBytes { decoder.validate($0) } == .badUTF8)
+    }
+}

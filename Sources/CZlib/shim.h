@@ -1,0 +1,9 @@
+#ifndef P2PMETRICSD_CZLIB_SHIM_H
+#define P2PMETRICSD_CZLIB_SHIM_H
+#include <zlib.h>
+
+/* deflateInit2 is a macro; this is it as a function Swift can call. windowBits 31: gzip wrapper. */
+static inline int p2pmd_deflate_init_gzip(z_stream *stream, int level) {
+    return deflateInit2(stream, level, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY);
+}
+#endif
