@@ -432,5 +432,6 @@ def test_topk_and_distinct_end_to_end(daemon):
     wait_value(daemon, "p2pmetricsd_datagrams_received_total", 600)
     m = daemon.scrape()
     assert m[("p2p_chunks_requested", frozenset({"key": "sha256:hot"}.items()))] == 100
-    assert m[("p2p_chunks_unique", frozenset())] == 120
+    # HyperLogLog (2^12 registers, seeded per process): within 3 standard errors (3 × 1.6 %).
+    assert abs(m[("p2p_chunks_unique", frozenset())] - 120) <= 120 * 0.05
     assert sum(1 for (n, _) in m if n == "p2p_chunks_requested") == 10  # K = 10 by default
