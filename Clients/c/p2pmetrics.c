@@ -26,7 +26,9 @@ enum {
     TAG_SERIES = 0x01,
     TAG_DROPPED = 0x02,
     KIND_COUNTER = 1, KIND_GAUGE_SET = 2, KIND_GAUGE_ADD = 3, KIND_HISTOGRAM = 4,
-    FORM_UVARINT = 0, FORM_SVARINT = 1, FORM_F64 = 2,
+    KIND_DISTINCT = 5, KIND_TOPK = 6,
+    FORM_UVARINT = 0, FORM_SVARINT = 1, FORM_F64 = 2, FORM_BYTES = 3,
+    MAX_KEY = 1024, MAX_TOPK_KEY = 128,
     HDR = 12,                          /* room for magic + dropped record (tag + 10-byte varint) */
     CAP = P2PM_MAX_DATAGRAM - HDR,     /* room for records */
     SLOTS = 64,                        /* series remembered for reuse within one datagram */
@@ -68,6 +70,8 @@ struct sample {
     bool is_u64;
     uint64_t u;
     double d;
+    const void *key;   /* KIND_DISTINCT, KIND_TOPK: the item key */
+    size_t key_len;
 };
 
 /* ---- Validation (PROTOCOL.md 1.3-1.5) ---- */
@@ -135,12 +139,18 @@ static int validate(const struct sample *s)
         size_t vn = strnlen(l->value, MAX_LABEL_VALUE + 1);
         if (vn > MAX_LABEL_VALUE || !utf8_ok((const unsigned char *)l->value, vn))
             return -EINVAL;
-        if (s->kind == KIND_HISTOGRAM && strcmp(l->name, "le") == 0)
+        if ((s->kind == KIND_HISTOGRAM && strcmp(l->name, "le") == 0) ||
+            (s->kind == KIND_TOPK && strcmp(l->name, "key") == 0))
             return -EINVAL;
         for (size_t j = 0; j < i; j++)
             if (strcmp(s->labels[j].name, l->name) == 0)
                 return -EINVAL;
     }
+    if (s->kind == KIND_DISTINCT)
+        return (s->key || !s->key_len) && s->key_len <= MAX_KEY ? 0 : -EINVAL;
+    if (s->kind == KIND_TOPK)
+        return s->key && s->key_len >= 1 && s->key_len <= MAX_TOPK_KEY &&
+               utf8_ok(s->key, s->key_len) ? 0 : -EINVAL;
     if (s->is_u64 || s->kind == KIND_GAUGE_SET)
         return 0;
     if (!isfinite(s->d) || (s->kind == KIND_COUNTER && s->d < 0))
@@ -164,10 +174,11 @@ static unsigned char *put_uvarint(unsigned char *p, uint64_t v)
     return p;
 }
 
-static unsigned char *put_string(unsigned char *p, const char *s, size_t n)
+static unsigned char *put_string(unsigned char *p, const void *s, size_t n)
 {
     p = put_uvarint(p, n);
-    memcpy(p, s, n);
+    if (n)   /* s may be NULL for an empty key */
+        memcpy(p, s, n);
     return p + n;
 }
 
@@ -175,6 +186,7 @@ static unsigned char *put_string(unsigned char *p, const char *s, size_t n)
 static int value_form(const struct sample *s, uint64_t *bits)
 {
     double v = s->d;
+    if (s->kind == KIND_DISTINCT || s->kind == KIND_TOPK) { *bits = s->key_len; return FORM_BYTES; }
     if (s->is_u64) { *bits = s->u; return FORM_UVARINT; }
     /* integral iff the conversion to an integer is exact (no libm needed) */
     if (v >= 0 && v < 18446744073709551616.0 && (double)(uint64_t)v == v) {
@@ -247,7 +259,8 @@ static int append(p2pm_client *c, const struct sample *s)
         }
     }
     int form = value_form(s, &bits);
-    need = rec_len + 1 + uvarint_len(index) + (form == FORM_F64 ? 8 : uvarint_len(bits));
+    need = rec_len + 1 + uvarint_len(index) +
+           (form == FORM_F64 ? 8 : uvarint_len(bits) + (form == FORM_BYTES ? s->key_len : 0));
     if (need > CAP - c->len || (rec_len && c->nseries >= MAX_SERIES))
         return -EMSGSIZE;
 
@@ -270,6 +283,8 @@ static int append(p2pm_client *c, const struct sample *s)
     if (form == FORM_F64)
         for (int i = 0; i < 8; i++)
             *p++ = (unsigned char)(bits >> (8 * i));
+    else if (form == FORM_BYTES)
+        p = put_string(p, s->key, s->key_len);
     else
         p = put_uvarint(p, bits);
     c->len += need;
@@ -509,9 +524,11 @@ static int submit(p2pm_client *c, const struct sample *s, size_t n)
 }
 
 #define SAMPLE(kind, name, labels, n, v) \
-    ((struct sample){ (kind), (name), (labels), (n), false, 0, (v) })
+    ((struct sample){ (kind), (name), (labels), (n), false, 0, (v), NULL, 0 })
 #define SAMPLE_U64(name, labels, n, v) \
-    ((struct sample){ KIND_COUNTER, (name), (labels), (n), true, (v), 0 })
+    ((struct sample){ KIND_COUNTER, (name), (labels), (n), true, (v), 0, NULL, 0 })
+#define SAMPLE_KEY(kind, name, labels, n, k, klen) \
+    ((struct sample){ (kind), (name), (labels), (n), false, 0, 0, (k), (klen) })
 
 int p2pm_counter_add(p2pm_client *c, const char *name, double value,
                      const p2pm_label *labels, size_t n_labels)
@@ -545,6 +562,20 @@ int p2pm_histogram_observe(p2pm_client *c, const char *name, double value,
                            const p2pm_label *labels, size_t n_labels)
 {
     struct sample s = SAMPLE(KIND_HISTOGRAM, name, labels, n_labels, value);
+    return submit(c, &s, 1);
+}
+
+int p2pm_distinct_add(p2pm_client *c, const char *name, const void *key, size_t key_len,
+                      const p2pm_label *labels, size_t n_labels)
+{
+    struct sample s = SAMPLE_KEY(KIND_DISTINCT, name, labels, n_labels, key, key_len);
+    return submit(c, &s, 1);
+}
+
+int p2pm_topk_add(p2pm_client *c, const char *name, const char *key,
+                  const p2pm_label *labels, size_t n_labels)
+{
+    struct sample s = SAMPLE_KEY(KIND_TOPK, name, labels, n_labels, key, key ? strnlen(key, MAX_TOPK_KEY + 1) : 0);
     return submit(c, &s, 1);
 }
 
@@ -617,13 +648,30 @@ int p2pm_record_image_download(p2pm_client *c, const char *image_id, bool succes
 
 int p2pm_record_chunk_transfer(p2pm_client *c, uint64_t chunk_size, bool deduplicated)
 {
-    struct sample s[2] = {
+    return p2pm_record_chunk_transfer_hash(c, chunk_size, deduplicated, NULL);
+}
+
+int p2pm_record_chunk_transfer_hash(p2pm_client *c, uint64_t chunk_size, bool deduplicated,
+                                    const char *chunk_hash)
+{
+    struct sample s[3] = {
         SAMPLE_U64("p2p.chunks_transferred.total", NULL, 0, 1),
         SAMPLE_U64("p2p.bytes_transferred.total", NULL, 0, chunk_size),
     };
+    size_t n = deduplicated ? 1 : 2;
     if (deduplicated)
         s[0] = SAMPLE_U64("p2p.chunks_deduplicated.total", NULL, 0, 1);
-    return submit(c, s, deduplicated ? 1 : 2);
+    if (chunk_hash)
+        s[n++] = SAMPLE_KEY(KIND_DISTINCT, "p2p.chunks.unique", NULL, 0, chunk_hash,
+                            strnlen(chunk_hash, MAX_KEY + 1));
+    return submit(c, s, n);
+}
+
+int p2pm_record_chunk_request(p2pm_client *c, const char *chunk_hash)
+{
+    struct sample s = SAMPLE_KEY(KIND_TOPK, "p2p.chunks.requested", NULL, 0, chunk_hash,
+                                 chunk_hash ? strnlen(chunk_hash, MAX_TOPK_KEY + 1) : 0);
+    return submit(c, &s, 1);
 }
 
 int p2pm_record_verification(p2pm_client *c, bool success, const char *verification_type)

@@ -132,6 +132,19 @@ int p2pm_gauge_add(p2pm_client *c, const char *name, double delta,
 int p2pm_histogram_observe(p2pm_client *c, const char *name, double value,
                            const p2pm_label *labels, size_t n_labels);
 
+/** Adds key (key_len bytes, 0-1024, any bytes; may be NULL when key_len is 0) to the distinct
+ *  count name{labels}: the sidecar exposes the estimated number of distinct keys as a gauge
+ *  (HyperLogLog, about 1.6% standard error, fixed memory). */
+int p2pm_distinct_add(p2pm_client *c, const char *name, const void *key, size_t key_len,
+                      const p2pm_label *labels, size_t n_labels);
+
+/** Counts one occurrence of key (1-128 bytes of UTF-8, NUL-terminated) in the top-K sketch
+ *  name{labels}: the sidecar exposes the K most frequent keys as name{...,key="..."} with their
+ *  counts, and name_error{...,key="..."} with each count's overestimation bound. A top-K metric
+ *  may not have a label named "key". */
+int p2pm_topk_add(p2pm_client *c, const char *name, const char *key,
+                  const p2pm_label *labels, size_t n_labels);
+
 /* ---- Batching --------------------------------------------------------------------------- */
 
 /**
@@ -165,6 +178,15 @@ int p2pm_record_image_download(p2pm_client *c, const char *image_id, bool succes
 /** deduplicated: p2p.chunks_deduplicated.total += 1; else p2p.chunks_transferred.total += 1 and
  *  p2p.bytes_transferred.total += chunk_size (no labels). */
 int p2pm_record_chunk_transfer(p2pm_client *c, uint64_t chunk_size, bool deduplicated);
+
+/** As p2pm_record_chunk_transfer(), and, when chunk_hash is not NULL, adds it to the distinct
+ *  count p2p.chunks.unique (unique chunks, to estimate storage needs), in the same datagram. */
+int p2pm_record_chunk_transfer_hash(p2pm_client *c, uint64_t chunk_size, bool deduplicated,
+                                    const char *chunk_hash);
+
+/** Chunk popularity: counts one request of chunk_hash (1-128 bytes of UTF-8) in the top-K
+ *  sketch p2p.chunks.requested. */
+int p2pm_record_chunk_request(p2pm_client *c, const char *chunk_hash);
 
 /** p2p.verification.success{verification_type} or p2p.verification.failed{verification_type}
  *  += 1. verification_type: nar_hash, chunk_hash... */

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 MAGIC = 0xF5
-KINDS = {"counter_add": 1, "gauge_set": 2, "gauge_add": 3, "histogram_observe": 4}
+KINDS = {"counter_add": 1, "gauge_set": 2, "gauge_add": 3, "histogram_observe": 4, "distinct_add": 5, "topk_add": 6}
+KEY_KINDS = {"distinct_add", "topk_add"}
 
 
 def uvarint(n: int) -> bytes:
@@ -61,7 +62,10 @@ class Batch:
             for ln, lv in labels:
                 rec += string(ln) + string(lv)
             self.out += rec
-        form, enc = value(v)
+        if kind in KEY_KINDS:
+            form, enc = 3, string(v)  # v is the item key
+        else:
+            form, enc = value(v)
         self.out += bytes([KINDS[kind] << 4 | form]) + uvarint(self.series[key]) + enc
 
 
@@ -146,6 +150,18 @@ VALID = [
         ("counter_add", "p2p.image.downloads.failed", 1, []),
         ("histogram_observe", "p2p.transfer.duration", 12.5, []),
     ]),
+    ("distinct_and_topk_keys", 0, [
+        ("distinct_add", "p2p.chunks.unique", "sha256:4f2a", []),
+        ("distinct_add", "p2p.chunks.unique", "sha256:9b1c", []),
+        ("topk_add", "p2p.chunks.requested", "sha256:4f2a", [("node", "n1")]),
+        ("topk_add", "p2p.chunks.requested", "chunk é 1", [("node", "n1")]),
+    ]),
+    ("seed_chunk_transfer_with_hash", 0, [
+        ("counter_add", "p2p.chunks_transferred.total", 1, []),
+        ("counter_add", "p2p.bytes_transferred.total", 4096, []),
+        ("distinct_add", "p2p.chunks.unique", "sha256:4f2a", []),
+    ]),
+    ("seed_chunk_request", 0, [("topk_add", "p2p.chunks.requested", "sha256:4f2a", [])]),
     ("seed_transfer_guard", 0, [
         ("gauge_add", "p2p.transfers.active", 1, []),
         ("gauge_add", "p2p.transfers.active", -1, []),
@@ -175,7 +191,14 @@ REJECT = [
     ("surrogate_utf8", bytes([MAGIC, 0x01]) + s("c") + b"\x01" + s("l") + b"\x03\xed\xa0\x80" + b"\x10\x00\x01", "bad_utf8"),
     ("unknown_record", bytes([MAGIC]) + SERIES_C + b"\x07\x00\x01", "unknown_record"),
     ("unknown_form", bytes([MAGIC]) + SERIES_C + b"\x13\x00\x01", "unknown_record"),
-    ("reserved_kind", bytes([MAGIC]) + SERIES_C + b"\x50\x00\x01", "unknown_record"),
+    ("reserved_kind", bytes([MAGIC]) + SERIES_C + b"\x70\x00\x01", "unknown_record"),
+    ("distinct_with_numeric_form", bytes([MAGIC]) + SERIES_C + b"\x50\x00\x01", "unknown_record"),
+    ("counter_with_key_form", bytes([MAGIC]) + SERIES_C + b"\x13\x00\x01x", "unknown_record"),
+    ("distinct_key_too_long", bytes([MAGIC]) + SERIES_C + b"\x53\x00" + s("k" * 1025), "too_long"),
+    ("topk_key_too_long", bytes([MAGIC]) + SERIES_C + b"\x63\x00" + s("k" * 129), "too_long"),
+    ("topk_empty_key", bytes([MAGIC]) + SERIES_C + b"\x63\x00\x00", "too_long"),
+    ("topk_key_not_utf8", bytes([MAGIC]) + SERIES_C + b"\x63\x00\x02\xc3\x28", "bad_utf8"),
+    ("topk_with_key_label", bytes([MAGIC, 0x01]) + s("t") + b"\x01" + s("key") + s("x") + b"\x63\x00" + s("a"), "reserved_label"),
     ("forward_series_ref", bytes([MAGIC]) + b"\x10\x00\x01" + SERIES_C, "bad_series_ref"),
     ("series_ref_out_of_range", bytes([MAGIC]) + SERIES_C + b"\x10\x01\x01", "bad_series_ref"),
     ("metric_name_starts_with_digit", bytes([MAGIC, 0x01]) + s("1abc") + b"\x00\x10\x00\x01", "bad_metric_name"),
@@ -211,9 +234,14 @@ def main() -> None:
         if drops:
             lines.append("drops %d" % drops)
         for kind, name, v, labels in calls:
-            v = float(v) if not isinstance(v, int) or abs(v) >= 2**53 else v
-            b.call(kind, name, float(v), labels)
-            parts = ["call", kind, tok(name), fmt_value(float(v))]
+            if kind in KEY_KINDS:
+                b.call(kind, name, v, labels)
+                assert v, "an empty key has no token in the vector format"
+                parts = ["call", kind, tok(name), tok(v)]
+            else:
+                v = float(v) if not isinstance(v, int) or abs(v) >= 2**53 else v
+                b.call(kind, name, float(v), labels)
+                parts = ["call", kind, tok(name), fmt_value(float(v))]
             parts += [tok(k) + "=" + tok(val) for k, val in labels]
             lines.append(" ".join(parts))
         lines.append("bytes " + bytes(b.out).hex())

@@ -8,9 +8,11 @@ struct TestVectors {
         var name: String
         var value: Double
         var labels: [(String, String)]
+        /// The item key of distinct_add and topk_add calls.
+        var key: String? = nil
 
         static func == (a: Call, b: Call) -> Bool {
-            a.kind == b.kind && a.name == b.name && a.value.bitPattern == b.value.bitPattern
+            a.kind == b.kind && a.name == b.name && a.value.bitPattern == b.value.bitPattern && a.key == b.key
                 && a.labels.map { $0.0 } == b.labels.map { $0.0 } && a.labels.map { $0.1 } == b.labels.map { $0.1 }
         }
     }
@@ -52,14 +54,21 @@ struct TestVectors {
                 case "counter_add": .counterAdd
                 case "gauge_set": .gaugeSet
                 case "gauge_add": .gaugeAdd
+                case "distinct_add": .distinctAdd
+                case "topk_add": .topKAdd
                 default: .histogramObserve
                 }
                 let labels = tokens.dropFirst(4).map { pair -> (String, String) in
                     let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                     return (percentDecode(String(parts[0])), percentDecode(String(parts[1])))
                 }
-                currentValid?.calls.append(Call(kind: kind, name: percentDecode(tokens[2]),
-                                                value: Double(tokens[3])!, labels: labels))
+                if kind.takesKey {
+                    currentValid?.calls.append(Call(kind: kind, name: percentDecode(tokens[2]), value: .nan,
+                                                    labels: labels, key: percentDecode(tokens[3])))
+                } else {
+                    currentValid?.calls.append(Call(kind: kind, name: percentDecode(tokens[2]),
+                                                    value: Double(tokens[3])!, labels: labels))
+                }
             case "bytes":
                 let bytes = hex(tokens[1])
                 if currentValid != nil { currentValid?.bytes = bytes } else { currentReject?.bytes = bytes }

@@ -11,8 +11,8 @@ struct WireTests {
 
     @Test("the vector file has valid and reject vectors")
     func vectorFileIsPopulated() {
-        #expect(vectors.valid.count >= 16)
-        #expect(vectors.reject.count >= 35)
+        #expect(vectors.valid.count >= 19)
+        #expect(vectors.reject.count >= 42)
         #expect(Set(vectors.reject.map(\.reason)).count >= 16)
     }
 
@@ -35,14 +35,18 @@ struct WireTests {
                     while let (n, v) = lc.next() {
                         labels.append((String(decoding: raw[n], as: UTF8.self), String(decoding: raw[v], as: UTF8.self)))
                     }
+                    var key: String?
+                    if case .key(let range) = sample.value { key = String(decoding: raw[range], as: UTF8.self) }
                     decoded.append(.init(kind: sample.kind, name: String(decoding: raw[def.nameRange], as: UTF8.self),
-                                         value: sample.value.doubleValue, labels: labels))
+                                         value: sample.value.doubleValue, labels: labels, key: key))
                     let call = vector.calls[decoded.count - 1]
-                    #expect(sample.value == SampleValue(canonical: call.value), "vector \(vector.id): value form")
+                    if call.key == nil {
+                        #expect(sample.value == SampleValue(canonical: call.value), "vector \(vector.id): value form")
+                    }
                 }
                 let expected = vector.calls.map { call -> TestVectors.Call in
                     var c = call
-                    c.value = SampleValue(canonical: call.value).doubleValue
+                    if call.key == nil { c.value = SampleValue(canonical: call.value).doubleValue }
                     return c
                 }
                 #expect(decoded == expected, "vector \(vector.id)")
@@ -57,8 +61,13 @@ struct WireTests {
             var encoder = DatagramEncoder(maxSize: WireFormat.maxDatagramSize)
             if vector.drops > 0 { encoder.appendDropped(vector.drops) }
             for call in vector.calls {
-                let fitted = try encoder.append(call.kind, name: call.name, labels: call.labels,
-                                                value: SampleValue(canonical: call.value))
+                let fitted: Bool
+                switch call.kind {
+                case .distinctAdd: fitted = try encoder.appendDistinct(name: call.name, labels: call.labels, key: Array(call.key!.utf8))
+                case .topKAdd: fitted = try encoder.appendTopK(name: call.name, labels: call.labels, key: call.key!)
+                default: fitted = try encoder.append(call.kind, name: call.name, labels: call.labels,
+                                                     value: SampleValue(canonical: call.value))
+                }
                 #expect(fitted)
             }
             #expect(encoder.bytes == vector.bytes, "vector \(vector.id)")

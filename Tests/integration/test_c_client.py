@@ -291,3 +291,26 @@ def test_absent_sidecar_then_reconnect(daemon, c_build, tmp_path):
     assert absent_or_zero(daemon, "e2e_late_total")
     assert wait_total(daemon, DROPPED, dropped) == dropped
     assert_nothing_rejected(daemon)
+
+
+def test_unique_chunks_and_chunk_popularity(daemon, c_build):
+    """Beyond the seed: record_chunk_transfer_hash feeds p2p.chunks.unique, record_chunk_request
+    feeds the p2p.chunks.requested top-K sketch."""
+    commands = []
+    for i in range(60):
+        commands += ["chunkh", "4096", str(i % 2), f"sha256:{i % 25:04x}"]
+    for i in range(200):
+        commands += ["request", "sha256:hot" if i % 4 == 0 else f"sha256:{i % 30:04x}"]
+    driver(c_build, daemon.socket_path, *commands)
+    assert daemon.wait_for("p2pmetricsd_datagrams_received_total", 260) == 260
+    m = daemon.scrape()
+    assert abs(m[("p2p_chunks_unique", frozenset())] - 25) <= 1  # small sets: linear counting, within a key
+    assert m[("p2p_chunks_transferred_total", frozenset())] == 30
+    assert m[("p2p_chunks_deduplicated_total", frozenset())] == 30
+    assert m[("p2p_bytes_transferred_total", frozenset())] == 30 * 4096
+    assert m[("p2p_chunks_requested", frozenset({"key": "sha256:hot"}.items()))] == 50
+    top = sorted(((v, dict(l)["key"]) for (n, l), v in m.items() if n == "p2p_chunks_requested"), reverse=True)
+    assert len(top) == 10 and top[0] == (50, "sha256:hot")
+    for (n, l), v in m.items():
+        if n == "p2p_chunks_requested_error":
+            assert v >= 0

@@ -9,6 +9,8 @@
  *   import TYPE OK SIZE       p2pm_record_image_import (OK: 1 or 0)
  *   download ID OK SECS       p2pm_record_image_download
  *   chunk SIZE DEDUP          p2pm_record_chunk_transfer
+ *   chunkh SIZE DEDUP HASH    p2pm_record_chunk_transfer_hash
+ *   request HASH              p2pm_record_chunk_request
  *   verify OK TYPE            p2pm_record_verification
  *   cache HIT TYPE            p2pm_record_cache_access
  *   tstart / tend             p2pm_transfer_start / p2pm_transfer_end (one guard)
@@ -119,6 +121,7 @@ static const struct {
     { "import", 3 }, { "download", 3 }, { "chunk", 2 }, { "verify", 2 }, { "cache", 2 },
     { "tstart", 0 }, { "tend", 0 }, { "counter", 3 }, { "gauge_set", 3 }, { "gauge_add", 3 },
     { "observe", 3 }, { "u64", 2 }, { "batch_begin", 0 }, { "batch_end", 0 }, { "flush", 0 },
+    { "chunkh", 3 }, { "request", 1 },
 };
 
 /* Number of arguments of a simple command, -1 for other commands. */
@@ -146,6 +149,10 @@ static int simple(const char *cmd, char **a, int left, p2pm_transfer *guard)
         return p2pm_record_image_download(client, a[0], atoi(a[1]), strtod(a[2], NULL));
     if (strcmp(cmd, "chunk") == 0)
         return p2pm_record_chunk_transfer(client, strtoull(a[0], NULL, 10), atoi(a[1]));
+    if (strcmp(cmd, "chunkh") == 0)
+        return p2pm_record_chunk_transfer_hash(client, strtoull(a[0], NULL, 10), atoi(a[1]), a[2]);
+    if (strcmp(cmd, "request") == 0)
+        return p2pm_record_chunk_request(client, a[0]);
     if (strcmp(cmd, "verify") == 0)
         return p2pm_record_verification(client, atoi(a[0]), a[1]);
     if (strcmp(cmd, "cache") == 0)

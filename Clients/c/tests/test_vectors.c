@@ -18,6 +18,7 @@ struct call {
     char kind[32];
     char name[256];
     double value;
+    char key[1100];   /* distinct_add, topk_add: the item key instead of a value */
     size_t n_labels;
     char label_names[16][128];
     char label_values[16][1100];
@@ -64,9 +65,15 @@ static void parse_call(char *line, struct call *c)
     unescape(tok);
     copy(c->name, sizeof c->name, tok);
     REQUIRE((tok = strtok_r(NULL, " ", &save)) != NULL);
-    char *end;
-    c->value = strtod(tok, &end);
-    REQUIRE(*end == 0);
+    if (strcmp(c->kind, "distinct_add") == 0 || strcmp(c->kind, "topk_add") == 0) {
+        unescape(tok);
+        copy(c->key, sizeof c->key, tok);
+        c->value = 0;
+    } else {
+        char *end;
+        c->value = strtod(tok, &end);
+        REQUIRE(*end == 0);
+    }
     c->n_labels = 0;
     while ((tok = strtok_r(NULL, " ", &save)) != NULL) {
         char *eq = strchr(tok, '=');
@@ -93,6 +100,10 @@ static int do_call(p2pm_client *cl, const struct call *c)
         return p2pm_gauge_add(cl, c->name, c->value, labels, c->n_labels);
     if (strcmp(c->kind, "histogram_observe") == 0)
         return p2pm_histogram_observe(cl, c->name, c->value, labels, c->n_labels);
+    if (strcmp(c->kind, "distinct_add") == 0)
+        return p2pm_distinct_add(cl, c->name, c->key, strlen(c->key), labels, c->n_labels);
+    if (strcmp(c->kind, "topk_add") == 0)
+        return p2pm_topk_add(cl, c->name, c->key, labels, c->n_labels);
     fprintf(stderr, "unknown call kind %s\n", c->kind);
     exit(1);
 }
@@ -197,6 +208,7 @@ static const struct vector *find(const char *id)
 static void test_helpers(void)
 {
     struct receiver r;
+    unsigned char buf0[256];
     receiver_open(&r, 1);
     p2pm_client *cl = p2pm_open(r.path);
     REQUIRE(cl != NULL);
@@ -207,6 +219,18 @@ static void test_helpers(void)
     expect_datagram(&r, "seed_import_failure (helper)", find("seed_import_failure")->hex);
     CHECK_EQ_INT(p2pm_record_image_download(cl, "img-1", false, 12.5), 0);
     expect_datagram(&r, "seed_download_failure (helper)", find("seed_download_failure")->hex);
+    CHECK_EQ_INT(p2pm_record_chunk_transfer_hash(cl, 4096, false, "sha256:4f2a"), 0);
+    expect_datagram(&r, "seed_chunk_transfer_with_hash (helper)", find("seed_chunk_transfer_with_hash")->hex);
+    CHECK_EQ_INT(p2pm_record_chunk_request(cl, "sha256:4f2a"), 0);
+    expect_datagram(&r, "seed_chunk_request (helper)", find("seed_chunk_request")->hex);
+    /* Keys the protocol refuses are refused at the caller. */
+    CHECK_EQ_INT(p2pm_record_chunk_request(cl, ""), -EINVAL);
+    CHECK_EQ_INT(p2pm_record_chunk_request(cl, NULL), -EINVAL);
+    CHECK_EQ_INT(p2pm_topk_add(cl, "t", "\xc3\x28", NULL, 0), -EINVAL);
+    p2pm_label key_label = { "key", "x" };
+    CHECK_EQ_INT(p2pm_topk_add(cl, "t", "a", &key_label, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_distinct_add(cl, "d", NULL, 0, NULL, 0), 0);
+    (void)receiver_recv(&r, buf0, sizeof buf0, 1000);
 
     /* The transfer guard, start and end batched as in the vector. The elapsed time cannot be
      * 3.75 s exactly: everything but the f64 must match, and the f64 must be >= 3.75 s. */
@@ -249,6 +273,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "test_vectors: %d failure(s)\n", test_failures);
         return 1;
     }
-    printf("test_vectors: %zu vectors and 4 helper vectors OK\n", n_vectors);
+    printf("test_vectors: %zu vectors and 6 helper vectors OK\n", n_vectors);
     return 0;
 }
