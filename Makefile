@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SWIFT_BUILD_FLAGS ?=
 ARGS ?=
 
-.PHONY: all deps build release run test test-swift test-c test-integration clean
+.PHONY: all deps build release run test test-swift test-c test-integration clean bench
 
 all: build
 
@@ -49,6 +49,11 @@ test-c:
 
 test-integration:
 	python3 -m pytest -q -p no:cacheprovider Tests/integration
+
+## Runs the performance matrix (release daemon, load tools, in-process benchmarks) and prints one
+## table; see Benchmarks/bench for its knobs (BENCH_SECONDS, BENCH_SKIP_SWIFT, BENCH_PROFILE...).
+bench: deps
+	Benchmarks/bench
 
 clean:
 	rm -rf .build

@@ -6,8 +6,10 @@ let package = Package(
     products: [
         .executable(name: "p2pmetricsd", targets: ["p2pmetricsd"]),
         .library(name: "P2PMetricsWire", targets: ["P2PMetricsWire"]),
-        .library(name: "P2PMetricsStore", targets: ["P2PMetricsStore"]), // FUZZ-TEMP
-        .library(name: "P2PMetricsHTTP", targets: ["P2PMetricsHTTP"]), // FUZZ-TEMP
+        // The core modules, for the fuzzers (Tests/Fuzz) and the benchmarks (Benchmarks/).
+        .library(name: "P2PMetricsStore", targets: ["P2PMetricsStore"]),
+        .library(name: "P2PMetricsExposition", targets: ["P2PMetricsExposition"]),
+        .library(name: "P2PMetricsHTTP", targets: ["P2PMetricsHTTP"]),
         .library(name: "P2PMetrics", targets: ["P2PMetrics"]),
     ],
     dependencies: [

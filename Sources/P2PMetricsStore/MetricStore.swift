@@ -34,6 +34,9 @@ public struct MetricStore {
 
     // Known metrics by exposed name, and the families that exist by exposed name.
     private let descriptors: [String: MetricDescriptor]
+    // Per-family facts the apply loop reads, kept out of `MetricFamily` so it touches no strings.
+    private var familyTypes: [MetricType] = []
+    private var familyProcessScoped: [Bool] = []
     private var familyIndex: [String: Int32] = [:]
 
     // Series: canonical key (family id + labels sorted by name) → series id. The key bytes double
@@ -82,6 +85,7 @@ public struct MetricStore {
 
     private static let unresolved: SeriesID = -1
     private static let refusedBase: SeriesID = -2
+    private static let typeClash = refusedBase - SeriesID(SampleRejection.allCases.firstIndex(of: .typeClash) ?? 0)
 
     public init(configuration: StoreConfiguration = StoreConfiguration()) {
         self.configuration = configuration
@@ -148,30 +152,40 @@ public struct MetricStore {
         resolved.removeAll(keepingCapacity: true)
         resolved.append(contentsOf: repeatElement(Self.unresolved, count: decoder.series.count))
 
-        var cursor = decoder.samples(in: bytes)
+        let samples = decoder.packed
         var applied: UInt64 = 0
-        while let sample = cursor.next() {
-            var id = resolved[sample.series]
-            if id == Self.unresolved {
-                id = resolve(decoder.series[sample.series], kind: sample.kind, in: bytes)
-                resolved[sample.series] = id
-                if id >= 0 { lastSeen[Int(id)] = now }
+        samples.withUnsafeBufferPointer { samples in
+            for sample in samples {
+                let definition = Int(sample.series)
+                var id = resolved[definition]
+                if id == Self.unresolved {
+                    // Only tags the decoder accepted get here: their kind is valid.
+                    let kind = SampleKind(rawValue: sample.tag >> 4) ?? .counterAdd
+                    id = resolve(decoder.series[definition], kind: kind, in: bytes)
+                    // A clash is about this sample's kind: a later sample of the same series record
+                    // with the right kind must still get through, so it is not remembered.
+                    if id != Self.typeClash { resolved[definition] = id }
+                    if id >= 0 { lastSeen[Int(id)] = now }
+                }
+                if id < 0 {
+                    statistics.count(SampleRejection.allCases[Int(Self.refusedBase - id)])
+                    continue
+                }
+                let family = Int(seriesFamily[Int(id)])
+                guard familyTypes[family] == Self.typeOfKind[Int(sample.tag >> 4)] else {
+                    statistics.count(.typeClash)
+                    continue
+                }
+                apply(sample, to: Int(id), family: family, in: bytes)
+                applied &+= 1
             }
-            if id < 0 {
-                statistics.count(SampleRejection.allCases[Int(Self.refusedBase - id)])
-                continue
-            }
-            let family = Int(seriesFamily[Int(id)])
-            guard families[family].type == sample.kind.metricType else {
-                statistics.count(.typeClash)
-                continue
-            }
-            apply(sample, to: Int(id), family: family, in: bytes)
-            applied += 1
         }
         statistics.samplesApplied &+= applied
         return nil
     }
+
+    /// The metric type of each sample kind, indexed by kind.
+    private static let typeOfKind: [MetricType] = [.counter] + SampleKind.allCases.map(\.metricType) + [.counter]
 
     /// Records a datagram refused before decoding (e.g. by the transport: truncated by the kernel,
     /// or from a sender that is not allowed).
@@ -181,50 +195,58 @@ public struct MetricStore {
         statistics.count(reason)
     }
 
+    /// The numeric value of a sample of form 0, 1 or 2.
     @inline(__always)
-    private mutating func apply(_ sample: Sample, to id: Int, family: Int, in bytes: UnsafeRawBufferPointer) {
-        switch sample.kind {
-        case .counterAdd:
-            switch sample.value {
-            case .unsigned(let u): addToCounter(id, u)
-            case .signed(let s): addToCounter(id, UInt64(s))  // validated ≥ 0
-            case .double(let d): floatPart[id] += d
-            case .key: break  // refused by validation
-            }
-        case .gaugeSet:
-            floatPart[id] = sample.value.doubleValue
-            if currentSender != nil || processGauges.entries > 0 { processGauges.clear(series: SeriesID(id)) }
-        case .gaugeAdd:
-            let value = sample.value.doubleValue
+    private static func number(_ sample: PackedSample) -> Double {
+        switch sample.tag & 0x0F {
+        case ValueForm.unsigned.rawValue: return Double(sample.bits)
+        case ValueForm.signed.rawValue: return Double(Int64(bitPattern: sample.bits))
+        default: return Double(bitPattern: sample.bits)
+        }
+    }
+
+    @inline(__always)
+    private mutating func apply(_ sample: PackedSample, to id: Int, family: Int, in bytes: UnsafeRawBufferPointer) {
+        switch sample.tag {
+        case 0x10, 0x11:  // counter add, integer (validated ≥ 0)
+            addToCounter(id, sample.bits)
+        case 0x12:
+            floatPart[id] += Double(bitPattern: sample.bits)
+        case 0x20, 0x21, 0x22:  // gauge set
+            floatPart[id] = Self.number(sample)
+            if processGauges.entries > 0 { processGauges.clear(series: SeriesID(id)) }
+        case 0x30, 0x31, 0x32:  // gauge add
+            let value = Self.number(sample)
             floatPart[id] += value
-            if families[family].processScoped {
-                if let pid = currentSender {
-                    switch processGauges.add(value, to: SeriesID(id), from: pid) {
-                    case .tracked: break
-                    case .trackedNewProcess: newlyTrackedProcesses.append(pid)
-                    case .untracked: statistics.gaugeAddsUntracked &+= 1
-                    }
-                } else {
-                    statistics.gaugeAddsUntracked &+= 1
-                }
-            }
-        case .histogramObserve:
-            let value = sample.value.doubleValue
+            if familyProcessScoped[family] { trackGaugeAdd(value, series: id) }
+        case 0x40, 0x41, 0x42:  // histogram observe
+            let value = Self.number(sample)
             let bucket = families[family].buckets.partitioningIndex { value <= $0 }
             bucketCounts[Int(histogramBase[id]) + bucket] &+= 1
             integerPart[id] &+= 1
             floatPart[id] += value
-        case .distinctAdd:
-            guard case .key(let range) = sample.value else { return }
+        case 0x53:  // distinct add
             let base = Int(histogramBase[id])
+            let key = UnsafeRawBufferPointer(rebasing: bytes[sample.keyRange])
             sketchRegisters.withUnsafeMutableBufferPointer { registers in
-                HyperLogLog.add(UnsafeRawBufferPointer(rebasing: bytes[range]),
-                                to: UnsafeMutableBufferPointer(rebasing: registers[base..<base + HyperLogLog.registerCount]))
+                HyperLogLog.add(key, to: UnsafeMutableBufferPointer(rebasing: registers[base..<base + HyperLogLog.registerCount]))
             }
-        case .topKAdd:
-            guard case .key(let range) = sample.value else { return }
-            topKSketches.add(UnsafeRawBufferPointer(rebasing: bytes[range]), base: histogramBase[id], k: families[family].topK)
+        default:  // 0x63, top-K add
+            topKSketches.add(UnsafeRawBufferPointer(rebasing: bytes[sample.keyRange]), base: histogramBase[id],
+                             k: families[family].topK)
             integerPart[id] &+= 1
+        }
+    }
+
+    private mutating func trackGaugeAdd(_ value: Double, series id: Int) {
+        guard let pid = currentSender else {
+            statistics.gaugeAddsUntracked &+= 1
+            return
+        }
+        switch processGauges.add(value, to: SeriesID(id), from: pid) {
+        case .tracked: break
+        case .trackedNewProcess: newlyTrackedProcesses.append(pid)
+        case .untracked: statistics.gaugeAddsUntracked &+= 1
         }
     }
 
@@ -247,10 +269,12 @@ public struct MetricStore {
         let name = Names.exposedName(bytes[definition.nameRange])
         let familyID: Int32
         if let existing = familyIndex[name] {
+            // Never create a series under a metric of another type: it would be exposed empty.
+            guard familyTypes[Int(existing)] == kind.metricType else { return Self.typeClash }
             familyID = existing
         } else {
             let type = descriptors[name]?.type ?? kind.metricType
-            guard type == kind.metricType else { return refused(.typeClash) }
+            guard type == kind.metricType else { return Self.typeClash }
             familyID = Int32(families.count)
         }
 
@@ -302,6 +326,8 @@ public struct MetricStore {
         let help = descriptor?.help ?? "Metric \(name) sent by clients of p2pmetricsd."
         let ttl = descriptor?.ttlSeconds ?? (type == .counter ? nil : configuration.defaultTTLSeconds)
         familyIndex[name] = Int32(families.count)
+        familyTypes.append(type)
+        familyProcessScoped.append(descriptor?.processScoped ?? false)
         families.append(MetricFamily(name: name, type: type, help: help, buckets: buckets, ttlSeconds: ttl,
                                      processScoped: descriptor?.processScoped ?? false,
                                      topK: min(max(descriptor?.topK ?? 10, 1), 100)))

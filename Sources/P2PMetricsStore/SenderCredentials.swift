@@ -35,25 +35,24 @@ struct ProcessGauges {
     mutating func add(_ value: Double, to series: SeriesID, from pid: Int32) -> AddResult {
         let known = byProcess[pid] != nil
         if !known && byProcess.count >= maxProcesses { return .untracked }
-        var contributions = byProcess[pid] ?? [:]
-        if let current = contributions[series] {
+        // Mutated in place (`default:`), never copied out and back: one hash lookup per add.
+        if let current = byProcess[pid, default: [:]][series] {
             let sum = current + value
             if sum == 0 {
-                contributions[series] = nil
+                byProcess[pid, default: [:]][series] = nil
                 bySeries[series]?.remove(pid)
                 if bySeries[series]?.isEmpty == true { bySeries[series] = nil }
                 entries -= 1
             } else {
-                contributions[series] = sum
+                byProcess[pid, default: [:]][series] = sum
             }
         } else {
             guard entries < maxEntries else { return .untracked }
-            guard value != 0 else { return .tracked }
-            contributions[series] = value
+            guard value != 0 else { return .tracked }  // nothing outstanding, nothing to watch
+            byProcess[pid, default: [:]][series] = value
             bySeries[series, default: []].insert(pid)
             entries += 1
         }
-        byProcess[pid] = contributions
         return known ? .tracked : .trackedNewProcess
     }
 

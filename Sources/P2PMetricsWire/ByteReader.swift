@@ -22,8 +22,21 @@ struct ByteReader {
     }
 
     /// Reads a minimal unsigned LEB128 varint of at most 10 bytes.
-    @inlinable
+    @inlinable @inline(__always)
     mutating func readVarint() -> Result<UInt64, DatagramRejection> {
+        // Most varints of a datagram (series indexes, small values, lengths) are one byte.
+        if offset < bytes.count {
+            let byte = bytes[offset]
+            if byte < 0x80 {
+                offset += 1
+                return .success(UInt64(byte))
+            }
+        }
+        return readLongVarint()
+    }
+
+    @inlinable
+    mutating func readLongVarint() -> Result<UInt64, DatagramRejection> {
         var result: UInt64 = 0
         var shift: UInt64 = 0
         var index = offset
@@ -45,7 +58,7 @@ struct ByteReader {
     }
 
     /// Reads a little-endian IEEE-754 double.
-    @inlinable
+    @inlinable @inline(__always)
     mutating func readFloat64() -> Double? {
         guard bytes.count - offset >= 8 else { return nil }
         let bits = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))

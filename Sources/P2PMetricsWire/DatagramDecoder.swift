@@ -27,6 +27,24 @@ public struct Sample: Sendable, Equatable {
     }
 }
 
+/// One sample of the last validated datagram, packed for a fast apply loop: no enums, no
+/// second parse.
+public struct PackedSample: Sendable {
+    /// `kind << 4 | form`, as on the wire.
+    public var tag: UInt8
+    /// Index into the datagram's series table.
+    public var series: UInt16
+    /// Form 0: the value. Form 1: the `Int64` bit pattern. Form 2: the `Double` bit pattern.
+    /// Form 3: the key's offset in the datagram << 32 | its length.
+    public var bits: UInt64
+
+    @inlinable
+    public var keyRange: Range<Int> {
+        let start = Int(bits >> 32)
+        return start..<start + Int(bits & 0xFFFF_FFFF)
+    }
+}
+
 /// Validates datagrams whole and then walks their samples.
 ///
 /// `validate` checks every rule of PROTOCOL.md §1 and builds the datagram's series table; only if
@@ -37,18 +55,21 @@ public struct DatagramDecoder: Sendable {
     public private(set) var series: [SeriesDefinition] = []
     /// Sum of the `dropped` records of the last validated datagram.
     public private(set) var droppedReported: UInt64 = 0
+    /// The samples of the last validated datagram, in order.
+    public private(set) var packed: [PackedSample] = []
     /// Number of samples in the last validated datagram.
-    public private(set) var sampleCount: Int = 0
+    public var sampleCount: Int { packed.count }
 
     public init() {
         series.reserveCapacity(64)
+        packed.reserveCapacity(1024)
     }
 
     /// Checks the whole datagram; returns the first reason it must be refused, or `nil`.
     public mutating func validate(_ bytes: UnsafeRawBufferPointer) -> DatagramRejection? {
         series.removeAll(keepingCapacity: true)
+        packed.removeAll(keepingCapacity: true)
         droppedReported = 0
-        sampleCount = 0
         guard let first = bytes.first else { return .empty }
         guard bytes.count <= WireFormat.maxDatagramSize else { return .oversized }
         guard first == WireFormat.magic else { return .badMagic }  // text is told apart before decoding
@@ -118,49 +139,56 @@ public struct DatagramDecoder: Sendable {
         return nil
     }
 
+    @inline(__always)
     private mutating func readSample(tag: UInt8, _ reader: inout ByteReader) -> DatagramRejection? {
-        guard let kind = SampleKind(rawValue: tag >> 4), let form = ValueForm(rawValue: tag & 0x0F),
-              kind.takesKey == (form == .bytes) else {
-            return .unknownRecord
-        }
+        let kind = tag >> 4
+        let form = tag & 0x0F
+        // Kinds 1–4 take forms 0–2; kinds 5 and 6 (keys) take form 3 only.
+        guard kind >= 1, kind <= 6, form <= 3, (kind >= 5) == (form == 3) else { return .unknownRecord }
         let index: UInt64
         switch reader.readVarint() {
         case .failure(let reason): return reason
         case .success(let n): index = n
         }
         guard index < UInt64(series.count) else { return .badSeriesRef }
-        if kind == .histogramObserve && series[Int(index)].hasLELabel { return .reservedLabel }
-        if kind == .topKAdd && series[Int(index)].hasKeyLabel { return .reservedLabel }
-        let value: SampleValue
+        if kind == SampleKind.histogramObserve.rawValue && series[Int(index)].hasLELabel { return .reservedLabel }
+        if kind == SampleKind.topKAdd.rawValue && series[Int(index)].hasKeyLabel { return .reservedLabel }
+        let bits: UInt64
         switch form {
-        case .unsigned:
+        case ValueForm.unsigned.rawValue:
             switch reader.readVarint() {
             case .failure(let reason): return reason
-            case .success(let u): value = .unsigned(u)
+            case .success(let u): bits = u
             }
-        case .signed:
+        case ValueForm.signed.rawValue:
             switch reader.readVarint() {
             case .failure(let reason): return reason
-            case .success(let u): value = .signed(Varint.unzigzag(u))
+            case .success(let u):
+                let n = Varint.unzigzag(u)
+                if n < 0 && kind == SampleKind.counterAdd.rawValue { return .negativeCounter }
+                bits = UInt64(bitPattern: n)
             }
-        case .float64:
+        case ValueForm.float64.rawValue:
             guard let d = reader.readFloat64() else { return .truncated }
-            value = .double(d)
-        case .bytes:
-            let limit = kind == .topKAdd ? WireFormat.maxTopKKeyLength : WireFormat.maxKeyLength
+            if kind != SampleKind.gaugeSet.rawValue {
+                guard d.isFinite else { return .nonFinite }
+                if d < 0 && kind == SampleKind.counterAdd.rawValue { return .negativeCounter }
+            }
+            bits = d.bitPattern
+        default:
+            let limit = kind == SampleKind.topKAdd.rawValue ? WireFormat.maxTopKKeyLength : WireFormat.maxKeyLength
             switch reader.readString(maxLength: limit) {
             case .failure(let reason): return reason
             case .success(let range):
-                if kind == .topKAdd {
+                if kind == SampleKind.topKAdd.rawValue {
                     let key = UnsafeRawBufferPointer(rebasing: reader.bytes[range])
                     guard !key.isEmpty else { return .tooLong }
                     guard Names.isValidUTF8(key) else { return .badUTF8 }
                 }
-                value = .key(range)
+                bits = UInt64(range.lowerBound) << 32 | UInt64(range.count)
             }
         }
-        if let reason = Self.check(value, for: kind) { return reason }
-        sampleCount += 1
+        packed.append(PackedSample(tag: tag, series: UInt16(truncatingIfNeeded: index), bits: bits))
         return nil
     }
 

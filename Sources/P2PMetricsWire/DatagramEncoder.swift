@@ -119,27 +119,40 @@ public struct DatagramEncoder: Sendable {
         name: String, labels: some Collection<(String, String)>, histogram: Bool
     ) throws(EncodingError) {
         scratch.removeAll(keepingCapacity: true)
-        let nameUTF8 = Array(name.utf8)
-        guard nameUTF8.count <= WireFormat.maxMetricNameLength else { throw EncodingError(.tooLong) }
-        if let reason = nameUTF8.withUnsafeBytes({ Names.validateMetricName($0) }) { throw EncodingError(reason) }
-        Varint.append(UInt64(nameUTF8.count), to: &scratch)
-        scratch.append(contentsOf: nameUTF8)
+        var name = name
+        if let reason = name.withUTF8({ n -> DatagramRejection? in
+            guard n.count <= WireFormat.maxMetricNameLength else { return .tooLong }
+            if let reason = Names.validateMetricName(UnsafeRawBufferPointer(n)) { return reason }
+            Varint.append(UInt64(n.count), to: &scratch)
+            scratch.append(contentsOf: n)
+            return nil
+        }) { throw EncodingError(reason) }
         guard labels.count <= WireFormat.maxLabelsPerSeries else { throw EncodingError(.tooManyLabels) }
         Varint.append(UInt64(labels.count), to: &scratch)
-        var seen: [[UInt8]] = []
-        for (labelName, labelValue) in labels {
-            let nameUTF8 = Array(labelName.utf8)
-            guard nameUTF8.count <= WireFormat.maxLabelNameLength else { throw EncodingError(.tooLong) }
-            if let reason = nameUTF8.withUnsafeBytes({ Names.validateLabelName($0) }) { throw EncodingError(reason) }
-            if seen.contains(nameUTF8) { throw EncodingError(.duplicateLabel) }
-            if histogram && labelName == "le" { throw EncodingError(.reservedLabel) }
-            seen.append(nameUTF8)
-            let valueUTF8 = labelValue.utf8
-            guard valueUTF8.count <= WireFormat.maxLabelValueLength else { throw EncodingError(.tooLong) }
-            Varint.append(UInt64(nameUTF8.count), to: &scratch)
-            scratch.append(contentsOf: nameUTF8)
-            Varint.append(UInt64(valueUTF8.count), to: &scratch)
-            scratch.append(contentsOf: valueUTF8)
+        var index = labels.startIndex
+        while index != labels.endIndex {
+            let label = labels[index]
+            var earlier = labels.startIndex
+            while earlier != index {
+                if labels[earlier].0 == label.0 { throw EncodingError(.duplicateLabel) }
+                labels.formIndex(after: &earlier)
+            }
+            if histogram && label.0 == "le" { throw EncodingError(.reservedLabel) }
+            var (labelName, labelValue) = label
+            if let reason = labelName.withUTF8({ n -> DatagramRejection? in
+                guard n.count <= WireFormat.maxLabelNameLength else { return .tooLong }
+                if let reason = Names.validateLabelName(UnsafeRawBufferPointer(n)) { return reason }
+                Varint.append(UInt64(n.count), to: &scratch)
+                scratch.append(contentsOf: n)
+                return nil
+            }) { throw EncodingError(reason) }
+            if let reason = labelValue.withUTF8({ v -> DatagramRejection? in
+                guard v.count <= WireFormat.maxLabelValueLength else { return .tooLong }
+                Varint.append(UInt64(v.count), to: &scratch)
+                scratch.append(contentsOf: v)
+                return nil
+            }) { throw EncodingError(reason) }
+            labels.formIndex(after: &index)
         }
     }
 }

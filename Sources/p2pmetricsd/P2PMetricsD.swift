@@ -52,6 +52,8 @@ struct P2PMetricsD: ParsableCommand {
         if let listen { configuration.listenAddress = listen }
         if let udp { configuration.udpAddress = udp }
 
+        // A scraper that hangs up mid-response must cost a failed write (EPIPE), not the process.
+        signal(SIGPIPE, SIG_IGN)
         let daemon = try Daemon(configuration: configuration)
         writeStandardError("p2pmetricsd \(Self.version): serving (\(daemon.socketOrigin))")
         let status = daemon.run()

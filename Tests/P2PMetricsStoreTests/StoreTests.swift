@@ -115,6 +115,7 @@ struct StoreTests {
         store.ingest(datagram([(.counterAdd, "p2p.transfers.active", [], .unsigned(1))]))
         #expect(store.counter("jobs") == 2)
         #expect(store.statistics.rejected(SampleRejection.typeClash) == 3)
+        #expect(store.seriesCount == 1)  // the clashing jobs{x="y"} was not created empty
         #expect(store.families.map(\.name) == ["jobs"])
     }
 
@@ -332,7 +333,7 @@ struct TopKTests {
         var store = MetricStore(configuration: configuration)
         // A Zipf-like stream: chunk-i is requested 1000/i times, plus 3000 one-off chunks.
         var stream: [String] = []
-        for i in 1...20 { stream += Array(repeating: "chunk-\(i)", count: 1000 / i) }
+        for i in 1...20 { stream += Array(repeating: "chunk-\(i)", count: 3000 / i) }
         for i in 0..<3000 { stream.append("rare-\(i)") }
         var generator = SystemRandomNumberGenerator()
         stream.shuffle(using: &generator)
@@ -358,7 +359,7 @@ struct TopKTests {
             let real = truth[key] ?? 0
             #expect(entry.count >= real && entry.count - entry.error <= real, "\(key): \(entry.count) ± \(entry.error), real \(real)")
         }
-        #expect(String(decoding: entries[0].key, as: UTF8.self) == "chunk-1")
+        #expect(reported.contains("chunk-1"))  // 3000 of about 13,800: above N/K, so guaranteed
     }
 
     @Test("keys must be UTF-8 and `key` is reserved as a label of top-K series")

@@ -79,8 +79,12 @@ def test_every_shared_vector_end_to_end(daemon):
     assert v("p2p_image_imports_total", artifact_type="container") == 1
     assert v("p2p_image_imports_failed", artifact_type="container") == 1
     assert v("p2p_bytes_transferred_total", artifact_type="microvm") == 1073741824
-    assert v("p2p_bytes_transferred_total") == 65536 + 4096
-    assert v("p2p_chunks_transferred_total") == 2
+    assert v("p2p_bytes_transferred_total") == 65536 + 4096 + 4096  # + seed_chunk_transfer_with_hash
+    assert v("p2p_chunks_transferred_total") == 3
+    assert v("p2p_chunks_requested", key="sha256:4f2a") == 1  # seed_chunk_request
+    assert v("p2p_chunks_requested", key="sha256:4f2a", node="n1") == 1
+    assert v("p2p_chunks_requested", key="chunk é 1", node="n1") == 1
+    assert v("p2p_chunks_unique") == 2  # sha256:4f2a, sha256:9b1c
     assert v("p2p_chunks_deduplicated_total") == 1
     assert v("jobs", a="1", b="2") == 3
     assert v("big") == 18446744073709549568

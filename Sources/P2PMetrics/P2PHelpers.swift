@@ -1,0 +1,221 @@
+import P2PMetricsWire
+import Synchronization
+
+/// The seed's P2P metric names (seed guide "P2P Transfer Metrics Guide"), as sent on the wire.
+/// The sidecar exposes them with every `.` replaced by `_`.
+public enum P2PMetricNames {
+    /// Counter, label `artifact_type`.
+    public static let imagesImported = "p2p.image.imports.total"
+    /// Counter, label `artifact_type`.
+    public static let imageImportsFailed = "p2p.image.imports.failed"
+    /// Counter.
+    public static let imageDownloads = "p2p.image.downloads.total"
+    /// Counter.
+    public static let imageDownloadsFailed = "p2p.image.downloads.failed"
+    /// Histogram, seconds.
+    public static let transferDuration = "p2p.transfer.duration"
+    /// Counter (label `artifact_type` for imports, none for chunks).
+    public static let bytesTransferred = "p2p.bytes_transferred.total"
+    /// Counter.
+    public static let chunksTransferred = "p2p.chunks_transferred.total"
+    /// Counter.
+    public static let chunksDeduplicated = "p2p.chunks_deduplicated.total"
+    /// Counter, label `verification_type`.
+    public static let verificationSuccess = "p2p.verification.success"
+    /// Counter, label `verification_type`.
+    public static let verificationFailed = "p2p.verification.failed"
+    /// Counter, label `cache_type`.
+    public static let cacheHits = "p2p.cache.hits"
+    /// Counter, label `cache_type`.
+    public static let cacheMisses = "p2p.cache.misses"
+    /// Gauge (an up-down counter).
+    public static let transfersActive = "p2p.transfers.active"
+}
+
+extension P2PMetricsClient {
+    /// Records an image import, in one datagram: `p2p.image.imports.total{artifact_type} += 1`;
+    /// on failure `p2p.image.imports.failed{artifact_type} += 1`; on success with
+    /// `sizeBytes > 0`, `p2p.bytes_transferred.total{artifact_type} += sizeBytes`.
+    /// `artifactType`: microvm, container, storepath, closure…
+    @discardableResult
+    public func recordImageImport(artifactType: String, success: Bool, sizeBytes: UInt64) -> RecordResult {
+        let label = ("artifact_type", artifactType)
+        let total = HelperSample(.counterAdd, P2PMetricNames.imagesImported, label, .unsigned(1))
+        if !success {
+            return recordGroup(total, HelperSample(.counterAdd, P2PMetricNames.imageImportsFailed, label, .unsigned(1)))
+        }
+        if sizeBytes == 0 { return recordGroup(total) }
+        return recordGroup(total, HelperSample(.counterAdd, P2PMetricNames.bytesTransferred, label, .unsigned(sizeBytes)))
+    }
+
+    /// Records an image download, in one datagram: `p2p.image.downloads.total += 1`; on failure
+    /// `p2p.image.downloads.failed += 1`; `p2p.transfer.duration` observes `seconds` (finite).
+    /// `imageID` is not sent: one series per image would be unbounded.
+    @discardableResult
+    public func recordImageDownload(imageID: String?, success: Bool, duration seconds: Double) -> RecordResult {
+        let total = HelperSample(.counterAdd, P2PMetricNames.imageDownloads, nil, .unsigned(1))
+        let observed = HelperSample(.histogramObserve, P2PMetricNames.transferDuration, nil, SampleValue(canonical: seconds))
+        if success { return recordGroup(total, observed) }
+        // the seed's order: total, failed, duration
+        return recordGroup(total, HelperSample(.counterAdd, P2PMetricNames.imageDownloadsFailed, nil, .unsigned(1)), observed)
+    }
+
+    /// Records an image download whose duration is a `Duration` (see
+    /// ``recordImageDownload(imageID:success:duration:)-(_,_,Double)``).
+    @discardableResult
+    public func recordImageDownload(imageID: String?, success: Bool, duration: Duration) -> RecordResult {
+        recordImageDownload(imageID: imageID, success: success, duration: duration.seconds)
+    }
+
+    /// Records one chunk, in one datagram: when `deduplicated`, `p2p.chunks_deduplicated.total += 1`;
+    /// otherwise `p2p.chunks_transferred.total += 1` and `p2p.bytes_transferred.total += size`
+    /// (no labels).
+    @discardableResult
+    public func recordChunkTransfer(size: UInt64, deduplicated: Bool) -> RecordResult {
+        if deduplicated {
+            return recordGroup(HelperSample(.counterAdd, P2PMetricNames.chunksDeduplicated, nil, .unsigned(1)))
+        }
+        return recordGroup(
+            HelperSample(.counterAdd, P2PMetricNames.chunksTransferred, nil, .unsigned(1)),
+            HelperSample(.counterAdd, P2PMetricNames.bytesTransferred, nil, .unsigned(size)))
+    }
+
+    /// Records a verification: `p2p.verification.success{verification_type}` or
+    /// `p2p.verification.failed{verification_type}` `+= 1`. `type`: nar_hash, chunk_hash…
+    @discardableResult
+    public func recordVerification(success: Bool, type: String) -> RecordResult {
+        recordGroup(HelperSample(
+            .counterAdd, success ? P2PMetricNames.verificationSuccess : P2PMetricNames.verificationFailed,
+            ("verification_type", type), .unsigned(1)))
+    }
+
+    /// Records a cache access: `p2p.cache.hits{cache_type}` or `p2p.cache.misses{cache_type}`
+    /// `+= 1`. `cacheType`: chunk, vm_image…
+    @discardableResult
+    public func recordCacheAccess(hit: Bool, cacheType: String) -> RecordResult {
+        recordGroup(HelperSample(
+            .counterAdd, hit ? P2PMetricNames.cacheHits : P2PMetricNames.cacheMisses,
+            ("cache_type", cacheType), .unsigned(1)))
+    }
+
+    // MARK: Transfers
+
+    /// Starts a transfer: `p2p.transfers.active += 1`, and notes the monotonic start time.
+    /// Call ``TransferToken/finish()`` when it ends (or use ``withTransfer(_:)-(()->R)``).
+    public func startTransfer() -> TransferToken {
+        let token = TransferToken(client: self)
+        let (result, schedule) = state.withLock { s in
+            s.addGroup(
+                HelperSample(.gaugeAdd, P2PMetricNames.transfersActive, nil, .unsigned(1)), nil, nil,
+                transferStart: token)
+        }
+        token.started(result)
+        if schedule { scheduleFlush() }
+        return token
+    }
+
+    /// Runs `body` as one transfer: `p2p.transfers.active` is `+1` while it runs, and when it
+    /// returns **or throws**, `-1` and `p2p.transfer.duration` observes its duration (one datagram).
+    public func withTransfer<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        let token = startTransfer()
+        defer { token.finish() }
+        return try body()
+    }
+
+    /// Runs the asynchronous `body` as one transfer, like ``withTransfer(_:)-(()->R)``: the
+    /// duration and the `-1` are recorded when it returns, throws, or is cancelled and throws.
+    public func withTransfer<R, E: Error>(
+        isolation: isolated (any Actor)? = #isolation, _ body: () async throws(E) -> R
+    ) async throws(E) -> R {
+        let token = startTransfer()
+        defer { token.finish() }
+        return try await body()
+    }
+}
+
+/// An active transfer, for code that cannot wrap it in ``P2PMetricsClient/withTransfer(_:)-(()->R)``:
+/// keep the token from ``P2PMetricsClient/startTransfer()`` and call ``finish()`` once.
+///
+/// Like the C client's `p2pm_transfer`: finishing again does nothing, and when the start's
+/// `p2p.transfers.active += 1` never reached the sidecar, finishing records only the duration,
+/// so the gauge never goes below zero. Unlike C, this also holds in batched mode: the token
+/// learns the fate of the batch its `+1` travelled in.
+public final class TransferToken: Sendable {
+    enum StartFate { case pending, sent, dropped }
+    struct State {
+        var finished = false
+        var fate = StartFate.pending
+        var startResult = RecordResult.buffered
+    }
+
+    private let client: P2PMetricsClient
+    /// When the transfer started (monotonic).
+    public let startInstant: ContinuousClock.Instant
+    private let state = Mutex(State())
+
+    init(client: P2PMetricsClient) {
+        self.client = client
+        startInstant = .now
+    }
+
+    /// The fate of the start's `p2p.transfers.active += 1` when it was recorded.
+    public var startResult: RecordResult { state.withLock { $0.startResult } }
+
+    /// Whether ``finish()`` was called.
+    public var isFinished: Bool { state.withLock { $0.finished } }
+
+    func started(_ result: RecordResult) {
+        state.withLock { s in
+            s.startResult = result
+            switch result {
+            case .sent: s.fate = .sent
+            case .buffered: break   // resolved when its batch is sent (or was already, see resolveStart)
+            default: s.fate = .dropped
+            }
+        }
+    }
+
+    /// Called under the client's lock when the batch holding the `+1` was sent or dropped.
+    func resolveStart(sent: Bool) {
+        state.withLock { $0.fate = sent ? .sent : .dropped }
+    }
+
+    /// Read under the client's lock: whether a `-1` may be sent.
+    var startReachedSidecar: Bool {
+        state.withLock { $0.fate != .dropped }
+    }
+
+    /// Ends the transfer, in one datagram: `p2p.transfers.active -= 1` and `p2p.transfer.duration`
+    /// observes the seconds since the start. Returns the fate of those samples, or `nil` when the
+    /// transfer was already finished (nothing is recorded then).
+    @discardableResult
+    public func finish() -> RecordResult? {
+        finish(seconds: max((ContinuousClock.now - startInstant).seconds, 0))
+    }
+
+    /// ``finish()`` with a given duration (tests compare bytes with the shared vectors).
+    func finish(seconds: Double) -> RecordResult? {
+        let first = state.withLock { s -> Bool in
+            defer { s.finished = true }
+            return !s.finished
+        }
+        guard first else { return nil }
+        let token = self
+        let (result, schedule) = client.state.withLock { s in
+            s.addGroup(
+                HelperSample(.gaugeAdd, P2PMetricNames.transfersActive, nil, .signed(-1)),
+                HelperSample(.histogramObserve, P2PMetricNames.transferDuration, nil, SampleValue(canonical: seconds)),
+                nil, transferEnd: token)
+        }
+        if schedule { client.scheduleFlush() }
+        return result
+    }
+}
+
+extension Duration {
+    /// The duration in seconds, as a double.
+    var seconds: Double {
+        let c = components
+        return Double(c.seconds) + Double(c.attoseconds) * 1e-18
+    }
+}

@@ -1,1 +1,0 @@
-// The Swift client; see issue 4.

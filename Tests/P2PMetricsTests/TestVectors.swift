@@ -1,0 +1,105 @@
+import Foundation
+// Copied from Tests/P2PMetricsWireTests/TestVectors.swift (test targets cannot share sources).
+import P2PMetricsWire
+
+/// The shared test vectors of `Clients/testdata/vectors.txt` (format: `Clients/PROTOCOL.md` §7).
+struct TestVectors {
+    struct Call: Equatable {
+        var kind: SampleKind
+        var name: String
+        var value: Double
+        var labels: [(String, String)]
+
+        static func == (a: Call, b: Call) -> Bool {
+            a.kind == b.kind && a.name == b.name && a.value.bitPattern == b.value.bitPattern
+                && a.labels.map { $0.0 } == b.labels.map { $0.0 } && a.labels.map { $0.1 } == b.labels.map { $0.1 }
+        }
+    }
+
+    struct Valid {
+        var id: String
+        var drops: UInt64 = 0
+        var calls: [Call] = []
+        var bytes: [UInt8] = []
+    }
+
+    struct Reject {
+        var id: String
+        var bytes: [UInt8] = []
+        var reason = ""
+    }
+
+    var valid: [Valid] = []
+    var reject: [Reject] = []
+
+    static let fileURL = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Clients/testdata/vectors.txt")
+
+    static func load() throws -> TestVectors {
+        let text = try String(contentsOf: fileURL, encoding: .utf8)
+        var vectors = TestVectors()
+        var currentValid: Valid?
+        var currentReject: Reject?
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            let tokens = line.split(separator: " ").map(String.init)
+            switch tokens[0] {
+            case "vector": currentValid = Valid(id: tokens[1])
+            case "reject": currentReject = Reject(id: tokens[1])
+            case "drops": currentValid?.drops = UInt64(tokens[1])!
+            case "call":
+                let kind: SampleKind = switch tokens[1] {
+                case "counter_add": .counterAdd
+                case "gauge_set": .gaugeSet
+                case "gauge_add": .gaugeAdd
+                case "histogram_observe": .histogramObserve
+                default: .distinctAdd   // a kind this client does not offer: its vector is skipped
+                }
+                let labels = tokens.dropFirst(4).map { pair -> (String, String) in
+                    let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                    return (percentDecode(String(parts[0])), percentDecode(String(parts[1])))
+                }
+                currentValid?.calls.append(Call(kind: kind, name: percentDecode(tokens[2]),
+                                                value: Double(tokens[3]) ?? .nan, labels: labels))
+            case "bytes":
+                let bytes = hex(tokens[1])
+                if currentValid != nil { currentValid?.bytes = bytes } else { currentReject?.bytes = bytes }
+            case "reason": currentReject?.reason = tokens[1]
+            case "end":
+                if let v = currentValid { vectors.valid.append(v) }
+                if let r = currentReject { vectors.reject.append(r) }
+                currentValid = nil
+                currentReject = nil
+            default: fatalError("unknown vector line \(line)")
+            }
+        }
+        return vectors
+    }
+
+    static func hex(_ s: String) -> [UInt8] {
+        var out: [UInt8] = []
+        var i = s.startIndex
+        while i < s.endIndex {
+            let j = s.index(i, offsetBy: 2)
+            out.append(UInt8(s[i..<j], radix: 16)!)
+            i = j
+        }
+        return out
+    }
+
+    static func percentDecode(_ s: String) -> String {
+        var out: [UInt8] = []
+        var bytes = Array(s.utf8)[...]
+        while let b = bytes.popFirst() {
+            if b == UInt8(ascii: "%") {
+                let h = String(decoding: bytes.prefix(2), as: UTF8.self)
+                out.append(UInt8(h, radix: 16)!)
+                bytes = bytes.dropFirst(2)
+            } else {
+                out.append(b)
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
