@@ -19,9 +19,11 @@ let package = Package(
     targets: [
         // Core: plain Swift, no C dependency, testable without sockets.
         // wire codec ← store/aggregation ← exposition; HTTP parsing beside them.
-        .target(name: "P2PMetricsWire"),
+        // libm: rounding of doubles (canonical value forms, sketches), for every consumer.
+        .target(name: "P2PMetricsWire", linkerSettings: [.linkedLibrary("m")]),
         .target(name: "P2PMetricsStatsD", dependencies: ["P2PMetricsWire"]),
-        .target(name: "P2PMetricsStore", dependencies: ["P2PMetricsWire", "P2PMetricsStatsD"]),
+        .target(name: "P2PMetricsStore", dependencies: ["P2PMetricsWire", "P2PMetricsStatsD"],
+                linkerSettings: [.linkedLibrary("m")]),
         .target(name: "P2PMetricsExposition", dependencies: ["P2PMetricsStore", "P2PMetricsStatsD"]),
         .target(name: "P2PMetricsHTTP"),
 

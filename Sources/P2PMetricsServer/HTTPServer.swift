@@ -18,9 +18,9 @@ protocol ExpositionSource: AnyObject {
 
 /// The HTTP/1.1 listener: keep-alive, pipelining, bounded heads, timeouts, a connection cap.
 final class HTTPServer {
-    /// Bytes rendered per slice of a large scrape: a few milliseconds of work, after which the
-    /// loop gets to drain the ingest socket again.
-    static let sliceBytes = 256 * 1024
+    /// Bytes rendered per slice of a large scrape: well under a millisecond of work, after which
+    /// the loop gets to drain the ingest socket again.
+    static let sliceBytes = 64 * 1024
 
     let loop: UnsafeMutablePointer<uv_loop_t>
     let configuration: ServerConfiguration

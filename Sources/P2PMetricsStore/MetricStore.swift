@@ -37,6 +37,9 @@ public struct MetricStore {
     // Per-family facts the apply loop reads, kept out of `MetricFamily` so it touches no strings.
     private var familyTypes: [MetricType] = []
     private var familyProcessScoped: [Bool] = []
+    private var familyBuckets: [[Double]] = []
+    /// Indexes of the samples of the current datagram that phase 3 applies.
+    private var deferred: [Int] = []
     private var familyIndex: [String: Int32] = [:]
 
     // Series: canonical key (family id + labels sorted by name) → series id. The key bytes double
@@ -153,39 +156,109 @@ public struct MetricStore {
         resolved.append(contentsOf: repeatElement(Self.unresolved, count: decoder.series.count))
 
         let samples = decoder.packed
+
+        // Phase 1: find or create the series of every series record a sample uses. The first
+        // sample's kind decides the type of a new metric. A type clash is about one sample's
+        // kind, so it is not remembered: a later sample of the record with the right kind must
+        // still get through.
+        for sample in samples where resolved[Int(sample.series)] == Self.unresolved {
+            let definition = Int(sample.series)
+            let kind = SampleKind(rawValue: sample.tag >> 4) ?? .counterAdd  // validated
+            let id = resolve(decoder.series[definition], kind: kind, in: bytes)
+            if id != Self.typeClash { resolved[definition] = id }
+            if id >= 0 { lastSeen[Int(id)] = now }
+        }
+
+        // Phase 2: the hot loop. The value columns are moved out of `self` so that the loop
+        // writes through raw pointers: no uniqueness or bounds checks per sample. Samples that
+        // touch other state (process tracking, sketches) are queued for phase 3, in order.
+        var integers: [UInt64] = []
+        var floats: [Double] = []
+        var buckets: [UInt64] = []
+        swap(&integers, &integerPart)
+        swap(&floats, &floatPart)
+        swap(&buckets, &bucketCounts)
         var applied: UInt64 = 0
-        samples.withUnsafeBufferPointer { samples in
-            for sample in samples {
-                let definition = Int(sample.series)
-                var id = resolved[definition]
-                if id == Self.unresolved {
-                    // Only tags the decoder accepted get here: their kind is valid.
-                    let kind = SampleKind(rawValue: sample.tag >> 4) ?? .counterAdd
-                    id = resolve(decoder.series[definition], kind: kind, in: bytes)
-                    // A clash is about this sample's kind: a later sample of the same series record
-                    // with the right kind must still get through, so it is not remembered.
-                    if id != Self.typeClash { resolved[definition] = id }
-                    if id >= 0 { lastSeen[Int(id)] = now }
+        var refusals = (clash: UInt64(0), series: UInt64(0), metric: UInt64(0))
+        deferred.removeAll(keepingCapacity: true)
+        let trackingActive = processGauges.entries > 0
+        integers.withUnsafeMutableBufferPointer { integers in
+            floats.withUnsafeMutableBufferPointer { floats in
+                buckets.withUnsafeMutableBufferPointer { buckets in
+                    for (index, sample) in samples.enumerated() {
+                        let seriesID = resolved[Int(sample.series)]
+                        if seriesID < 0 {
+                            switch seriesID {
+                            case Self.unresolved, Self.typeClash: refusals.clash &+= 1
+                            case Self.refusedBase - 1: refusals.series &+= 1
+                            default: refusals.metric &+= 1
+                            }
+                            continue
+                        }
+                        let id = Int(seriesID)
+                        let family = Int(seriesFamily[id])
+                        guard familyTypes[family] == Self.metricType(ofKind: sample.tag >> 4) else {
+                            refusals.clash &+= 1
+                            continue
+                        }
+                        applied &+= 1
+                        switch sample.tag {
+                        case 0x10, 0x11:  // counter add, integer (validated ≥ 0)
+                            let (sum, overflow) = integers[id].addingReportingOverflow(sample.bits)
+                            integers[id] = sum
+                            if overflow { floats[id] += 18_446_744_073_709_551_616.0 }
+                        case 0x12:
+                            floats[id] += Double(bitPattern: sample.bits)
+                        case 0x20, 0x21, 0x22:  // gauge set
+                            floats[id] = Self.number(sample)
+                            if trackingActive || familyProcessScoped[family] { deferred.append(index) }
+                        case 0x30, 0x31, 0x32:  // gauge add
+                            floats[id] += Self.number(sample)
+                            if familyProcessScoped[family] { deferred.append(index) }
+                        case 0x40, 0x41, 0x42:  // histogram observe
+                            let value = Self.number(sample)
+                            let bounds = familyBuckets[family]
+                            var bucket = 0
+                            while bucket < bounds.count && value > bounds[bucket] { bucket += 1 }
+                            buckets[Int(histogramBase[id]) + bucket] &+= 1
+                            integers[id] &+= 1
+                            floats[id] += value
+                        default:  // distinct and top-K add
+                            deferred.append(index)
+                        }
+                    }
                 }
-                if id < 0 {
-                    statistics.count(SampleRejection.allCases[Int(Self.refusedBase - id)])
-                    continue
-                }
-                let family = Int(seriesFamily[Int(id)])
-                guard familyTypes[family] == Self.typeOfKind[Int(sample.tag >> 4)] else {
-                    statistics.count(.typeClash)
-                    continue
-                }
-                apply(sample, to: Int(id), family: family, in: bytes)
-                applied &+= 1
             }
         }
+        swap(&integers, &integerPart)
+        swap(&floats, &floatPart)
+        swap(&buckets, &bucketCounts)
+
+        // Phase 3: everything that is not a plain number.
+        for index in deferred {
+            let sample = samples[index]
+            let id = Int(resolved[Int(sample.series)])
+            applySlow(sample, to: id, family: Int(seriesFamily[id]), in: bytes)
+        }
+
         statistics.samplesApplied &+= applied
+        if refusals.clash > 0 { statistics.add(refusals.clash, .typeClash) }
+        if refusals.series > 0 { statistics.add(refusals.series, .seriesLimit) }
+        if refusals.metric > 0 { statistics.add(refusals.metric, .metricSeriesLimit) }
         return nil
     }
 
-    /// The metric type of each sample kind, indexed by kind.
-    private static let typeOfKind: [MetricType] = [.counter] + SampleKind.allCases.map(\.metricType) + [.counter]
+    /// The metric type a sample kind belongs to (kinds validated by the decoder).
+    @inline(__always)
+    private static func metricType(ofKind kind: UInt8) -> MetricType {
+        switch kind {
+        case 1: return .counter
+        case 2, 3: return .gauge
+        case 4: return .histogram
+        case 5: return .distinct
+        default: return .topK
+        }
+    }
 
     /// Records a datagram refused before decoding (e.g. by the transport: truncated by the kernel,
     /// or from a sender that is not allowed).
@@ -205,26 +278,13 @@ public struct MetricStore {
         }
     }
 
-    @inline(__always)
-    private mutating func apply(_ sample: PackedSample, to id: Int, family: Int, in bytes: UnsafeRawBufferPointer) {
+    /// Applies what the hot loop left: process-scoped gauge bookkeeping and sketches.
+    private mutating func applySlow(_ sample: PackedSample, to id: Int, family: Int, in bytes: UnsafeRawBufferPointer) {
         switch sample.tag {
-        case 0x10, 0x11:  // counter add, integer (validated ≥ 0)
-            addToCounter(id, sample.bits)
-        case 0x12:
-            floatPart[id] += Double(bitPattern: sample.bits)
-        case 0x20, 0x21, 0x22:  // gauge set
-            floatPart[id] = Self.number(sample)
+        case 0x20, 0x21, 0x22:  // gauge set: the value is absolute again
             if processGauges.entries > 0 { processGauges.clear(series: SeriesID(id)) }
-        case 0x30, 0x31, 0x32:  // gauge add
-            let value = Self.number(sample)
-            floatPart[id] += value
-            if familyProcessScoped[family] { trackGaugeAdd(value, series: id) }
-        case 0x40, 0x41, 0x42:  // histogram observe
-            let value = Self.number(sample)
-            let bucket = families[family].buckets.partitioningIndex { value <= $0 }
-            bucketCounts[Int(histogramBase[id]) + bucket] &+= 1
-            integerPart[id] &+= 1
-            floatPart[id] += value
+        case 0x30, 0x31, 0x32:  // process-scoped gauge add
+            trackGaugeAdd(Self.number(sample), series: id)
         case 0x53:  // distinct add
             let base = Int(histogramBase[id])
             let key = UnsafeRawBufferPointer(rebasing: bytes[sample.keyRange])
@@ -248,13 +308,6 @@ public struct MetricStore {
         case .trackedNewProcess: newlyTrackedProcesses.append(pid)
         case .untracked: statistics.gaugeAddsUntracked &+= 1
         }
-    }
-
-    @inline(__always)
-    private mutating func addToCounter(_ id: Int, _ u: UInt64) {
-        let (sum, overflow) = integerPart[id].addingReportingOverflow(u)
-        integerPart[id] = sum
-        if overflow { floatPart[id] += 18_446_744_073_709_551_616.0 }
     }
 
     // MARK: Series resolution
@@ -328,6 +381,7 @@ public struct MetricStore {
         familyIndex[name] = Int32(families.count)
         familyTypes.append(type)
         familyProcessScoped.append(descriptor?.processScoped ?? false)
+        familyBuckets.append(buckets)
         families.append(MetricFamily(name: name, type: type, help: help, buckets: buckets, ttlSeconds: ttl,
                                      processScoped: descriptor?.processScoped ?? false,
                                      topK: min(max(descriptor?.topK ?? 10, 1), 100)))

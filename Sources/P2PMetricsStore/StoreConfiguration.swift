@@ -87,6 +87,10 @@ public struct IngestStatistics: Sendable, Equatable {
         datagramsRejected[DatagramRejection.allCases.firstIndex(of: reason) ?? 0] += 1
     }
 
+    mutating func add(_ n: UInt64, _ reason: SampleRejection) {
+        samplesRejected[SampleRejection.allCases.firstIndex(of: reason) ?? 0] += n
+    }
+
     mutating func count(_ reason: SampleRejection) {
         samplesRejected[SampleRejection.allCases.firstIndex(of: reason) ?? 0] += 1
     }

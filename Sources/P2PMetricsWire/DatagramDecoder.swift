@@ -55,41 +55,66 @@ public struct DatagramDecoder: Sendable {
     public private(set) var series: [SeriesDefinition] = []
     /// Sum of the `dropped` records of the last validated datagram.
     public private(set) var droppedReported: UInt64 = 0
+    /// Sample slots, reused; the first `sampleStorageCount` belong to the last validated datagram.
+    private var sampleStorage: [PackedSample] = []
+    private var sampleStorageCount = 0
+
     /// The samples of the last validated datagram, in order.
-    public private(set) var packed: [PackedSample] = []
+    public var packed: ArraySlice<PackedSample> { sampleStorage[..<sampleStorageCount] }
     /// Number of samples in the last validated datagram.
-    public var sampleCount: Int { packed.count }
+    public var sampleCount: Int { sampleStorageCount }
 
     public init() {
         series.reserveCapacity(64)
-        packed.reserveCapacity(1024)
     }
 
     /// Checks the whole datagram; returns the first reason it must be refused, or `nil`.
     public mutating func validate(_ bytes: UnsafeRawBufferPointer) -> DatagramRejection? {
         series.removeAll(keepingCapacity: true)
-        packed.removeAll(keepingCapacity: true)
         droppedReported = 0
+        sampleStorageCount = 0
         guard let first = bytes.first else { return .empty }
         guard bytes.count <= WireFormat.maxDatagramSize else { return .oversized }
         guard first == WireFormat.magic else { return .badMagic }  // text is told apart before decoding
         guard bytes.count > 1 else { return .empty }
 
-        var reader = ByteReader(bytes, offset: 1)
-        while let tag = reader.readByte() {
-            switch tag {
-            case WireFormat.Tag.series:
-                if let reason = readSeries(&reader) { return reason }
-            case WireFormat.Tag.dropped:
-                switch reader.readVarint() {
-                case .failure(let reason): return reason
-                case .success(let n): droppedReported &+= n
-                }
-            default:
-                if let reason = readSample(tag: tag, &reader) { return reason }
-            }
+        // Every sample takes at least three bytes, so this bounds the samples of the datagram and
+        // the loop below can write them through a pointer, without growth or uniqueness checks.
+        let bound = bytes.count / 3 + 1
+        if sampleStorage.count < bound {
+            sampleStorage = [PackedSample](repeating: PackedSample(tag: 0, series: 0, bits: 0), count: bound)
         }
-        return nil
+        var storage: [PackedSample] = []
+        swap(&storage, &sampleStorage)
+        defer { swap(&storage, &sampleStorage) }
+        return storage.withUnsafeMutableBufferPointer { out in
+            var reader = ByteReader(bytes, offset: 1)
+            var count = 0
+            while reader.offset < bytes.count {
+                let tag = bytes[reader.offset]
+                reader.offset += 1
+                if tag >= 0x10 {
+                    switch readSample(tag: tag, &reader) {
+                    case .success(let sample):
+                        out[count] = sample
+                        count += 1
+                    case .failure(let reason):
+                        return reason
+                    }
+                } else if tag == WireFormat.Tag.series {
+                    if let reason = readSeries(&reader) { return reason }
+                } else if tag == WireFormat.Tag.dropped {
+                    switch reader.readVarint() {
+                    case .failure(let reason): return reason
+                    case .success(let n): droppedReported &+= n
+                    }
+                } else {
+                    return .unknownRecord
+                }
+            }
+            sampleStorageCount = count
+            return nil
+        }
     }
 
     private mutating func readSeries(_ reader: inout ByteReader) -> DatagramRejection? {
@@ -139,57 +164,61 @@ public struct DatagramDecoder: Sendable {
         return nil
     }
 
+    /// Valid sample tags, one bit per `kind * 4 + form`: kinds 1–4 take forms 0–2 (`0b0111`),
+    /// kinds 5 and 6 take form 3 (`0b1000`).
+    @usableFromInline static let validTags: UInt32 = 0x0887_7770
+
     @inline(__always)
-    private mutating func readSample(tag: UInt8, _ reader: inout ByteReader) -> DatagramRejection? {
+    private func readSample(tag: UInt8, _ reader: inout ByteReader) -> Result<PackedSample, DatagramRejection> {
         let kind = tag >> 4
         let form = tag & 0x0F
-        // Kinds 1–4 take forms 0–2; kinds 5 and 6 (keys) take form 3 only.
-        guard kind >= 1, kind <= 6, form <= 3, (kind >= 5) == (form == 3) else { return .unknownRecord }
+        guard form < 4, kind < 8, (Self.validTags >> (UInt32(kind) &* 4 &+ UInt32(form))) & 1 == 1 else {
+            return .failure(.unknownRecord)
+        }
         let index: UInt64
         switch reader.readVarint() {
-        case .failure(let reason): return reason
+        case .failure(let reason): return .failure(reason)
         case .success(let n): index = n
         }
-        guard index < UInt64(series.count) else { return .badSeriesRef }
-        if kind == SampleKind.histogramObserve.rawValue && series[Int(index)].hasLELabel { return .reservedLabel }
-        if kind == SampleKind.topKAdd.rawValue && series[Int(index)].hasKeyLabel { return .reservedLabel }
+        guard index < UInt64(series.count) else { return .failure(.badSeriesRef) }
+        if kind == SampleKind.histogramObserve.rawValue && series[Int(index)].hasLELabel { return .failure(.reservedLabel) }
+        if kind == SampleKind.topKAdd.rawValue && series[Int(index)].hasKeyLabel { return .failure(.reservedLabel) }
         let bits: UInt64
         switch form {
         case ValueForm.unsigned.rawValue:
             switch reader.readVarint() {
-            case .failure(let reason): return reason
+            case .failure(let reason): return .failure(reason)
             case .success(let u): bits = u
             }
         case ValueForm.signed.rawValue:
             switch reader.readVarint() {
-            case .failure(let reason): return reason
+            case .failure(let reason): return .failure(reason)
             case .success(let u):
                 let n = Varint.unzigzag(u)
-                if n < 0 && kind == SampleKind.counterAdd.rawValue { return .negativeCounter }
+                if n < 0 && kind == SampleKind.counterAdd.rawValue { return .failure(.negativeCounter) }
                 bits = UInt64(bitPattern: n)
             }
         case ValueForm.float64.rawValue:
-            guard let d = reader.readFloat64() else { return .truncated }
+            guard let d = reader.readFloat64() else { return .failure(.truncated) }
             if kind != SampleKind.gaugeSet.rawValue {
-                guard d.isFinite else { return .nonFinite }
-                if d < 0 && kind == SampleKind.counterAdd.rawValue { return .negativeCounter }
+                guard d.isFinite else { return .failure(.nonFinite) }
+                if d < 0 && kind == SampleKind.counterAdd.rawValue { return .failure(.negativeCounter) }
             }
             bits = d.bitPattern
         default:
             let limit = kind == SampleKind.topKAdd.rawValue ? WireFormat.maxTopKKeyLength : WireFormat.maxKeyLength
             switch reader.readString(maxLength: limit) {
-            case .failure(let reason): return reason
+            case .failure(let reason): return .failure(reason)
             case .success(let range):
                 if kind == SampleKind.topKAdd.rawValue {
                     let key = UnsafeRawBufferPointer(rebasing: reader.bytes[range])
-                    guard !key.isEmpty else { return .tooLong }
-                    guard Names.isValidUTF8(key) else { return .badUTF8 }
+                    guard !key.isEmpty else { return .failure(.tooLong) }
+                    guard Names.isValidUTF8(key) else { return .failure(.badUTF8) }
                 }
                 bits = UInt64(range.lowerBound) << 32 | UInt64(range.count)
             }
         }
-        packed.append(PackedSample(tag: tag, series: UInt16(truncatingIfNeeded: index), bits: bits))
-        return nil
+        return .success(PackedSample(tag: tag, series: UInt16(truncatingIfNeeded: index), bits: bits))
     }
 
     /// The value rules of PROTOCOL.md §1.3.

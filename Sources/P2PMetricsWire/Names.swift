@@ -43,8 +43,15 @@ public enum Names {
     }
 
     /// The Prometheus name of a (valid) metric name: every `.` becomes `_`, nothing else changes.
-    public static func exposedName<Bytes: Sequence<UInt8>>(_ name: Bytes) -> String {
-        String(decoding: name.map { $0 == 0x2E ? 0x5F : $0 }, as: UTF8.self)
+    public static func exposedName<Bytes: Collection<UInt8>>(_ name: Bytes) -> String {
+        String(unsafeUninitializedCapacity: name.count) { buffer in
+            var i = 0
+            for b in name {
+                buffer[i] = b == 0x2E ? 0x5F : b
+                i += 1
+            }
+            return i
+        }
     }
 
     /// Strict UTF-8 validation (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF.
