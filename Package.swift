@@ -55,7 +55,7 @@ let package = Package(
             dependencies: ["P2PMetrics", .product(name: "Metrics", package: "swift-metrics")]
         ),
 
-        .testTarget(name: "P2PMetricsWireTests", dependencies: ["P2PMetricsWire"]),
+        .testTarget(name: "P2PMetricsWireTests", dependencies: ["P2PMetricsWire", "P2PMetricsStore"]),
         .testTarget(name: "P2PMetricsStoreTests", dependencies: ["P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(name: "P2PMetricsExpositionTests", dependencies: ["P2PMetricsExposition", "P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(name: "P2PMetricsHTTPTests", dependencies: ["P2PMetricsHTTP"]),

@@ -82,7 +82,8 @@ int main(int argc, char **argv)
     p2pm_client *c = p2pm_open(path);
     if (!c) { perror("client-bench: p2pm_open"); return 2; }
 
-    result raw = {0}, immediate = {0}, batched = {0}, batched0 = {0}, raw_paced = {0}, immediate_paced = {0};
+    result raw = {0}, immediate = {0}, batched = {0}, batched0 = {0}, raw_paced = {0}, immediate_paced = {0},
+           batched_handle = {0};
     for (int round = 0; round < 3; round++) {
         /* Paced: bursts of 8 timed calls, then an untimed pause for the receiver to drain, so
          * every send finds room in the queue - the cost of a send that succeeds. */
@@ -141,6 +142,21 @@ int main(int argc, char **argv)
         t = now_ns();
         keep(&batched, n, t - t0, p2pm_dropped(c) - d0);
 
+        /* batched path through series handles: the same 4 series, resolved once */
+        p2pm_series handles[4];
+        for (int k = 0; k < 4; k++) p2pm_series_init(&handles[k], c, "p2p.cache.hits", LABELS[k], 2);
+        d0 = p2pm_dropped(c);
+        n = 0;
+        t0 = now_ns();
+        p2pm_batch_begin(c);
+        do {
+            for (int k = 0; k < 256; k++) p2pm_series_counter_add_u64(&handles[k & 3], 1);
+            n += 256;
+        } while ((t = now_ns()) - t0 < budget);
+        p2pm_batch_end(c);
+        t = now_ns();
+        keep(&batched_handle, n, t - t0, p2pm_dropped(c) - d0);
+
         /* batched path, no labels */
         d0 = p2pm_dropped(c);
         n = 0;
@@ -166,6 +182,8 @@ int main(int argc, char **argv)
            (unsigned long long)immediate.calls, (unsigned long long)immediate.failures);
     printf("batched_ns=%.1f\nbatched_calls=%llu\nbatched_dropped_datagrams=%llu\n", batched.best_ns,
            (unsigned long long)batched.calls, (unsigned long long)batched.failures);
+    printf("batched_handle_ns=%.1f\nbatched_handle_calls=%llu\n", batched_handle.best_ns,
+           (unsigned long long)batched_handle.calls);
     printf("batched_nolabels_ns=%.1f\nbatched_nolabels_calls=%llu\n", batched0.best_ns,
            (unsigned long long)batched0.calls);
     p2pm_close(c);

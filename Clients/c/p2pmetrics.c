@@ -54,6 +54,7 @@ struct p2pm_client {
     uint64_t pending_drops;       /* not reported yet */
     uint64_t total_drops;
     unsigned batch_depth;
+    uint64_t generation;          /* changes whenever the pending datagram starts afresh */
     size_t len;                   /* bytes of records in buf[HDR..] */
     unsigned nseries;             /* series records in the pending datagram */
     unsigned nslots;
@@ -240,7 +241,7 @@ static bool same_series(const unsigned char *rec, const struct sample *s)
 
 /* Appends one validated sample (and its series record unless reused) to the pending datagram.
  * -EMSGSIZE when it does not fit; nothing is changed then. */
-static int append(p2pm_client *c, const struct sample *s)
+static int append(p2pm_client *c, const struct sample *s, unsigned *series_index)
 {
     size_t name_len = strlen(s->name), rec_len, need;
     rec_len = 1 + uvarint_len(name_len) + name_len + uvarint_len(s->n_labels);
@@ -287,6 +288,29 @@ static int append(p2pm_client *c, const struct sample *s)
         p = put_string(p, s->key, s->key_len);
     else
         p = put_uvarint(p, bits);
+    c->len += need;
+    if (series_index)
+        *series_index = index;
+    return 0;
+}
+
+/* Appends one sample of a series already defined at `index` in the pending datagram: just the
+ * tag, the index and the value. -EMSGSIZE when it does not fit. */
+static int append_indexed(p2pm_client *c, const struct sample *s, unsigned index)
+{
+    uint64_t bits;
+    int form = value_form(s, &bits);
+    size_t need = 1 + uvarint_len(index) + (form == FORM_F64 ? 8 : uvarint_len(bits));
+    if (need > CAP - c->len)
+        return -EMSGSIZE;
+    unsigned char *p = c->buf + HDR + c->len;
+    *p++ = (unsigned char)(s->kind << 4 | form);
+    p = put_uvarint(p, index);
+    if (form == FORM_F64)
+        for (int i = 0; i < 8; i++)
+            *p++ = (unsigned char)(bits >> (8 * i));
+    else
+        put_uvarint(p, bits);
     c->len += need;
     return 0;
 }
@@ -361,6 +385,7 @@ static int send_pending(p2pm_client *c)
     c->len = 0;
     c->nseries = 0;
     c->nslots = 0;
+    c->generation++;
     if (r == 0) {
         c->pending_drops = 0;
     } else {
@@ -378,7 +403,7 @@ static int add_group(p2pm_client *c, const struct sample *s, size_t n)
     for (;;) {
         size_t len = c->len, i = 0;
         unsigned nseries = c->nseries, nslots = c->nslots;
-        while (i < n && append(c, &s[i]) == 0)
+        while (i < n && append(c, &s[i], NULL) == 0)
             i++;
         if (i == n)
             break;
@@ -577,6 +602,102 @@ int p2pm_topk_add(p2pm_client *c, const char *name, const char *key,
 {
     struct sample s = SAMPLE_KEY(KIND_TOPK, name, labels, n_labels, key, key ? strnlen(key, MAX_TOPK_KEY + 1) : 0);
     return submit(c, &s, 1);
+}
+
+/* ---- Series handles ---- */
+
+int p2pm_series_init(p2pm_series *h, p2pm_client *c, const char *name, const p2pm_label *labels,
+                     size_t n_labels)
+{
+    if (!h)
+        return -EINVAL;
+    memset(h, 0, sizeof *h);
+    int r = resolve(&c);
+    if (r)
+        return r;
+    struct sample probe = { KIND_GAUGE_SET, name, labels, n_labels, false, 0, 0, NULL, 0 };
+    if ((r = validate(&probe)) != 0)
+        return r;
+    h->client = c;
+    h->name = name;
+    h->labels = labels;
+    h->n_labels = n_labels;
+    h->histogram_ok = true;
+    for (size_t i = 0; i < n_labels; i++)
+        if (strcmp(labels[i].name, "le") == 0)
+            h->histogram_ok = false;
+    h->generation = c->generation - 1;   /* no index known yet */
+    return 0;
+}
+
+/* One sample through a handle: in the common case (its series already in the pending datagram)
+ * only the value is encoded, under the lock. */
+static int series_submit(p2pm_series *h, struct sample *s)
+{
+    if (!h || !h->client)
+        return -EINVAL;
+    if (s->kind == KIND_HISTOGRAM && !h->histogram_ok)
+        return -EINVAL;
+    if (!s->is_u64 && s->kind != KIND_GAUGE_SET && (!isfinite(s->d) || (s->kind == KIND_COUNTER && s->d < 0)))
+        return -EINVAL;
+    p2pm_client *c = h->client;
+    int r = 0;
+    pthread_mutex_lock(&c->lock);
+    if (h->generation == c->generation && h->index < c->nseries && append_indexed(c, s, h->index) == 0) {
+        if (!c->batch_depth)
+            r = send_pending(c);
+    } else {
+        size_t len = c->len;
+        unsigned index;
+        r = append(c, s, &index);
+        if (r == -EMSGSIZE && len > 0) {   /* the pending datagram is full: send it, start anew */
+            send_pending(c);
+            r = append(c, s, &index);
+        }
+        if (r == 0) {
+            h->generation = c->generation;
+            h->index = index;
+            if (!c->batch_depth)
+                r = send_pending(c);
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+#define HANDLE_SAMPLE(kind, v) \
+    ((struct sample){ (kind), h ? h->name : NULL, h ? h->labels : NULL, h ? h->n_labels : 0, false, 0, (v), NULL, 0 })
+
+int p2pm_series_counter_add(p2pm_series *h, double value)
+{
+    struct sample s = HANDLE_SAMPLE(KIND_COUNTER, value);
+    return series_submit(h, &s);
+}
+
+int p2pm_series_counter_add_u64(p2pm_series *h, uint64_t value)
+{
+    struct sample s = HANDLE_SAMPLE(KIND_COUNTER, 0);
+    s.is_u64 = true;
+    s.u = value;
+    return series_submit(h, &s);
+}
+
+int p2pm_series_gauge_set(p2pm_series *h, double value)
+{
+    struct sample s = HANDLE_SAMPLE(KIND_GAUGE_SET, value);
+    return series_submit(h, &s);
+}
+
+int p2pm_series_gauge_add(p2pm_series *h, double delta)
+{
+    struct sample s = HANDLE_SAMPLE(KIND_GAUGE_ADD, delta);
+    return series_submit(h, &s);
+}
+
+int p2pm_series_observe(p2pm_series *h, double value)
+{
+    struct sample s = HANDLE_SAMPLE(KIND_HISTOGRAM, value);
+    return series_submit(h, &s);
 }
 
 int p2pm_batch_begin(p2pm_client *c)

@@ -145,6 +145,38 @@ int p2pm_distinct_add(p2pm_client *c, const char *name, const void *key, size_t 
 int p2pm_topk_add(p2pm_client *c, const char *name, const char *key,
                   const p2pm_label *labels, size_t n_labels);
 
+/* ---- Series handles (the fast path) ------------------------------------------------------ */
+
+/**
+ * A series resolved once: its name and labels are validated when it is initialized, and while
+ * its series record is in the client's pending datagram a sample through it costs only the
+ * value's encoding (a few bytes) under the client's lock. For hot loops, together with batch
+ * mode. Caller-owned (on the stack, in a struct, static): no allocation. The name and labels it
+ * was initialized with must stay valid and unchanged while it is used. Any number of threads
+ * may use one handle, like the client it belongs to.
+ */
+typedef struct {
+    p2pm_client *client;
+    const char *name;
+    const p2pm_label *labels;
+    size_t n_labels;
+    bool histogram_ok;     /* no "le" label */
+    uint64_t generation;   /* the client's pending datagram that index refers to */
+    unsigned index;        /* series index in that datagram */
+} p2pm_series;
+
+/** Initializes h for name{labels} on client c (NULL: the default client). Returns 0, -EINVAL
+ *  for an invalid name or label list (PROTOCOL.md 1.4), or an error of the default client. */
+int p2pm_series_init(p2pm_series *h, p2pm_client *c, const char *name, const p2pm_label *labels,
+                     size_t n_labels);
+
+/** Like p2pm_counter_add() etc., for the series of h. Same return values and sending rules. */
+int p2pm_series_counter_add(p2pm_series *h, double value);
+int p2pm_series_counter_add_u64(p2pm_series *h, uint64_t value);
+int p2pm_series_gauge_set(p2pm_series *h, double value);
+int p2pm_series_gauge_add(p2pm_series *h, double delta);
+int p2pm_series_observe(p2pm_series *h, double value);
+
 /* ---- Batching --------------------------------------------------------------------------- */
 
 /**

@@ -483,6 +483,63 @@ static void test_default_and_open(void)
     receiver_close(&r);
 }
 
+/* Series handles produce exactly the datagrams the generic calls produce, across datagram
+ * boundaries, and refuse what the generic calls refuse. */
+static void test_series_handles(void)
+{
+    struct receiver r1, r2;
+    receiver_open(&r1, 1);
+    receiver_open(&r2, 1);
+    p2pm_client *generic = p2pm_open(r1.path), *fast = p2pm_open(r2.path);
+    REQUIRE(generic != NULL && fast != NULL);
+    p2pm_label peer = { "peer", "peer-007" }, le = { "le", "1" };
+    p2pm_series bytes, active, duration, bad;
+    CHECK_EQ_INT(p2pm_series_init(&bytes, fast, "p2p.bytes_transferred.total", &peer, 1), 0);
+    CHECK_EQ_INT(p2pm_series_init(&active, fast, "p2p.transfers.active", NULL, 0), 0);
+    CHECK_EQ_INT(p2pm_series_init(&duration, fast, "p2p.transfer.duration", &peer, 1), 0);
+    CHECK_EQ_INT(p2pm_series_init(&bad, fast, "bad name", NULL, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_series_counter_add(&bad, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_series_counter_add(&bytes, -1), -EINVAL);
+    CHECK_EQ_INT(p2pm_series_observe(&duration, NAN), -EINVAL);
+    p2pm_series with_le;
+    CHECK_EQ_INT(p2pm_series_init(&with_le, fast, "h", &le, 1), 0);
+    CHECK_EQ_INT(p2pm_series_observe(&with_le, 1), -EINVAL);   /* "le" is reserved on histograms */
+
+    CHECK_EQ_INT(p2pm_batch_begin(generic), 0);
+    CHECK_EQ_INT(p2pm_batch_begin(fast), 0);
+    for (int i = 0; i < 5000; i++) {   /* several full datagrams */
+        CHECK_EQ_INT(p2pm_counter_add_u64(generic, "p2p.bytes_transferred.total", 4096 + (uint64_t)i, &peer, 1), 0);
+        CHECK_EQ_INT(p2pm_series_counter_add_u64(&bytes, 4096 + (uint64_t)i), 0);
+        CHECK_EQ_INT(p2pm_gauge_add(generic, "p2p.transfers.active", i % 2 ? -1 : 1, NULL, 0), 0);
+        CHECK_EQ_INT(p2pm_series_gauge_add(&active, i % 2 ? -1 : 1), 0);
+        CHECK_EQ_INT(p2pm_histogram_observe(generic, "p2p.transfer.duration", i * 0.25, &peer, 1), 0);
+        CHECK_EQ_INT(p2pm_series_observe(&duration, i * 0.25), 0);
+    }
+    CHECK_EQ_INT(p2pm_batch_end(generic), 0);
+    CHECK_EQ_INT(p2pm_batch_end(fast), 0);
+    static unsigned char a[P2PM_MAX_DATAGRAM], b[P2PM_MAX_DATAGRAM];
+    int datagrams = 0;
+    for (;;) {
+        ssize_t na = receiver_recv(&r1, a, sizeof a, datagrams ? 200 : 1000);
+        ssize_t nb = receiver_recv(&r2, b, sizeof b, datagrams ? 200 : 1000);
+        CHECK_EQ_INT((int)na, (int)nb);
+        if (na <= 0 || nb <= 0)
+            break;
+        CHECK(memcmp(a, b, (size_t)na) == 0);
+        datagrams++;
+    }
+    CHECK(datagrams >= 5);
+    /* Immediate mode: one datagram per call, identical too. */
+    CHECK_EQ_INT(p2pm_series_gauge_set(&active, 3), 0);
+    CHECK_EQ_INT(p2pm_gauge_set(generic, "p2p.transfers.active", 3, NULL, 0), 0);
+    ssize_t na = receiver_recv(&r1, a, sizeof a, 1000), nb = receiver_recv(&r2, b, sizeof b, 1000);
+    CHECK(na > 0 && na == nb && memcmp(a, b, (size_t)na) == 0);
+    p2pm_close(generic);
+    p2pm_close(fast);
+    receiver_close(&r1);
+    receiver_close(&r2);
+}
+
 int main(void)
 {
     test_validation();
@@ -491,6 +548,7 @@ int main(void)
     test_absent_and_reconnect();
     test_threads();
     test_default_and_open();
+    test_series_handles();
     if (test_failures) {
         fprintf(stderr, "test_client: %d failure(s)\n", test_failures);
         return 1;

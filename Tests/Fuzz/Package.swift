@@ -1,0 +1,29 @@
+// swift-tools-version: 6.1
+// libFuzzer targets for p2pmetricsd. A separate package so that the daemon's own build never
+// needs sanitizers; `./run-fuzzers` builds it with `--sanitize=fuzzer --sanitize=address`.
+import PackageDescription
+
+let package = Package(
+    name: "p2pmetricsd-fuzz",
+    dependencies: [
+        .package(name: "p2pmetricsd", path: "../.."),
+    ],
+    targets: [
+        // Wire decoder + aggregation store: MetricStore.ingest with invariant and round-trip oracles.
+        .executableTarget(
+            name: "FuzzDecoder",
+            dependencies: [
+                .product(name: "P2PMetricsWire", package: "p2pmetricsd"),
+                .product(name: "P2PMetricsStore", package: "p2pmetricsd"),
+            ]
+        ),
+        // HTTP request-head parser.
+        .executableTarget(
+            name: "FuzzHTTP",
+            dependencies: [
+                .product(name: "P2PMetricsHTTP", package: "p2pmetricsd"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)
