@@ -47,8 +47,7 @@ let package = Package(
         // Swift client: a swift-metrics backend plus the seed's typed API, on the shared wire codec.
         .target(
             name: "P2PMetrics",
-            dependencies: ["P2PMetricsWire", .product(name: "CoreMetrics", package: "swift-metrics")],
-            exclude: ["README-section.md"]
+            dependencies: ["P2PMetricsWire", .product(name: "CoreMetrics", package: "swift-metrics")]
         ),
         .executableTarget(
             name: "p2pmetrics-example",
