@@ -30,6 +30,10 @@ public enum P2PMetricNames {
     public static let cacheMisses = "p2p.cache.misses"
     /// Gauge (an up-down counter).
     public static let transfersActive = "p2p.transfers.active"
+    /// Distinct count of chunk hashes (beyond the seed: storage planning).
+    public static let chunksUnique = "p2p.chunks.unique"
+    /// Top-K of requested chunk hashes (beyond the seed: chunk popularity).
+    public static let chunksRequested = "p2p.chunks.requested"
 }
 
 extension P2PMetricsClient {
@@ -78,6 +82,23 @@ extension P2PMetricsClient {
         return recordGroup(
             HelperSample(.counterAdd, P2PMetricNames.chunksTransferred, nil, .unsigned(1)),
             HelperSample(.counterAdd, P2PMetricNames.bytesTransferred, nil, .unsigned(size)))
+    }
+
+    /// Records one chunk as `recordChunkTransfer(size:deduplicated:)` does, then adds `hash` to
+    /// the distinct count `p2p.chunks.unique` (unique chunks seen, to estimate storage needs).
+    @discardableResult
+    public func recordChunkTransfer(size: UInt64, deduplicated: Bool, hash: String) -> RecordResult {
+        let result = recordChunkTransfer(size: size, deduplicated: deduplicated)
+        let unique = distinctAdd(P2PMetricNames.chunksUnique, key: hash.utf8)
+        if case .invalid = unique { return unique }
+        return result
+    }
+
+    /// Chunk popularity: counts one request of `hash` (1–128 bytes of UTF-8) in the top-K sketch
+    /// `p2p.chunks.requested`.
+    @discardableResult
+    public func recordChunkRequest(hash: String) -> RecordResult {
+        topKAdd(P2PMetricNames.chunksRequested, key: hash)
     }
 
     /// Records a verification: `p2p.verification.success{verification_type}` or

@@ -201,6 +201,33 @@ public final class P2PMetricsClient: Sendable {
         record(.histogramObserve, name, labels, SampleValue(canonical: value))
     }
 
+    /// Adds `key` (at most 1,024 bytes, any bytes) to the distinct count `name{labels}`: the
+    /// sidecar exposes the estimated number of distinct keys as a gauge (HyperLogLog, about 1.6 %
+    /// standard error, fixed memory).
+    @discardableResult
+    public func distinctAdd(
+        _ name: String, key: some Collection<UInt8>, labels: some Collection<(String, String)> = [(String, String)]()
+    ) -> RecordResult {
+        let (result, schedule) = state.withLock { s in
+            s.addKeyed { encoder throws(EncodingError) in try encoder.appendDistinct(name: name, labels: labels, key: key) }
+        }
+        if schedule { scheduleFlush() }
+        return result
+    }
+
+    /// Counts one occurrence of `key` (1–128 bytes of UTF-8) in the top-K sketch `name{labels}`:
+    /// the sidecar exposes the K most frequent keys as `name{…,key="…"}` with their counts.
+    @discardableResult
+    public func topKAdd(
+        _ name: String, key: String, labels: some Collection<(String, String)> = [(String, String)]()
+    ) -> RecordResult {
+        let (result, schedule) = state.withLock { s in
+            s.addKeyed { encoder throws(EncodingError) in try encoder.appendTopK(name: name, labels: labels, key: key) }
+        }
+        if schedule { scheduleFlush() }
+        return result
+    }
+
     /// One sample of any kind, with an already chosen wire value.
     @inline(__always)
     func record(
@@ -312,6 +339,26 @@ struct ClientState {
             sendPending()   // its failure is counted and reported, it is not about this sample
             fits = (try? encoder.append(kind, name: name, labels: labels, value: value)) ?? false
             if !fits { return (.tooLarge, false) }
+        }
+        pendingSamples += 1
+        appendsSinceReset += 1
+        return complete()
+    }
+
+    /// Appends one keyed sample (distinct or top-K) through `append`, sending the batch first
+    /// when it is full.
+    mutating func addKeyed(_ append: (inout DatagramEncoder) throws(EncodingError) -> Bool) -> (RecordResult, Bool) {
+        var fits: Bool
+        do {
+            fits = try append(&encoder)
+            if !fits {
+                if encoder.isEmpty { return (.tooLarge, false) }
+                sendPending()
+                fits = try append(&encoder)
+                if !fits { return (.tooLarge, false) }
+            }
+        } catch {
+            return (.invalid(error.reason), false)
         }
         pendingSamples += 1
         appendsSinceReset += 1

@@ -11,7 +11,8 @@
 // dropped with EAGAIN is retried every millisecond):
 //   seed                           the README example (bootstrap, handlers, helpers, transfer)
 //   handlers                       every swift-metrics handler type (see Tests/integration)
-//   import TYPE OK SIZE | download ID OK SECS | chunk SIZE DEDUP | verify OK TYPE | cache HIT TYPE
+//   import TYPE OK SIZE | download ID OK SECS | chunk SIZE DEDUP | chunkh SIZE DEDUP HASH | request HASH
+//   | verify OK TYPE | cache HIT TYPE
 //   tstart / tend                  startTransfer() / finish() of one token (tend twice: no-op)
 //   transfer MODE MS               withTransfer around a MS-millisecond sleep;
 //                                  MODE: sync | sync-throw | async | async-throw
@@ -254,6 +255,12 @@ while let cmd = a.popFirst() {
     case "chunk":
         let p = take(2)
         need(cmd) { client.recordChunkTransfer(size: UInt64(p[0])!, deduplicated: p[1] == "1") }
+    case "chunkh":
+        let p = take(3)
+        need(cmd) { client.recordChunkTransfer(size: UInt64(p[0])!, deduplicated: p[1] == "1", hash: p[2]) }
+    case "request":
+        let p = take(1)
+        need(cmd) { client.recordChunkRequest(hash: p[0]) }
     case "verify":
         let p = take(2)
         need(cmd) { client.recordVerification(success: p[0] == "1", type: p[1]) }

@@ -452,3 +452,21 @@ def test_hot_path_allocations(daemon, tmp_path):
     assert set(got) == set(ALLOC_BOUNDS), r.stdout
     for name, bound in ALLOC_BOUNDS.items():
         assert got[name] <= bound + 0.05, (name, got[name])
+
+
+def test_unique_chunks_and_chunk_popularity(daemon):
+    """Beyond the seed, from Swift: recordChunkTransfer(hash:) feeds p2p.chunks.unique and
+    recordChunkRequest(hash:) the p2p.chunks.requested top-K sketch."""
+    commands = []
+    for i in range(40):
+        commands += ["chunkh", "1024", str(i % 2), f"sha256:{i % 10:04x}"]
+    for i in range(120):
+        commands += ["request", "sha256:hot" if i % 3 == 0 else f"sha256:{i % 50:04x}"]
+    example(daemon.socket_path, *commands, "flush")
+    assert daemon.wait_for("p2p_chunks_requested", 40, key="sha256:hot") == 40
+    m = daemon.scrape()
+    assert abs(m[("p2p_chunks_unique", frozenset())] - 10) <= 1
+    assert m[("p2p_chunks_transferred_total", frozenset())] == 20
+    assert m[("p2p_chunks_deduplicated_total", frozenset())] == 20
+    assert m[("p2p_bytes_transferred_total", frozenset())] == 20 * 1024
+    assert sum(1 for (n, _) in m if n == "p2p_chunks_requested") == 10
