@@ -173,9 +173,13 @@ DOWNLOADS_FAILED = 5                                                    # ... 5 
 CHUNKS_TRANSFERRED, CHUNKS_DEDUPLICATED, CHUNK_SIZE = 12, 4, 65536
 VERIFICATIONS = {"nar_hash": (49, 1), "chunk_hash": (200, 0)}           # success, failed
 CACHE = {"chunk": (3, 1), "vm_image": (1, 3)}                           # hits, misses
+PEER_BYTES = {"peer-a": 3 * MIB, "peer-b": 1 * MIB}                     # bytes by peer (label convention)
+UNIQUE_CHUNKS = 37                                                      # distinct hashes among ...
+CHUNK_HASH_ADDS = 100                                                   # ... this many adds
+CHUNK_REQUESTS = {"sha256:hot": 30, "sha256:warm": 12} | {f"sha256:c{i:02d}": 1 for i in range(20)}
 TRANSFERS_STARTED, TRANSFERS_ENDED = 3, 1
 
-BYTES_TOTAL = (sum((t - f) * size for t, f, size in IMPORTS.values())
+BYTES_TOTAL = sum(PEER_BYTES.values()) + (sum((t - f) * size for t, f, size in IMPORTS.values())
                + CHUNKS_TRANSFERRED * CHUNK_SIZE)
 
 
@@ -199,7 +203,12 @@ def pre_create_series() -> bytes:
         s += [("counter_add", "p2p.cache.hits", 0, {"cache_type": c}),
               ("counter_add", "p2p.cache.misses", 0, {"cache_type": c})]
     s += [("gauge_add", "p2p.transfers.active", 0, {}), ("histogram_observe", "p2p.transfer.duration", 0.5, {})]
+    s += [("counter_add", "p2p.bytes_transferred.total", 0, {"peer": p}) for p in PEER_BYTES]
     return datagram(s)
+
+
+class Label(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("value", ctypes.c_char_p)]
 
 
 class Transfer(ctypes.Structure):
@@ -221,9 +230,12 @@ def load_client(build: Path) -> ctypes.CDLL:
     lib.p2pm_record_cache_access.argtypes = [P, B, S]
     lib.p2pm_transfer_start.argtypes, lib.p2pm_transfer_start.restype = [P], Transfer
     lib.p2pm_transfer_end.argtypes = [ctypes.POINTER(Transfer)]
+    lib.p2pm_counter_add_u64.argtypes = [P, S, U64, ctypes.POINTER(Label), ctypes.c_size_t]
+    lib.p2pm_distinct_add.argtypes = [P, S, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(Label), ctypes.c_size_t]
+    lib.p2pm_record_chunk_request.argtypes = [P, S]
     for f in ("p2pm_batch_begin", "p2pm_batch_end", "p2pm_record_image_import", "p2pm_record_image_download",
               "p2pm_record_chunk_transfer", "p2pm_record_verification", "p2pm_record_cache_access",
-              "p2pm_transfer_end"):
+              "p2pm_transfer_end", "p2pm_counter_add_u64", "p2pm_distinct_add", "p2pm_record_chunk_request"):
         getattr(lib, f).restype = I
     return lib
 
@@ -254,6 +266,16 @@ def run_scenario(lib: ctypes.CDLL, socket_path: str) -> None:
                 assert lib.p2pm_record_cache_access(c, True, cache.encode()) == 0
             for _ in range(misses):
                 assert lib.p2pm_record_cache_access(c, False, cache.encode()) == 0
+        # Per-peer transfer volume (the `peer` label convention), unique chunks, chunk popularity.
+        for peer, n in PEER_BYTES.items():
+            label = Label(b"peer", peer.encode())
+            assert lib.p2pm_counter_add_u64(c, b"p2p.bytes_transferred.total", n, ctypes.byref(label), 1) == 0
+        for i in range(CHUNK_HASH_ADDS):
+            h = b"sha256:%04d" % (i % UNIQUE_CHUNKS)
+            assert lib.p2pm_distinct_add(c, b"p2p.chunks.unique", h, len(h), None, 0) == 0
+        for key, n in CHUNK_REQUESTS.items():
+            for _ in range(n):
+                assert lib.p2pm_record_chunk_request(c, key.encode()) == 0
         transfers = [lib.p2pm_transfer_start(c) for _ in range(TRANSFERS_STARTED)]
         for t in transfers:
             assert t.err == 0 and t.active == 1
@@ -532,6 +554,11 @@ def test_rules_alerts_and_dashboard_against_real_prometheus(daemon, c_build, pro
     assert scalar(failures[1][1]) > 0
     pct = [scalar(r) for _, r in dash["Transfer duration percentiles"]]
     assert pct[0] <= pct[1] <= pct[2]
+    assert abs(scalar(dash["Unique chunks seen"][0][1]) - UNIQUE_CHUNKS) <= 1   # HyperLogLog, small set
+    top = by("key", dash["Most requested chunks"][0][1])
+    assert len(top) == 10 and top["sha256:hot"] == 30 and top["sha256:warm"] == 12
+    by_peer = by("peer", dash["Transfer rate by peer"][0][1])
+    assert set(by_peer) == set(PEER_BYTES) and by_peer["peer-a"] > by_peer["peer-b"] > 0
 
     # 7. The guide's queries, as written: the fifth is not valid PromQL; the first is a rate.
     seed5 = "rate(p2p_verification_failed[5m]) / rate(p2p_verification_success[5m] + p2p_verification_failed[5m])"
