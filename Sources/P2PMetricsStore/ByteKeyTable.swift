@@ -1,3 +1,5 @@
+import P2PMetricsWire
+
 /// An open-addressing hash table from byte strings to 32-bit values.
 ///
 /// Keys live back to back in one arena, so a million keys cost a million slots and one buffer,
@@ -23,7 +25,12 @@ struct ByteKeyTable {
     private(set) var arena: [UInt8] = []
     private static let tombstone: UInt32 = 2
 
-    init(minimumCapacity: Int = 16) {
+    /// Lookups give up after this many slots. A cache sets it low, so that keys aimed at one
+    /// probe chain cost a bounded amount of work; an authoritative table keeps it unbounded.
+    let maxProbe: Int
+
+    init(minimumCapacity: Int = 16, maxProbe: Int = .max) {
+        self.maxProbe = maxProbe
         var size = 16
         while size < minimumCapacity * 2 { size <<= 1 }
         slots = Array(repeating: Slot(), count: size)
@@ -43,7 +50,9 @@ struct ByteKeyTable {
         slots.withUnsafeBufferPointer { slots in
             arena.withUnsafeBytes { arena in
                 var i = Int(hash) & mask
-                while true {
+                var probes = 0
+                while probes < maxProbe {
+                    probes += 1
                     let slot = slots[i]
                     if slot.hash == 0 { return nil }
                     if slot.hash == hash, Int(slot.length) == key.count {
@@ -52,8 +61,19 @@ struct ByteKeyTable {
                     }
                     i = (i + 1) & mask
                 }
+                return nil
             }
         }
+    }
+
+    /// Whether a key with this hash would be stored within `maxProbe` slots of its home.
+    func hasRoomNear(_ hash: UInt32) -> Bool {
+        var i = Int(hash) & mask
+        for _ in 0..<min(maxProbe, slots.count) {
+            if slots[i].hash & 1 == 0 { return true }  // empty or removed
+            i = (i + 1) & mask
+        }
+        return false
     }
 
     /// Inserts a key known to be absent; returns the arena offset its bytes were stored at.
@@ -87,7 +107,9 @@ struct ByteKeyTable {
         let index: Int? = slots.withUnsafeBufferPointer { slots in
             arena.withUnsafeBytes { arena in
                 var i = Int(hash) & mask
-                while true {
+                var probes = 0
+                while probes < maxProbe {
+                    probes += 1
                     let slot = slots[i]
                     if slot.hash == 0 { return nil }
                     if slot.hash == hash, Int(slot.length) == key.count,
@@ -97,6 +119,7 @@ struct ByteKeyTable {
                     }
                     i = (i + 1) & mask
                 }
+                return nil
             }
         }
         guard let index else { return nil }

@@ -46,7 +46,7 @@ public struct MetricStore {
     // as the series' label storage for exposition.
     private var canonical = ByteKeyTable(minimumCapacity: 1024)
     // Series: a datagram's series bytes as sent → series id. A bounded cache in front of `canonical`.
-    private var wireCache = ByteKeyTable(minimumCapacity: 1024)
+    private var wireCache = ByteKeyTable(minimumCapacity: 1024, maxProbe: 32)
 
     // Per-series state, indexed by series id (structure of arrays).
     private var seriesFamily: [Int32] = []
@@ -147,13 +147,24 @@ public struct MetricStore {
     }
 
     private mutating func ingestBinary(_ bytes: UnsafeRawBufferPointer) -> DatagramRejection? {
-        if let reason = decoder.validate(bytes) {
+        // Validation asks the wire cache about every series record: bytes seen and validated
+        // before skip the character checks, and their series id is known at once.
+        var known: [SeriesID] = []
+        swap(&known, &resolved)
+        known.removeAll(keepingCapacity: true)
+        let cache = wireCache
+        let rejection = decoder.validate(bytes) { key, hash in
+            let id = cache.find(key, hash: hash)
+            known.append(id ?? Self.unresolved)
+            return id != nil
+        }
+        swap(&known, &resolved)
+        if let reason = rejection {
             statistics.count(reason)
             return reason
         }
         statistics.clientDroppedDatagrams &+= decoder.droppedReported
-        resolved.removeAll(keepingCapacity: true)
-        resolved.append(contentsOf: repeatElement(Self.unresolved, count: decoder.series.count))
+        for id in resolved where id >= 0 { lastSeen[Int(id)] = now }
 
         let samples = decoder.packed
 
@@ -316,7 +327,7 @@ public struct MetricStore {
     /// the `SampleRejection` that refuses all its samples in this datagram.
     private mutating func resolve(_ definition: SeriesDefinition, kind: SampleKind, in bytes: UnsafeRawBufferPointer) -> SeriesID {
         let wireKey = UnsafeRawBufferPointer(rebasing: bytes[definition.keyRange])
-        let wireHash = ByteKeyTable.hash(wireKey)
+        let wireHash = definition.hash
         if let id = wireCache.find(wireKey, hash: wireHash) { return id }
 
         let name = Names.exposedName(bytes[definition.nameRange])
@@ -365,7 +376,7 @@ public struct MetricStore {
             id = createSeries(family: familyID)
         }
         if wireCache.count >= configuration.wireCacheCapacity { wireCache.removeAll() }
-        wireCache.insert(wireKey, hash: wireHash, value: id)
+        if wireCache.hasRoomNear(wireHash) { wireCache.insert(wireKey, hash: wireHash, value: id) }
         return id
     }
 

@@ -67,7 +67,7 @@ struct ByteReader {
     }
 
     /// Reads a length-prefixed byte string of at most `maxLength` bytes; returns its range.
-    @inlinable
+    @inlinable @inline(__always)
     mutating func readString(maxLength: Int) -> Result<Range<Int>, DatagramRejection> {
         switch readVarint() {
         case .failure(let reason): return .failure(reason)

@@ -10,6 +10,43 @@ public struct SeriesDefinition: Sendable {
     public var labelCount: Int
     @usableFromInline var hasLELabel: Bool
     @usableFromInline var hasKeyLabel: Bool
+    /// `SeriesKeyHash.hash` of the bytes of `keyRange`, with the decoder's seed.
+    public var hash: UInt32
+}
+
+/// A fast keyed hash of a series record's bytes (wyhash-style multiply-mix over 8-byte words,
+/// seeded per decoder at random), for caches in front of authoritative tables: it is an order of
+/// magnitude cheaper than SipHash, and the caches that use it bound their probe chains, so keys
+/// aimed at one chain cost bounded work even if the seed were guessed.
+public enum SeriesKeyHash {
+    /// Never 0 (the low bit is set), so tables can use 0 for empty slots.
+    @inlinable
+    public static func hash(_ key: UnsafeRawBufferPointer, seed: UInt64) -> UInt32 {
+        let n = key.count
+        var h = seed ^ (UInt64(truncatingIfNeeded: n) &* 0x9E37_79B9_7F4A_7C15)
+        var i = 0
+        if let base = key.baseAddress {
+            while i + 8 <= n {
+                h = mix(h ^ base.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+                i += 8
+            }
+            var tail: UInt64 = 0
+            var shift: UInt64 = 0
+            while i < n {
+                tail |= UInt64(base.load(fromByteOffset: i, as: UInt8.self)) << shift
+                shift += 8
+                i += 1
+            }
+            h = mix(h ^ tail ^ 0xE703_7ED1_A0B4_28DB)
+        }
+        return UInt32(truncatingIfNeeded: h ^ (h >> 32)) | 1
+    }
+
+    @inlinable @inline(__always)
+    static func mix(_ x: UInt64) -> UInt64 {
+        let product = x.multipliedFullWidth(by: 0xA076_1D64_78BD_642F)
+        return product.high ^ product.low
+    }
 }
 
 /// One sample of a validated datagram.
@@ -64,12 +101,24 @@ public struct DatagramDecoder: Sendable {
     /// Number of samples in the last validated datagram.
     public var sampleCount: Int { sampleStorageCount }
 
+    /// The seed of `SeriesKeyHash` for this decoder (random).
+    public let hashSeed = UInt64.random(in: .min ... .max)
+
     public init() {
         series.reserveCapacity(64)
     }
 
     /// Checks the whole datagram; returns the first reason it must be refused, or `nil`.
     public mutating func validate(_ bytes: UnsafeRawBufferPointer) -> DatagramRejection? {
+        validate(bytes, isKnown: { _, _ in false })
+    }
+
+    /// As `validate(_:)`, with a shortcut: `isKnown(keyBytes, hash)` is asked for every series
+    /// record once its structure is read, and a record it vouches for (the caller validated those
+    /// exact bytes before) skips the character-level checks of its names and values.
+    public mutating func validate(
+        _ bytes: UnsafeRawBufferPointer, isKnown: (UnsafeRawBufferPointer, UInt32) -> Bool
+    ) -> DatagramRejection? {
         series.removeAll(keepingCapacity: true)
         droppedReported = 0
         sampleStorageCount = 0
@@ -102,7 +151,7 @@ public struct DatagramDecoder: Sendable {
                         return reason
                     }
                 } else if tag == WireFormat.Tag.series {
-                    if let reason = readSeries(&reader) { return reason }
+                    if let reason = readSeries(&reader, isKnown: isKnown) { return reason }
                 } else if tag == WireFormat.Tag.dropped {
                     switch reader.readVarint() {
                     case .failure(let reason): return reason
@@ -117,16 +166,18 @@ public struct DatagramDecoder: Sendable {
         }
     }
 
-    private mutating func readSeries(_ reader: inout ByteReader) -> DatagramRejection? {
+    /// Reads a series record in two passes: its structure (lengths, limits, which labels are
+    /// `le` and `key`), then — unless `isKnown` vouches for the exact bytes — the characters of
+    /// its names and values and the uniqueness of its label names.
+    private mutating func readSeries(
+        _ reader: inout ByteReader, isKnown: (UnsafeRawBufferPointer, UInt32) -> Bool
+    ) -> DatagramRejection? {
         guard series.count < WireFormat.maxSeriesPerDatagram else { return .tooManySeries }
         let keyStart = reader.offset
         let name: Range<Int>
         switch reader.readString(maxLength: WireFormat.maxMetricNameLength) {
         case .failure(let reason): return reason
         case .success(let r): name = r
-        }
-        if let reason = Names.validateMetricName(UnsafeRawBufferPointer(rebasing: reader.bytes[name])) {
-            return reason
         }
         let count: UInt64
         switch reader.readVarint() {
@@ -137,30 +188,51 @@ public struct DatagramDecoder: Sendable {
         let labelsStart = reader.offset
         var hasLE = false
         var hasKey = false
-        for i in 0..<Int(count) {
-            let labelName: Range<Int>
+        for _ in 0..<Int(count) {
             switch reader.readString(maxLength: WireFormat.maxLabelNameLength) {
             case .failure(let reason): return reason
-            case .success(let r): labelName = r
+            case .success(let labelName):
+                let b = reader.bytes
+                if labelName.count == 2 && b[labelName.lowerBound] == 0x6C && b[labelName.lowerBound + 1] == 0x65 {
+                    hasLE = true
+                } else if labelName.count == 3 && b[labelName.lowerBound] == 0x6B && b[labelName.lowerBound + 1] == 0x65
+                            && b[labelName.lowerBound + 2] == 0x79 {
+                    hasKey = true
+                }
             }
-            let nameBytes = UnsafeRawBufferPointer(rebasing: reader.bytes[labelName])
-            if let reason = Names.validateLabelName(nameBytes) { return reason }
-            switch reader.readString(maxLength: WireFormat.maxLabelValueLength) {
-            case .failure(let reason): return reason
-            case .success(let value):
-                guard Names.isValidUTF8(UnsafeRawBufferPointer(rebasing: reader.bytes[value])) else { return .badUTF8 }
+            if case .failure(let reason) = reader.readString(maxLength: WireFormat.maxLabelValueLength) { return reason }
+        }
+        let keyRange = keyStart..<reader.offset
+        let key = UnsafeRawBufferPointer(rebasing: reader.bytes[keyRange])
+        let hash = SeriesKeyHash.hash(key, seed: hashSeed)
+        if !isKnown(key, hash) {
+            if let reason = Self.checkCharacters(reader.bytes, name: name, labelsStart: labelsStart, count: Int(count)) {
+                return reason
             }
-            // Duplicate check against the earlier names of this series (at most 15 of them).
-            var earlier = LabelCursor(reader.bytes, offset: labelsStart, count: i)
-            while let previous = earlier.next() {
-                if memEqual(reader.bytes, previous.name, labelName) { return .duplicateLabel }
-            }
-            if nameBytes.count == 2 && nameBytes[0] == 0x6C && nameBytes[1] == 0x65 { hasLE = true }
-            if nameBytes.count == 3 && nameBytes[0] == 0x6B && nameBytes[1] == 0x65 && nameBytes[2] == 0x79 { hasKey = true }
         }
         series.append(SeriesDefinition(
-            keyRange: keyStart..<reader.offset, nameRange: name, labelsStart: labelsStart,
-            labelCount: Int(count), hasLELabel: hasLE, hasKeyLabel: hasKey))
+            keyRange: keyRange, nameRange: name, labelsStart: labelsStart,
+            labelCount: Int(count), hasLELabel: hasLE, hasKeyLabel: hasKey, hash: hash))
+        return nil
+    }
+
+    /// The character-level rules of a structurally valid series record (PROTOCOL.md §1.4).
+    private static func checkCharacters(
+        _ bytes: UnsafeRawBufferPointer, name: Range<Int>, labelsStart: Int, count: Int
+    ) -> DatagramRejection? {
+        if let reason = Names.validateMetricName(UnsafeRawBufferPointer(rebasing: bytes[name])) { return reason }
+        var labels = LabelCursor(bytes, offset: labelsStart, count: count)
+        var index = 0
+        while let (labelName, value) = labels.next() {
+            if let reason = Names.validateLabelName(UnsafeRawBufferPointer(rebasing: bytes[labelName])) { return reason }
+            guard Names.isValidUTF8(UnsafeRawBufferPointer(rebasing: bytes[value])) else { return .badUTF8 }
+            // Duplicate check against the earlier names of this series (at most 15 of them).
+            var earlier = LabelCursor(bytes, offset: labelsStart, count: index)
+            while let previous = earlier.next() {
+                if memEqual(bytes, previous.name, labelName) { return .duplicateLabel }
+            }
+            index += 1
+        }
         return nil
     }
 

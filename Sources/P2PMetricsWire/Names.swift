@@ -12,19 +12,34 @@ public enum Names {
     @inlinable
     static func isDigit(_ b: UInt8) -> Bool { b >= 0x30 && b <= 0x39 }
 
+    // Bitmaps of the bytes allowed after the first: bit b of `low` for byte b < 64, bit b - 64 of
+    // `high` for 64 ≤ b < 128. Metric names: [A-Za-z0-9_:.]; label names: [A-Za-z0-9_].
+    @usableFromInline static let metricLow: UInt64 = 0x07ff_4000_0000_0000
+    @usableFromInline static let labelLow: UInt64 = 0x03ff_0000_0000_0000
+    @usableFromInline static let lettersHigh: UInt64 = 0x07ff_fffe_87ff_fffe
+
+    @inline(__always) @usableFromInline
+    static func allowed(_ b: UInt8, low: UInt64) -> Bool {
+        b < 64 ? (low >> UInt64(b)) & 1 == 1 : b < 128 && (lettersHigh >> UInt64(b &- 64)) & 1 == 1
+    }
+
     /// `[A-Za-z_:][A-Za-z0-9_:.]*`, 1 byte or more, and not in the reserved namespace once exposed.
     @inlinable
     public static func validateMetricName(_ name: UnsafeRawBufferPointer) -> DatagramRejection? {
         guard let first = name.first else { return .badMetricName }
         guard isLetterOrUnderscore(first) || first == 0x3A else { return .badMetricName }
-        for b in name.dropFirst() {
-            guard isLetterOrUnderscore(b) || isDigit(b) || b == 0x3A || b == 0x2E else { return .badMetricName }
+        var i = 1
+        while i < name.count {
+            guard allowed(name[i], low: metricLow) else { return .badMetricName }
+            i += 1
         }
-        if name.count >= reservedPrefix.count {
+        if first == 0x70 && name.count >= reservedPrefix.count {  // "p2pmetricsd_", dots mapped
             var reserved = true
-            for (i, r) in reservedPrefix.enumerated() {
-                let b = name[i] == 0x2E ? 0x5F : name[i]
+            var k = 0
+            for r in reservedPrefix {
+                let b = name[k] == 0x2E ? 0x5F : name[k]
                 if b != r { reserved = false; break }
+                k += 1
             }
             if reserved { return .reservedName }
         }
@@ -36,8 +51,10 @@ public enum Names {
     public static func validateLabelName(_ name: UnsafeRawBufferPointer) -> DatagramRejection? {
         guard let first = name.first, isLetterOrUnderscore(first) else { return .badLabelName }
         if name.count >= 2 && first == 0x5F && name[1] == 0x5F { return .badLabelName }
-        for b in name.dropFirst() {
-            guard isLetterOrUnderscore(b) || isDigit(b) else { return .badLabelName }
+        var i = 1
+        while i < name.count {
+            guard allowed(name[i], low: labelLow) else { return .badLabelName }
+            i += 1
         }
         return nil
     }
@@ -59,6 +76,12 @@ public enum Names {
     public static func isValidUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
         var i = 0
         let n = bytes.count
+        // ASCII fast path, eight bytes at a time.
+        if let base = bytes.baseAddress {
+            while i + 8 <= n && base.loadUnaligned(fromByteOffset: i, as: UInt64.self) & 0x8080_8080_8080_8080 == 0 {
+                i += 8
+            }
+        }
         while i < n {
             let b0 = bytes[i]
             if b0 < 0x80 { i += 1; continue }
