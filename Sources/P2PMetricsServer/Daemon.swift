@@ -111,6 +111,7 @@ public final class Daemon: ExpositionSource {
         notifyStatus()
         uv_run(loop, UV_RUN_DEFAULT)
         uv_loop_close(loop)
+        loop.deallocate()
         let s = store.statistics
         writeStandardError("p2pmetricsd: shutdown: datagrams_received=\(s.datagramsReceived) samples_applied=\(s.samplesApplied)")
         return 0
@@ -127,7 +128,12 @@ public final class Daemon: ExpositionSource {
         udpReceiver = nil
         http?.close()
         processWatcher?.closeAll()
-        for timer in timers { closeAndFree(timer.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { $0 }) }
+        for timer in timers {
+            uv_timer_stop(timer)
+            if let box = timer.pointee.data { Unmanaged<TimerAction>.fromOpaque(box).release() }
+            timer.pointee.data = nil
+            closeAndFree(timer.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { $0 })
+        }
         for signal in signals { closeAndFree(signal.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { $0 }) }
         timers = []
         signals = []
@@ -145,7 +151,7 @@ public final class Daemon: ExpositionSource {
     private func addTimer(every milliseconds: UInt64, _ action: @escaping (Daemon) -> Void) {
         let timer = UnsafeMutablePointer<uv_timer_t>.allocate(capacity: 1)
         uv_timer_init(loop, timer)
-        // The action box lives as long as the process; timers are few and made once.
+        // The timer holds its action box until shutdown releases it.
         timer.pointee.data = Unmanaged.passRetained(TimerAction(self, action)).toOpaque()
         uv_timer_start(timer, { timer in
             guard let data = timer?.pointee.data else { return }
