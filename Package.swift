@@ -54,14 +54,16 @@ let package = Package(
             dependencies: ["P2PMetrics", .product(name: "Metrics", package: "swift-metrics")]
         ),
 
-        .testTarget(name: "P2PMetricsWireTests", dependencies: ["P2PMetricsWire", "P2PMetricsStore"]),
+        // The shared test vectors' parser, for every test target that checks bytes against them.
+        .target(name: "P2PMetricsTestVectors", dependencies: ["P2PMetricsWire"], path: "Tests/TestVectors"),
+        .testTarget(name: "P2PMetricsWireTests", dependencies: ["P2PMetricsWire", "P2PMetricsStore", "P2PMetricsTestVectors"]),
         .testTarget(name: "P2PMetricsStoreTests", dependencies: ["P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(name: "P2PMetricsExpositionTests", dependencies: ["P2PMetricsExposition", "P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(name: "P2PMetricsHTTPTests", dependencies: ["P2PMetricsHTTP"]),
         .testTarget(name: "P2PMetricsStatsDTests", dependencies: ["P2PMetricsStatsD", "P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(
             name: "P2PMetricsTests",
-            dependencies: ["P2PMetrics", "P2PMetricsWire", .product(name: "Metrics", package: "swift-metrics")]
+            dependencies: ["P2PMetrics", "P2PMetricsWire", "P2PMetricsTestVectors", .product(name: "Metrics", package: "swift-metrics")]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -47,6 +47,12 @@ struct ByteKeyTable {
     var memoryFootprint: Int { slots.capacity * MemoryLayout<Slot>.stride + arena.capacity }
 
     func find(_ key: UnsafeRawBufferPointer, hash: UInt32) -> Int32? {
+        slotIndex(of: key, hash: hash).map { slots[$0].value }
+    }
+
+    /// The slot holding `key`, looked for along its probe chain (at most `maxProbe` slots).
+    @inline(__always)
+    private func slotIndex(of key: UnsafeRawBufferPointer, hash: UInt32) -> Int? {
         slots.withUnsafeBufferPointer { slots in
             arena.withUnsafeBytes { arena in
                 var i = Int(hash) & mask
@@ -57,7 +63,7 @@ struct ByteKeyTable {
                     if slot.hash == 0 { return nil }
                     if slot.hash == hash, Int(slot.length) == key.count {
                         let stored = UnsafeRawBufferPointer(rebasing: arena[Int(slot.offset)..<Int(slot.offset) + key.count])
-                        if key.count == 0 || memcmpEqual(stored, key) { return slot.value }
+                        if key.count == 0 || memcmpEqual(stored, key) { return i }
                     }
                     i = (i + 1) & mask
                 }
@@ -104,24 +110,7 @@ struct ByteKeyTable {
     /// `compact`.
     @discardableResult
     mutating func remove(_ key: UnsafeRawBufferPointer, hash: UInt32) -> Int32? {
-        let index: Int? = slots.withUnsafeBufferPointer { slots in
-            arena.withUnsafeBytes { arena in
-                var i = Int(hash) & mask
-                var probes = 0
-                while probes < maxProbe {
-                    probes += 1
-                    let slot = slots[i]
-                    if slot.hash == 0 { return nil }
-                    if slot.hash == hash, Int(slot.length) == key.count,
-                       key.count == 0 || memcmpEqual(
-                           UnsafeRawBufferPointer(rebasing: arena[Int(slot.offset)..<Int(slot.offset) + key.count]), key) {
-                        return i
-                    }
-                    i = (i + 1) & mask
-                }
-                return nil
-            }
-        }
+        let index = slotIndex(of: key, hash: hash)
         guard let index else { return nil }
         let value = slots[index].value
         deadBytes += Int(slots[index].length)

@@ -2,6 +2,7 @@ import CoreMetrics
 import Foundation
 @testable import P2PMetrics
 import P2PMetricsWire
+import P2PMetricsTestVectors
 import Testing
 
 #if canImport(Glibc)
@@ -41,7 +42,8 @@ struct VectorTests {
             case .gaugeSet: r = client.gaugeSet(c.name, c.value, labels: c.labels)
             case .gaugeAdd: r = client.gaugeAdd(c.name, c.value, labels: c.labels)
             case .histogramObserve: r = client.histogramObserve(c.name, c.value, labels: c.labels)
-            default: return   // kinds the Swift client does not offer (distinct counts)
+            case .distinctAdd: r = client.distinctAdd(c.name, key: Array(c.key!.utf8), labels: c.labels)
+            case .topKAdd: r = client.topKAdd(c.name, key: c.key!, labels: c.labels)
             }
             #expect(r == .buffered)
         }

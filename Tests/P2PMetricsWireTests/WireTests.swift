@@ -1,3 +1,4 @@
+import P2PMetricsTestVectors
 import Testing
 @testable import P2PMetricsWire
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 import ctypes
 import json
 import math
-import os
 import shutil
 import signal
-import struct
 import subprocess
 import time
 import urllib.error
@@ -31,6 +29,7 @@ import pytest
 import yaml
 
 from conftest import DAEMON_BIN, ROOT, free_port
+from wire import datagram
 
 CONTRIB = ROOT / "contrib"
 PROM_DIR = CONTRIB / "prometheus"
@@ -130,39 +129,6 @@ def test_sysctl_raises_unix_dgram_queue():
     settings = dict(line.replace(" ", "").split("=", 1) for line in conf.splitlines()
                     if line.strip() and not line.lstrip().startswith(("#", ";")))
     assert int(settings["net.unix.max_dgram_qlen"]) >= 512
-
-
-# ---- wire protocol (PROTOCOL.md): the raw datagram that creates the scenario's series --------
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _string(s: str) -> bytes:
-    b = s.encode()
-    return _uvarint(len(b)) + b
-
-
-def datagram(samples: list[tuple[str, str, float, dict]]) -> bytes:
-    """samples: (kind, name, value, labels); kind is counter_add, gauge_add or histogram_observe."""
-    tags = {"counter_add": 0x10, "gauge_add": 0x30, "histogram_observe": 0x40}
-    out = bytearray(b"\xf5")
-    for i, (kind, name, value, labels) in enumerate(samples):
-        out += b"\x01" + _string(name) + _uvarint(len(labels))
-        for k, v in labels.items():
-            out += _string(k) + _string(v)
-        if float(value).is_integer() and value >= 0:
-            out += bytes([tags[kind]]) + _uvarint(i) + _uvarint(int(value))
-        else:
-            out += bytes([tags[kind] | 2]) + _uvarint(i) + struct.pack("<d", value)
-    return bytes(out)
 
 
 # ---- the scenario ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DAEMON_BIN, ROOT, parse_exposition
+from wire import counter
 
 CONTRIB = ROOT / "contrib"
 UNITS = CONTRIB / "systemd"
@@ -54,27 +55,9 @@ os.execv(sys.argv[1], sys.argv[1:])
 """
 
 
-# ---- wire protocol (PROTOCOL.md), just what these tests send -------------------------------
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _string(s: str) -> bytes:
-    b = s.encode()
-    return _uvarint(len(b)) + b
-
-
 def counter_datagram(name: str, value: int) -> bytes:
     """One datagram: counter name += value (no labels)."""
-    return b"\xf5" + b"\x01" + _string(name) + _uvarint(0) + b"\x10" + _uvarint(0) + _uvarint(value)
+    return counter(name, value)
 
 
 # ---- systemd-style launch -------------------------------------------------------------------

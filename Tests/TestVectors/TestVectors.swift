@@ -1,42 +1,52 @@
 import Foundation
-// Copied from Tests/P2PMetricsWireTests/TestVectors.swift (test targets cannot share sources).
 import P2PMetricsWire
 
-/// The shared test vectors of `Clients/testdata/vectors.txt` (format: `Clients/PROTOCOL.md` §7).
-struct TestVectors {
-    struct Call: Equatable {
-        var kind: SampleKind
-        var name: String
-        var value: Double
-        var labels: [(String, String)]
+/// The shared test vectors of `Clients/testdata/vectors.txt`, for every Swift test target that
+/// checks an encoder or the decoder against them (format: `Clients/PROTOCOL.md` §7).
+public struct TestVectors: Sendable {
+    public struct Call: Equatable, Sendable {
+        public var kind: SampleKind
+        public var name: String
+        public var value: Double
+        public var labels: [(String, String)]
+        /// The item key of distinct_add and topk_add calls.
+        public var key: String? = nil
 
-        static func == (a: Call, b: Call) -> Bool {
-            a.kind == b.kind && a.name == b.name && a.value.bitPattern == b.value.bitPattern
+        public init(kind: SampleKind, name: String, value: Double, labels: [(String, String)], key: String? = nil) {
+            self.kind = kind
+            self.name = name
+            self.value = value
+            self.labels = labels
+            self.key = key
+        }
+
+        public static func == (a: Call, b: Call) -> Bool {
+            a.kind == b.kind && a.name == b.name && a.value.bitPattern == b.value.bitPattern && a.key == b.key
                 && a.labels.map { $0.0 } == b.labels.map { $0.0 } && a.labels.map { $0.1 } == b.labels.map { $0.1 }
         }
     }
 
-    struct Valid {
-        var id: String
-        var drops: UInt64 = 0
-        var calls: [Call] = []
-        var bytes: [UInt8] = []
+    public struct Valid: Sendable {
+        public var id: String
+        public var drops: UInt64 = 0
+        public var calls: [Call] = []
+        public var bytes: [UInt8] = []
     }
 
-    struct Reject {
-        var id: String
-        var bytes: [UInt8] = []
-        var reason = ""
+    public struct Reject: Sendable {
+        public var id: String
+        public var bytes: [UInt8] = []
+        public var reason = ""
     }
 
-    var valid: [Valid] = []
-    var reject: [Reject] = []
+    public var valid: [Valid] = []
+    public var reject: [Reject] = []
 
-    static let fileURL = URL(fileURLWithPath: #filePath)
+    public static let fileURL = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Clients/testdata/vectors.txt")
 
-    static func load() throws -> TestVectors {
+    public static func load() throws -> TestVectors {
         let text = try String(contentsOf: fileURL, encoding: .utf8)
         var vectors = TestVectors()
         var currentValid: Valid?
@@ -53,15 +63,21 @@ struct TestVectors {
                 case "counter_add": .counterAdd
                 case "gauge_set": .gaugeSet
                 case "gauge_add": .gaugeAdd
-                case "histogram_observe": .histogramObserve
-                default: .distinctAdd   // a kind this client does not offer: its vector is skipped
+                case "distinct_add": .distinctAdd
+                case "topk_add": .topKAdd
+                default: .histogramObserve
                 }
                 let labels = tokens.dropFirst(4).map { pair -> (String, String) in
                     let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                     return (percentDecode(String(parts[0])), percentDecode(String(parts[1])))
                 }
-                currentValid?.calls.append(Call(kind: kind, name: percentDecode(tokens[2]),
-                                                value: Double(tokens[3]) ?? .nan, labels: labels))
+                if kind.takesKey {
+                    currentValid?.calls.append(Call(kind: kind, name: percentDecode(tokens[2]), value: .nan,
+                                                    labels: labels, key: percentDecode(tokens[3])))
+                } else {
+                    currentValid?.calls.append(Call(kind: kind, name: percentDecode(tokens[2]),
+                                                    value: Double(tokens[3])!, labels: labels))
+                }
             case "bytes":
                 let bytes = hex(tokens[1])
                 if currentValid != nil { currentValid?.bytes = bytes } else { currentReject?.bytes = bytes }
@@ -77,7 +93,7 @@ struct TestVectors {
         return vectors
     }
 
-    static func hex(_ s: String) -> [UInt8] {
+    public static func hex(_ s: String) -> [UInt8] {
         var out: [UInt8] = []
         var i = s.startIndex
         while i < s.endIndex {
@@ -88,7 +104,7 @@ struct TestVectors {
         return out
     }
 
-    static func percentDecode(_ s: String) -> String {
+    public static func percentDecode(_ s: String) -> String {
         var out: [UInt8] = []
         var bytes = Array(s.utf8)[...]
         while let b = bytes.popFirst() {
