@@ -54,12 +54,12 @@ let package = Package(
             dependencies: ["P2PMetrics", .product(name: "Metrics", package: "swift-metrics")]
         ),
 
-        // The shared test vectors' parser, for every test target that checks bytes against them.
+        // Shared test inputs: the wire test vectors' parser and the committed fuzz inputs.
         .target(name: "P2PMetricsTestVectors", dependencies: ["P2PMetricsWire"], path: "Tests/TestVectors"),
         .testTarget(name: "P2PMetricsWireTests", dependencies: ["P2PMetricsWire", "P2PMetricsStore", "P2PMetricsTestVectors"]),
         .testTarget(name: "P2PMetricsStoreTests", dependencies: ["P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(name: "P2PMetricsExpositionTests", dependencies: ["P2PMetricsExposition", "P2PMetricsStore", "P2PMetricsWire"]),
-        .testTarget(name: "P2PMetricsHTTPTests", dependencies: ["P2PMetricsHTTP"]),
+        .testTarget(name: "P2PMetricsHTTPTests", dependencies: ["P2PMetricsHTTP", "P2PMetricsTestVectors"]),
         .testTarget(name: "P2PMetricsStatsDTests", dependencies: ["P2PMetricsStatsD", "P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(
             name: "P2PMetricsTests",

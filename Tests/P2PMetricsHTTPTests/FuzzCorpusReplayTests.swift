@@ -1,4 +1,5 @@
 import Foundation
+import P2PMetricsTestVectors
 import Testing
 @testable import P2PMetricsHTTP
 
@@ -7,20 +8,8 @@ import Testing
 /// (Tests/Fuzz/Sources/FuzzHTTP), so that every past finding stays fixed without libFuzzer.
 @Suite("Fuzz corpus replay: HTTP request parser")
 struct HTTPFuzzCorpusReplayTests {
-    static let fuzzDirectory = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fuzz")
-
     static func inputs(of target: String) throws -> [(name: String, bytes: [UInt8])] {
-        var out: [(String, [UInt8])] = []
-        for kind in ["seeds", "corpus", "regressions"] {
-            let dir = fuzzDirectory.appendingPathComponent(kind).appendingPathComponent(target)
-            guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir.path) else { continue }
-            for name in names.sorted() where !name.hasPrefix(".") {
-                let data = try Data(contentsOf: dir.appendingPathComponent(name))
-                out.append(("\(kind)/\(target)/\(name)", [UInt8](data)))
-            }
-        }
-        return out
+        try FuzzInputs.of(target)
     }
 
     static func parse(_ bytes: ArraySlice<UInt8>) -> HTTPParseResult {
@@ -30,7 +19,7 @@ struct HTTPFuzzCorpusReplayTests {
     @Test("every committed FuzzHTTP input keeps the parser's invariants")
     func replayHTTPInputs() throws {
         let inputs = try Self.inputs(of: "FuzzHTTP")
-        #expect(inputs.count >= 20, "seeds missing from \(Self.fuzzDirectory.path)")
+        #expect(inputs.count >= 20, "seeds missing from \(FuzzInputs.directory.path)")
         let limits = HTTPLimits()
         for (id, bytes) in inputs {
             let result = Self.parse(bytes[...])

@@ -1,4 +1,5 @@
 import Foundation
+import P2PMetricsTestVectors
 import Testing
 @testable import P2PMetricsWire
 #if canImport(P2PMetricsStore)
@@ -11,21 +12,8 @@ import P2PMetricsStore
 /// store invariants of the fuzzer run as well.
 @Suite("Fuzz corpus replay: datagram decoder")
 struct DecoderFuzzCorpusReplayTests {
-    static let fuzzDirectory = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fuzz")
-
-    /// Every input file of the target, by its path relative to `Tests/Fuzz`.
     static func inputs(of target: String) throws -> [(name: String, bytes: [UInt8])] {
-        var out: [(String, [UInt8])] = []
-        for kind in ["seeds", "corpus", "regressions"] {
-            let dir = fuzzDirectory.appendingPathComponent(kind).appendingPathComponent(target)
-            guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir.path) else { continue }
-            for name in names.sorted() where !name.hasPrefix(".") {
-                let data = try Data(contentsOf: dir.appendingPathComponent(name))
-                out.append(("\(kind)/\(target)/\(name)", [UInt8](data)))
-            }
-        }
-        return out
+        try FuzzInputs.of(target)
     }
 
     struct Decoded: Equatable {
@@ -113,7 +101,7 @@ struct DecoderFuzzCorpusReplayTests {
     @Test("every committed FuzzDecoder input keeps the decoder's invariants")
     func replayDecoderInputs() throws {
         let inputs = try Self.inputs(of: "FuzzDecoder")
-        #expect(inputs.count >= 60, "seeds missing from \(Self.fuzzDirectory.path)")
+        #expect(inputs.count >= 60, "seeds missing from \(FuzzInputs.directory.path)")
         for (id, bytes) in inputs {
             var decoder = DatagramDecoder()
             var again = DatagramDecoder()
