@@ -190,7 +190,7 @@ public struct MetricStore {
         swap(&floats, &floatPart)
         swap(&buckets, &bucketCounts)
         var applied: UInt64 = 0
-        var refusals = (clash: UInt64(0), series: UInt64(0), metric: UInt64(0))
+        var refusals = (clash: UInt64(0), series: UInt64(0), metric: UInt64(0), labels: UInt64(0))
         deferred.removeAll(keepingCapacity: true)
         let trackingActive = processGauges.entries > 0
         integers.withUnsafeMutableBufferPointer { integers in
@@ -202,7 +202,8 @@ public struct MetricStore {
                             switch seriesID {
                             case Self.unresolved, Self.typeClash: refusals.clash &+= 1
                             case Self.refusedBase - 1: refusals.series &+= 1
-                            default: refusals.metric &+= 1
+                            case Self.refusedBase - 2: refusals.metric &+= 1
+                            default: refusals.labels &+= 1
                             }
                             continue
                         }
@@ -256,6 +257,7 @@ public struct MetricStore {
         if refusals.clash > 0 { statistics.add(refusals.clash, .typeClash) }
         if refusals.series > 0 { statistics.add(refusals.series, .seriesLimit) }
         if refusals.metric > 0 { statistics.add(refusals.metric, .metricSeriesLimit) }
+        if refusals.labels > 0 { statistics.add(refusals.labels, .labelLimit) }
         return nil
     }
 
@@ -365,7 +367,11 @@ public struct MetricStore {
         if let found {
             id = found
         } else {
-            guard seriesFamily.count < configuration.maxSeries else { return refused(.seriesLimit) }
+            guard seriesCount < configuration.maxSeries else { return refused(.seriesLimit) }
+            guard labelScratch.count <= configuration.maxLabelsPerSeries,
+                  labelScratch.allSatisfy({ $0.value.count <= configuration.maxLabelValueLength }) else {
+                return refused(.labelLimit)
+            }
             if Int(familyID) < families.count {
                 guard families[Int(familyID)].series.count < configuration.maxSeriesPerMetric else {
                     return refused(.metricSeriesLimit)

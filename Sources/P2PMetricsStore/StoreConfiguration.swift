@@ -11,6 +11,10 @@ public struct StoreConfiguration: Sendable {
     public var defaultBuckets: [Double] = Catalog.defaultBuckets
     /// Metrics known up front: the seed's catalog plus configured ones (later entries win).
     public var metrics: [MetricDescriptor] = Catalog.p2p
+    /// Labels a new series may have (the protocol allows 16).
+    public var maxLabelsPerSeries = WireFormat.maxLabelsPerSeries
+    /// Bytes a label value of a new series may have (the protocol allows 1,024).
+    public var maxLabelValueLength = WireFormat.maxLabelValueLength
     /// Entries of the cache from a datagram's series bytes to a series; bounded, cleared when full.
     public var wireCacheCapacity: Int = 65_536
     /// When either is non-empty, only datagrams whose kernel-verified sender uid is in
@@ -41,6 +45,9 @@ public enum SampleRejection: String, Sendable, CaseIterable {
     case seriesLimit = "series_limit"
     /// The metric holds `maxSeriesPerMetric` series already.
     case metricSeriesLimit = "metric_series_limit"
+    /// Creating the series would exceed the configured label count or label value length
+    /// (stricter than the protocol's own limits).
+    case labelLimit = "label_limit"
 }
 
 /// The daemon's own ingest counters, exposed as `p2pmetricsd_*` self-metrics.

@@ -18,7 +18,8 @@ import P2PMetricsWire
 ///   "default_ttl_seconds": 3600,
 ///   "limits": {"max_series": 1000000, "max_series_per_metric": 250000,
 ///              "max_http_connections": 64, "max_http_head_bytes": 8192, "max_http_headers": 64,
-///              "idle_timeout_seconds": 60, "request_timeout_seconds": 10},
+///              "idle_timeout_seconds": 60, "request_timeout_seconds": 10,
+///              "max_labels_per_series": 16, "max_label_value_length": 1024},
 ///   "default_buckets": [0.005, 0.01, 0.1, 1, 10],
 ///   "metrics": {"my.job.duration": {"type": "histogram", "help": "…", "buckets": [0.1, 1, 10],
 ///                                    "ttl_seconds": 600},
@@ -86,7 +87,14 @@ struct ConfigFile {
         if let limits = try top["limits"]?.object(
             at: "limits",
             keys: ["max_series", "max_series_per_metric", "max_http_connections", "max_http_head_bytes",
-                   "max_http_headers", "idle_timeout_seconds", "request_timeout_seconds", "max_tracked_processes"]) {
+                   "max_http_headers", "idle_timeout_seconds", "request_timeout_seconds", "max_tracked_processes",
+                   "max_labels_per_series", "max_label_value_length"]) {
+            if let n = try limits["max_labels_per_series"]?.integer(at: "limits.max_labels_per_series", in: 0...WireFormat.maxLabelsPerSeries) {
+                configuration.store.maxLabelsPerSeries = n
+            }
+            if let n = try limits["max_label_value_length"]?.integer(at: "limits.max_label_value_length", in: 0...WireFormat.maxLabelValueLength) {
+                configuration.store.maxLabelValueLength = n
+            }
             if let n = try limits["max_tracked_processes"]?.integer(at: "limits.max_tracked_processes", in: 0...65_536) {
                 configuration.store.maxTrackedProcesses = n
             }

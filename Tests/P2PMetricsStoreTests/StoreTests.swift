@@ -372,3 +372,39 @@ struct TopKTests {
         #expect(bad.withUnsafeBytes { decoder.validate($0) } == .badUTF8)
     }
 }
+
+@Suite("Configured label limits")
+struct LabelLimitTests {
+    @Test("new series beyond the configured label count or value length are refused and counted")
+    func labelLimits() {
+        var configuration = StoreConfiguration()
+        configuration.maxLabelsPerSeries = 2
+        configuration.maxLabelValueLength = 8
+        var store = MetricStore(configuration: configuration)
+        store.ingest(datagram([
+            (.counterAdd, "ok", [("a", "1"), ("b", "2")], .unsigned(1)),
+            (.counterAdd, "wide", [("a", "1"), ("b", "2"), ("c", "3")], .unsigned(1)),
+            (.counterAdd, "long", [("a", "123456789")], .unsigned(1)),
+            (.counterAdd, "long", [("a", "12345678")], .unsigned(1)),
+        ]))
+        #expect(store.counter("ok", ["a": "1", "b": "2"]) == 1)
+        #expect(store.counter("long", ["a": "12345678"]) == 1)
+        #expect(store.seriesCount == 2)
+        #expect(store.statistics.rejected(SampleRejection.labelLimit) == 2)
+    }
+
+    @Test("the series limit counts live series: expired ones make room")
+    func limitCountsLiveSeries() {
+        var configuration = StoreConfiguration()
+        configuration.maxSeries = 2
+        configuration.defaultTTLSeconds = 1
+        var store = MetricStore(configuration: configuration)
+        store.now = 0
+        store.ingest(datagram([(.gaugeSet, "g", [("i", "1")], .unsigned(1)), (.gaugeSet, "g", [("i", "2")], .unsigned(1))]))
+        store.now = 10
+        store.expireStale()
+        store.ingest(datagram([(.gaugeSet, "g", [("i", "3")], .unsigned(1)), (.gaugeSet, "g", [("i", "4")], .unsigned(1))]))
+        #expect(store.seriesCount == 2)
+        #expect(store.statistics.rejected(SampleRejection.seriesLimit) == 0)
+    }
+}
