@@ -10,7 +10,8 @@ public struct SelfMetrics: Sendable {
     public var seriesMemoryBytes: Int
     /// How long the previous complete scrape took to render and send, in seconds.
     public var lastScrapeDurationSeconds: Double
-    public var scrapesTotal: UInt64
+    /// Completed /metrics responses in the text format and in OpenMetrics.
+    public var scrapesTotal: (text: UInt64, openMetrics: UInt64)
     /// HTTP responses sent, by status code.
     public var httpResponses: [(code: Int, count: UInt64)]
     public var startTimeSeconds: Double
@@ -19,7 +20,7 @@ public struct SelfMetrics: Sendable {
 
     public init(
         version: String, statistics: IngestStatistics, liveSeries: Int, seriesMemoryBytes: Int,
-        lastScrapeDurationSeconds: Double, trackedProcesses: Int = 0, scrapesTotal: UInt64,
+        lastScrapeDurationSeconds: Double, trackedProcesses: Int = 0, scrapesTotal: (text: UInt64, openMetrics: UInt64),
         httpResponses: [(code: Int, count: UInt64)], startTimeSeconds: Double
     ) {
         self.trackedProcesses = trackedProcesses
@@ -84,7 +85,9 @@ public struct SelfMetrics: Sendable {
         gauge("p2pmetricsd_series_memory_bytes", "Bytes held by the series tables.", Double(seriesMemoryBytes), &out)
         gauge("p2pmetricsd_last_scrape_duration_seconds",
               "Time the previous complete /metrics response took to render and send.", lastScrapeDurationSeconds, &out)
-        counter("p2pmetricsd_scrapes_total", "Completed /metrics responses.", scrapesTotal, &out)
+        family("p2pmetricsd_scrapes_total", "counter", "Completed /metrics responses, by exposition format.", &out)
+        line("p2pmetricsd_scrapes_total{format=\"openmetrics\"}", Double(scrapesTotal.openMetrics), &out)
+        line("p2pmetricsd_scrapes_total{format=\"text\"}", Double(scrapesTotal.text), &out)
         family("p2pmetricsd_http_responses_total", "counter", "HTTP responses sent, by status code.", &out)
         for (code, count) in httpResponses {
             line("p2pmetricsd_http_responses_total{code=\"\(code)\"}", Double(count), &out)

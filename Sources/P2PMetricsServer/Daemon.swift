@@ -23,7 +23,7 @@ public final class Daemon: ExpositionSource {
 
     // Self-metric state.
     private var lastScrapeDuration = 0.0
-    private var scrapes: UInt64 = 0
+    private var scrapes: (text: UInt64, openMetrics: UInt64) = (0, 0)
     private var responses: [HTTPStatus: UInt64] = [:]
 
     /// Where the sockets came from, for the startup log line.
@@ -211,10 +211,10 @@ public final class Daemon: ExpositionSource {
         renderer.render(store, into: &out, budget: budget)
     }
 
-    func scrapeFinished(durationSeconds: Double) {
+    func scrapeFinished(durationSeconds: Double, format: ExpositionFormat) {
         activeScrapes -= 1
         lastScrapeDuration = durationSeconds
-        scrapes += 1
+        if format == .openMetrics { scrapes.openMetrics += 1 } else { scrapes.text += 1 }
     }
 
     func scrapeAborted() {

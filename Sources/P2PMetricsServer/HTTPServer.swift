@@ -10,7 +10,7 @@ protocol ExpositionSource: AnyObject {
     func beginScrape(into out: inout [UInt8], format: ExpositionFormat)
     /// Appends the next slice of the store's exposition; returns true when it is complete.
     func renderSlice(_ renderer: inout ExpositionRenderer, into out: inout [UInt8], budget: Int) -> Bool
-    func scrapeFinished(durationSeconds: Double)
+    func scrapeFinished(durationSeconds: Double, format: ExpositionFormat)
     /// A sliced scrape whose connection went away before it finished.
     func scrapeAborted()
     func countResponse(_ status: HTTPStatus)
@@ -132,6 +132,7 @@ final class HTTPConnection {
     private var gzip: GzipStream?
     private var chunked = false
     private var scrapeStart: UInt64 = 0
+    private var scrapeFormat = ExpositionFormat.prometheusText
 
     init(server: HTTPServer, stream: UnsafeMutablePointer<uv_stream_t>) {
         self.server = server
@@ -251,6 +252,7 @@ final class HTTPConnection {
         server.source.countResponse(.ok)
         responding = true
         scrapeStart = uv_hrtime()
+        scrapeFormat = format
         var body: [UInt8] = []
         body.reserveCapacity(HTTPServer.sliceBytes + 4096)
         server.source.beginScrape(into: &body, format: format)
@@ -293,7 +295,7 @@ final class HTTPConnection {
     }
 
     private func scrapeDone() {
-        server.source.scrapeFinished(durationSeconds: Double(uv_hrtime() - scrapeStart) / 1e9)
+        server.source.scrapeFinished(durationSeconds: Double(uv_hrtime() - scrapeStart) / 1e9, format: scrapeFormat)
     }
 
     /// Called when a write finished: continues a sliced scrape, or ends the response.

@@ -112,7 +112,7 @@ struct ExpositionTests {
         _ = [WireFormat.magic].withUnsafeBytes { store.ingest($0) }
         var out: [UInt8] = []
         SelfMetrics(version: "1.2.3", statistics: store.statistics, liveSeries: 0, seriesMemoryBytes: 0,
-                    lastScrapeDurationSeconds: 0.25, scrapesTotal: 2, httpResponses: [(200, 2)],
+                    lastScrapeDurationSeconds: 0.25, scrapesTotal: (2, 1), httpResponses: [(200, 2)],
                     startTimeSeconds: 1).render(into: &out)
         let text = String(decoding: out, as: UTF8.self)
         #expect(text.contains("p2pmetricsd_datagrams_rejected_total{reason=\"empty\"} 1\n"))
@@ -121,6 +121,7 @@ struct ExpositionTests {
         }
         #expect(text.contains("p2pmetricsd_build_info{version=\"1.2.3\",protocol=\"1\"} 1\n"))
         #expect(text.contains("p2pmetricsd_last_scrape_duration_seconds 0.25\n"))
+        #expect(text.contains("p2pmetricsd_scrapes_total{format=\"openmetrics\"} 1\np2pmetricsd_scrapes_total{format=\"text\"} 2\n"))
     }
 }
 

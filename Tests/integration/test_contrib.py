@@ -367,6 +367,9 @@ def test_rules_alerts_and_dashboard_against_real_prometheus(daemon, c_build, pro
     res = prom.wait('count_over_time(up{job="p2pmetricsd"}[1m])', lambda r: (scalar(r) or 0) >= 3)
     assert (scalar(res) or 0) >= 3, "prometheus does not scrape the daemon"
     assert scalar(prom.query('up{job="p2pmetricsd"}')) == 1
+    # Prometheus asks for OpenMetrics by default, and gets it: every query below runs on what
+    # a real Prometheus stored from OpenMetrics scrapes (p2p_cache_hits & co. keep their names).
+    assert (daemon.value("p2pmetricsd_scrapes_total", format="openmetrics") or 0) >= 3
 
     # 2. The scenario, through the C client.
     run_scenario(lib, daemon.socket_path)
