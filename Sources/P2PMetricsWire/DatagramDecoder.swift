@@ -311,10 +311,10 @@ public struct DatagramDecoder: Sendable {
         }
     }
 
-    /// The samples of the datagram last accepted by `validate`, in order.
-    @inlinable
+    /// The samples of the datagram last accepted by `validate`, in order, as `Sample` values
+    /// (keys as ranges of `bytes`). The store reads `packed` directly; this is the friendlier view.
     public func samples(in bytes: UnsafeRawBufferPointer) -> SampleCursor {
-        SampleCursor(bytes)
+        SampleCursor(packed)
     }
 
     /// The labels of a series of the datagram last accepted by `validate`.
@@ -331,48 +331,29 @@ func memEqual(_ bytes: UnsafeRawBufferPointer, _ a: Range<Int>, _ b: Range<Int>)
     return true
 }
 
-/// Walks the samples of an already validated datagram without re-checking it.
+/// Walks the samples of an already validated datagram.
 public struct SampleCursor {
-    @usableFromInline var reader: ByteReader
+    private let samples: ArraySlice<PackedSample>
+    private var index: Int
 
-    @inlinable
-    init(_ bytes: UnsafeRawBufferPointer) {
-        reader = ByteReader(bytes, offset: 1)
+    init(_ samples: ArraySlice<PackedSample>) {
+        self.samples = samples
+        index = samples.startIndex
     }
 
-    @inlinable
     public mutating func next() -> Sample? {
-        while let tag = reader.readByte() {
-            switch tag {
-            case WireFormat.Tag.series:
-                _ = reader.readString(maxLength: .max)
-                guard case .success(let count) = reader.readVarint() else { return nil }
-                for _ in 0..<count {
-                    _ = reader.readString(maxLength: .max)
-                    _ = reader.readString(maxLength: .max)
-                }
-            case WireFormat.Tag.dropped:
-                _ = reader.readVarint()
-            default:
-                guard let kind = SampleKind(rawValue: tag >> 4),
-                      case .success(let index) = reader.readVarint() else { return nil }
-                switch tag & 0x0F {
-                case ValueForm.unsigned.rawValue:
-                    guard case .success(let u) = reader.readVarint() else { return nil }
-                    return Sample(kind: kind, series: Int(index), value: .unsigned(u))
-                case ValueForm.signed.rawValue:
-                    guard case .success(let u) = reader.readVarint() else { return nil }
-                    return Sample(kind: kind, series: Int(index), value: .signed(Varint.unzigzag(u)))
-                case ValueForm.bytes.rawValue:
-                    guard case .success(let range) = reader.readString(maxLength: .max) else { return nil }
-                    return Sample(kind: kind, series: Int(index), value: .key(range))
-                default:
-                    guard let d = reader.readFloat64() else { return nil }
-                    return Sample(kind: kind, series: Int(index), value: .double(d))
-                }
-            }
+        guard index < samples.endIndex else { return nil }
+        let packed = samples[index]
+        index += 1
+        let value: SampleValue
+        switch packed.tag & 0x0F {
+        case ValueForm.unsigned.rawValue: value = .unsigned(packed.bits)
+        case ValueForm.signed.rawValue: value = .signed(Int64(bitPattern: packed.bits))
+        case ValueForm.float64.rawValue: value = .double(Double(bitPattern: packed.bits))
+        default: value = .key(packed.keyRange)
         }
-        return nil
+        // The decoder admitted only valid kinds.
+        return Sample(kind: SampleKind(rawValue: packed.tag >> 4) ?? .counterAdd, series: Int(packed.series), value: value)
     }
 }
 
