@@ -88,6 +88,15 @@ public final class Daemon: ExpositionSource {
         }
         http = try HTTPServer(loop: loop, configuration: configuration, source: self, inheritedFD: activated.http)
 
+        // Only once both sockets are had: a daemon that fails to start must not consume the file.
+        if let path = configuration.stateFile {
+            switch StateFile.load(from: path, into: &store) {
+            case .absent: break
+            case .restored(let n): writeStandardError("p2pmetricsd: restored counters from \(path) (\(n) datagrams)")
+            case .refused(let reason): writeStandardError("p2pmetricsd: ignoring state file \(path): \(reason)")
+            }
+        }
+
         for signal in [SIGTERM, SIGINT] {
             let handle = UnsafeMutablePointer<uv_signal_t>.allocate(capacity: 1)
             uv_signal_init(loop, handle)
@@ -112,6 +121,9 @@ public final class Daemon: ExpositionSource {
         uv_run(loop, UV_RUN_DEFAULT)
         uv_loop_close(loop)
         loop.deallocate()
+        if let path = configuration.stateFile, let error = StateFile.save(store.counterSnapshot(), to: path) {
+            writeStandardError("p2pmetricsd: could not save counters: \(error)")
+        }
         let s = store.statistics
         writeStandardError("p2pmetricsd: shutdown: datagrams_received=\(s.datagramsReceived) samples_applied=\(s.samplesApplied)")
         return 0

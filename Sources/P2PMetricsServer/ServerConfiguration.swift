@@ -9,6 +9,9 @@ public struct ServerConfiguration: Sendable {
     public var listenAddress: String
     /// `HOST:PORT` of an optional UDP listener for text StatsD clients that cannot use a Unix socket.
     public var udpAddress: String?
+    /// Where counter totals are kept across restarts (written at shutdown, consumed at start);
+    /// nil: not kept.
+    public var stateFile: String?
     /// File mode of a self-bound ingest socket.
     public var socketMode: UInt32 = 0o660
     /// Receive buffer requested for the ingest socket (SO_RCVBUFFORCE when permitted).

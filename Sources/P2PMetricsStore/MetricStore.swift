@@ -273,6 +273,11 @@ public struct MetricStore {
         }
     }
 
+    /// Puts back statistics saved before a restore (see `restore(_:)`).
+    mutating func restoreStatistics(_ saved: IngestStatistics) {
+        statistics = saved
+    }
+
     /// Records a datagram refused before decoding (e.g. by the transport: truncated by the kernel,
     /// or from a sender that is not allowed).
     public mutating func countRejected(_ reason: DatagramRejection, bytes: Int) {

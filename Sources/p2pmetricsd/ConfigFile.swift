@@ -11,6 +11,7 @@ import P2PMetricsWire
 ///   "socket": "/run/p2pmetricsd/ingest.sock",
 ///   "listen": "127.0.0.1:9478",
 ///   "udp": "127.0.0.1:8125",
+///   "state_file": "/var/lib/p2pmetricsd/counters.state",
 ///   "socket_mode": "0660",
 ///   "receive_buffer_bytes": 8388608,
 ///   "allowed_uids": [1000], "allowed_gids": [998],
@@ -31,6 +32,7 @@ struct ConfigFile {
     var socket: String?
     var listen: String?
     var udp: String?
+    var stateFile: String?
 
     /// Reads `path` and applies it to `configuration`; throws one line saying what is wrong.
     static func load(path: String, into configuration: inout ServerConfiguration) throws -> ConfigFile {
@@ -55,13 +57,14 @@ struct ConfigFile {
 
     private static func apply(_ root: JSONValue, to configuration: inout ServerConfiguration) throws -> ConfigFile {
         let top = try root.object(at: "top level",
-                                  keys: ["socket", "listen", "udp", "socket_mode", "receive_buffer_bytes", "limits",
+                                  keys: ["socket", "listen", "udp", "state_file", "socket_mode", "receive_buffer_bytes", "limits",
                                          "default_buckets", "metrics", "allowed_uids", "allowed_gids",
                                          "track_process_gauges", "default_ttl_seconds"])
         var file = ConfigFile()
         file.socket = try top["socket"]?.string(at: "socket")
         file.listen = try top["listen"]?.string(at: "listen")
         file.udp = try top["udp"]?.string(at: "udp")
+        file.stateFile = try top["state_file"]?.string(at: "state_file")
         if let mode = try top["socket_mode"]?.string(at: "socket_mode") {
             guard let value = UInt32(mode, radix: 8), value <= 0o777 else {
                 throw ConfigError("socket_mode must be an octal string like \"0660\"")

@@ -28,6 +28,9 @@ struct P2PMetricsD: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Also accept text StatsD over UDP on this numeric address (off by default).", valueName: "host:port"))
     var udp: String?
 
+    @Option(name: .long, help: ArgumentHelp("Keep counter totals across restarts in this file (saved at shutdown, consumed at start).", valueName: "file"))
+    var state: String?
+
     @Option(name: .long, help: ArgumentHelp("JSON configuration file (limits, buckets, metrics).", valueName: "file"))
     var config: String?
 
@@ -47,10 +50,12 @@ struct P2PMetricsD: ParsableCommand {
             if let path = file.socket { configuration.socketPath = path }
             if let address = file.listen { configuration.listenAddress = address }
             if let address = file.udp { configuration.udpAddress = address }
+            if let path = file.stateFile { configuration.stateFile = path }
         }
         if let socket { configuration.socketPath = socket }
         if let listen { configuration.listenAddress = listen }
         if let udp { configuration.udpAddress = udp }
+        if let state { configuration.stateFile = state }
 
         // A scraper that hangs up mid-response must cost a failed write (EPIPE), not the process.
         signal(SIGPIPE, SIG_IGN)

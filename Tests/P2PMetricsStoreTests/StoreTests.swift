@@ -408,3 +408,30 @@ struct LabelLimitTests {
         #expect(store.statistics.rejected(SampleRejection.seriesLimit) == 0)
     }
 }
+
+@Suite("Counter snapshots")
+struct SnapshotTests {
+    @Test("a snapshot restores every counter exactly, past 2^53 and with fractions; gauges are not kept")
+    func roundTrip() {
+        var store = MetricStore()
+        store.ingest(datagram([
+            (.counterAdd, "p2p.bytes_transferred.total", [("artifact_type", "microvm")], .unsigned((1 << 60) + 7)),
+            (.counterAdd, "work.seconds", [], .double(0.25)),
+            (.counterAdd, "work.seconds", [], .unsigned(3)),
+            (.gaugeSet, "temperature", [], .unsigned(20)),
+        ]))
+        for i in 0..<5_000 {  // enough series for several datagrams
+            store.ingest(datagram([(.counterAdd, "many", [("i", "\(i)"), ("label", String(repeating: "x", count: 40))], .unsigned(UInt64(i)))]))
+        }
+        let snapshot = store.counterSnapshot()
+        #expect(snapshot.count > 1)
+        var restored = MetricStore()
+        for d in snapshot { #expect(d.withUnsafeBytes { restored.restore($0) } == nil) }
+        let id = restored.series("p2p_bytes_transferred_total", ["artifact_type": "microvm"])!
+        #expect(restored.counterValue(id).integer == (1 << 60) + 7)
+        #expect(restored.counter("work_seconds") == 3.25)
+        #expect(restored.counter("many", ["i": "4321", "label": String(repeating: "x", count: 40)]) == 4321)
+        #expect(restored.gauge("temperature") == nil)
+        #expect(restored.statistics == IngestStatistics())  // restores are not ingest
+    }
+}

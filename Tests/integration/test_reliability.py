@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import start_daemon
-from wire import counter, string, uvarint
+from wire import counter, series as series_record, string, uvarint
 
 
 def rss_kib(pid: int) -> int:
@@ -213,3 +213,47 @@ def test_soak_many_senders_at_full_speed_lose_nothing(tmp_path):
         print(f"soak: {total} datagrams from 4 processes in 3 s, all applied; RSS {rss_before} → {rss_after} KiB")
     finally:
         d.stop()
+
+
+def test_counters_survive_a_restart_with_a_state_file(tmp_path):
+    state = tmp_path / "counters.state"
+    d = start_daemon(tmp_path, "--state", str(state))
+    try:
+        d.send(counter("p2p.bytes_transferred.total", 2**60 + 7, {"artifact_type": "microvm"}))
+        d.send(counter("p2p.image.imports.total", 5, {"artifact_type": "microvm"}))
+        d.send(b"\xf5" + series_record("p2p.transfers.active") + b"\x30\x00\x03")  # a gauge: not kept
+        assert d.wait_for("p2p_transfers_active", 3) == 3
+    finally:
+        assert d.stop() == 0
+    assert state.exists()
+    d = start_daemon(tmp_path, "--state", str(state))
+    try:
+        # Exact to the byte, as the text says (a float would round 2^60 + 7 away).
+        assert f'p2p_bytes_transferred_total{{artifact_type="microvm"}} {2**60 + 7}\n' in d.scrape_text()
+        assert d.value("p2p_image_imports_total", artifact_type="microvm") == 5
+        assert d.value("p2p_transfers_active") is None
+        assert d.value("p2pmetricsd_datagrams_received_total") == 0  # restores are not ingest
+        assert not state.exists()  # consumed: a crash now means a plain reset, never older totals
+        d.send(counter("p2p.image.imports.total", 1, {"artifact_type": "microvm"}))
+        assert d.wait_for("p2p_image_imports_total", 6, artifact_type="microvm") == 6
+    finally:
+        d.stop()
+    assert "restored counters from" in d.log_path.read_text()
+
+
+def test_a_damaged_state_file_is_set_aside_and_the_daemon_starts_empty(tmp_path):
+    state = tmp_path / "counters.state"
+    d = start_daemon(tmp_path, "--state", str(state))
+    d.send(counter("kept", 9))
+    assert d.wait_for("kept", 9) == 9
+    d.stop()
+    data = bytearray(state.read_bytes())
+    data[-3] ^= 0xFF  # one flipped byte in the payload: the CRC no longer matches
+    state.write_bytes(bytes(data))
+    d = start_daemon(tmp_path, "--state", str(state))
+    try:
+        assert d.value("kept") is None
+        assert (tmp_path / "counters.state.corrupt").exists() and not state.exists()
+    finally:
+        d.stop()
+    assert "ignoring state file" in d.log_path.read_text()
