@@ -418,8 +418,8 @@ def _units_copy(tmp_path: Path) -> Path:
     for f in UNITS.iterdir():
         text = f.read_text()
         if f.suffix == ".service":
-            assert "ExecStart=/usr/local/bin/p2pmetricsd\n" in text
-            text = text.replace("ExecStart=/usr/local/bin/p2pmetricsd\n", f"ExecStart={exe}\n")
+            assert "ExecStart=/usr/local/bin/p2pmetricsd " in text
+            text = text.replace("ExecStart=/usr/local/bin/p2pmetricsd ", f"ExecStart={exe} ")
         (out / f.name).write_text(text)
     return out
 
