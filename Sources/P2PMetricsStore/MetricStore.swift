@@ -229,9 +229,7 @@ public struct MetricStore {
                             if familyProcessScoped[family] { deferred.append(index) }
                         case 0x40, 0x41, 0x42:  // histogram observe
                             let value = Self.number(sample)
-                            let bounds = familyBuckets[family]
-                            var bucket = 0
-                            while bucket < bounds.count && value > bounds[bucket] { bucket += 1 }
+                            let bucket = familyBuckets[family].partitioningIndex { value <= $0 }
                             buckets[Int(histogramBase[id]) + bucket] &+= 1
                             integers[id] &+= 1
                             floats[id] += value

@@ -98,7 +98,4 @@ public struct IngestStatistics: Sendable, Equatable {
         samplesRejected[SampleRejection.allCases.firstIndex(of: reason) ?? 0] += n
     }
 
-    mutating func count(_ reason: SampleRejection) {
-        samplesRejected[SampleRejection.allCases.firstIndex(of: reason) ?? 0] += 1
-    }
 }
