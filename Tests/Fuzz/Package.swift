@@ -9,12 +9,15 @@ let package = Package(
         .package(name: "p2pmetricsd", path: "../.."),
     ],
     targets: [
+        // The invariant check both targets use.
+        .target(name: "FuzzSupport"),
         // Wire decoder + aggregation store: MetricStore.ingest with invariant and round-trip oracles.
         .executableTarget(
             name: "FuzzDecoder",
             dependencies: [
                 .product(name: "P2PMetricsWire", package: "p2pmetricsd"),
                 .product(name: "P2PMetricsStore", package: "p2pmetricsd"),
+                "FuzzSupport",
             ]
         ),
         // HTTP request-head parser.
@@ -22,6 +25,7 @@ let package = Package(
             name: "FuzzHTTP",
             dependencies: [
                 .product(name: "P2PMetricsHTTP", package: "p2pmetricsd"),
+                "FuzzSupport",
             ]
         ),
     ],

@@ -8,6 +8,7 @@
 // While a reported bug is being fixed its check can be skipped: FUZZ_SKIP_CHECKS=name,name.
 
 import P2PMetricsStore
+import FuzzSupport
 import P2PMetricsWire
 
 #if canImport(Glibc)
@@ -16,20 +17,6 @@ import Glibc
 import Darwin
 #endif
 
-let skippedChecks: Set<String> = {
-    guard let raw = getenv("FUZZ_SKIP_CHECKS") else { return [] }
-    return Set(String(cString: raw).split(separator: ",").map(String.init))
-}()
-
-@inline(__always)
-func check(_ condition: @autoclosure () -> Bool, _ name: StaticString, _ message: @autoclosure () -> String) {
-    if condition() { return }
-    let key = "\(name)"
-    if skippedChecks.contains(key) { return }
-    let line = "INVARIANT VIOLATED [\(key)]: \(message())\n"
-    line.withCString { _ = write(2, $0, strlen($0)) }
-    abort()
-}
 
 /// A small store: limits low enough that one datagram can reach them, a tiny wire cache so that
 /// it is cleared often.

@@ -5,6 +5,7 @@
 // the input. While a reported bug is being fixed its check can be skipped: FUZZ_SKIP_CHECKS=name,name.
 
 import P2PMetricsHTTP
+import FuzzSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -12,20 +13,6 @@ import Glibc
 import Darwin
 #endif
 
-let skippedChecks: Set<String> = {
-    guard let raw = getenv("FUZZ_SKIP_CHECKS") else { return [] }
-    return Set(String(cString: raw).split(separator: ",").map(String.init))
-}()
-
-@inline(__always)
-func check(_ condition: @autoclosure () -> Bool, _ name: StaticString, _ message: @autoclosure () -> String) {
-    if condition() { return }
-    let key = "\(name)"
-    if skippedChecks.contains(key) { return }
-    let line = "INVARIANT VIOLATED [\(key)]: \(message())\n"
-    line.withCString { _ = write(2, $0, strlen($0)) }
-    abort()
-}
 
 let limits = HTTPLimits()
 
