@@ -129,6 +129,15 @@ static bool utf8_ok(const unsigned char *s, size_t n)
     return true;
 }
 
+/* The value rules of PROTOCOL.md 1.3 for numeric samples: finite, and >= 0 for counters;
+ * gauge sets take anything. */
+static bool value_ok(const struct sample *s)
+{
+    if (s->is_u64 || s->kind == KIND_GAUGE_SET)
+        return true;
+    return isfinite(s->d) && !(s->kind == KIND_COUNTER && s->d < 0);
+}
+
 static int validate(const struct sample *s)
 {
     if (!metric_name_ok(s->name) || s->n_labels > MAX_LABELS || (s->n_labels && !s->labels))
@@ -152,11 +161,7 @@ static int validate(const struct sample *s)
     if (s->kind == KIND_TOPK)
         return s->key && s->key_len >= 1 && s->key_len <= MAX_TOPK_KEY &&
                utf8_ok(s->key, s->key_len) ? 0 : -EINVAL;
-    if (s->is_u64 || s->kind == KIND_GAUGE_SET)
-        return 0;
-    if (!isfinite(s->d) || (s->kind == KIND_COUNTER && s->d < 0))
-        return -EINVAL;
-    return 0;
+    return value_ok(s) ? 0 : -EINVAL;
 }
 
 /* ---- Encoding (PROTOCOL.md 1.1, 1.2, 3) ---- */
@@ -638,7 +643,7 @@ static int series_submit(p2pm_series *h, struct sample *s)
         return -EINVAL;
     if (s->kind == KIND_HISTOGRAM && !h->histogram_ok)
         return -EINVAL;
-    if (!s->is_u64 && s->kind != KIND_GAUGE_SET && (!isfinite(s->d) || (s->kind == KIND_COUNTER && s->d < 0)))
+    if (!value_ok(s))
         return -EINVAL;
     p2pm_client *c = h->client;
     int r = 0;
