@@ -20,6 +20,8 @@ public final class Daemon: ExpositionSource {
     private var timers: [UnsafeMutablePointer<uv_timer_t>] = []
     private var signals: [UnsafeMutablePointer<uv_signal_t>] = []
     private let startTime: Double
+    /// The ingest socket this daemon bound itself (nil: systemd's).
+    private var boundSocket: IngestSocketFile?
 
     // Self-metric state.
     private var lastScrapeDuration = 0.0
@@ -41,13 +43,45 @@ public final class Daemon: ExpositionSource {
         loop = .allocate(capacity: 1)
         uv_loop_init(loop)
 
+        if configuration.udpAddress != nil, configuration.store.requiresCredentials {
+            throw DaemonError("--udp cannot be combined with an allow-list: UDP datagrams carry no credentials")
+        }
         let activated = try ActivatedSockets.take()
         let ingestFD: Int32
         if let fd = activated.ingest {
             ingestFD = fd
         } else {
-            ingestFD = try Self.bindIngest(path: configuration.socketPath, mode: configuration.socketMode)
+            let bound = try IngestSocketFile.bind(
+                path: configuration.socketPath, mode: configuration.socketMode,
+                privateDirectory: configuration.privateSocketDirectory)
+            boundSocket = bound
+            ingestFD = bound.fd
         }
+        do {
+            try startServing(ingestFD: ingestFD, activated: activated)
+        } catch {
+            boundSocket?.remove()  // a daemon that fails to start leaves no socket file behind
+            throw error
+        }
+        for signal in ProcessSignals.terminating + [SIGHUP] {
+            let handle = UnsafeMutablePointer<uv_signal_t>.allocate(capacity: 1)
+            uv_signal_init(loop, handle)
+            handle.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+            uv_signal_start(handle, { handle, signal in
+                guard let data = handle?.pointee.data else { return }
+                Unmanaged<Daemon>.fromOpaque(data).takeUnretainedValue().received(signal)
+            }, signal)
+            signals.append(handle)
+        }
+        addTimer(every: 5_000) { $0.notifyStatus() }
+        addTimer(every: 1_000) { $0.tick() }
+        if let interval = ServiceManager.watchdogPingIntervalMilliseconds() {
+            addTimer(every: interval) { _ in ServiceManager.notify("WATCHDOG=1") }
+        }
+    }
+
+    /// Everything after the ingest socket is had: receivers, HTTP, the state file.
+    private func startServing(ingestFD: Int32, activated: ActivatedSockets) throws {
         _ = p2pmd_set_receive_buffer(ingestFD, configuration.receiveBufferBytes)
         socketOrigin = [
             activated.ingest != nil ? "ingest from systemd" : "ingest bound at \(configuration.socketPath)",
@@ -69,16 +103,8 @@ public final class Daemon: ExpositionSource {
             }
         }
         if let address = configuration.udpAddress {
-            guard !configuration.store.requiresCredentials else {
-                throw DaemonError("--udp cannot be combined with an allow-list: UDP datagrams carry no credentials")
-            }
-            guard let (host, port) = parseHostPort(address) else {
-                throw DaemonError("bad --udp address '\(address)': expected HOST:PORT with a numeric host, e.g. 127.0.0.1:8125")
-            }
-            let fd = p2pmd_bind_udp(host, port)
-            guard fd >= 0 else {
-                throw DaemonError("cannot bind UDP \(address): \(fd == -EINVAL ? "not a numeric address" : String(cString: strerror(-fd)))")
-            }
+            let fd = address.withSocketAddress { p2pmd_bind_udp($0, UInt32($1)) }
+            guard fd >= 0 else { throw DaemonError("cannot bind UDP \(address): \(String(cString: strerror(-fd)))") }
             _ = p2pmd_set_receive_buffer(fd, configuration.receiveBufferBytes)
             udpReceiver = try IngestReceiver(
                 loop: loop, fd: fd, credentials: false,
@@ -96,25 +122,9 @@ public final class Daemon: ExpositionSource {
             case .refused(let reason): writeStandardError("p2pmetricsd: ignoring state file \(path): \(reason)")
             }
         }
-
-        for signal in [SIGTERM, SIGINT] {
-            let handle = UnsafeMutablePointer<uv_signal_t>.allocate(capacity: 1)
-            uv_signal_init(loop, handle)
-            handle.pointee.data = Unmanaged.passUnretained(self).toOpaque()
-            uv_signal_start(handle, { handle, _ in
-                guard let data = handle?.pointee.data else { return }
-                Unmanaged<Daemon>.fromOpaque(data).takeUnretainedValue().shutdown()
-            }, signal)
-            signals.append(handle)
-        }
-        addTimer(every: 5_000) { $0.notifyStatus() }
-        addTimer(every: 1_000) { $0.tick() }
-        if let interval = ServiceManager.watchdogPingIntervalMilliseconds() {
-            addTimer(every: interval) { _ in ServiceManager.notify("WATCHDOG=1") }
-        }
     }
 
-    /// Runs until SIGTERM or SIGINT; returns the process exit status.
+    /// Runs until a terminating signal (see `ProcessSignals`); returns the process exit status.
     public func run() -> Int32 {
         ServiceManager.notify("READY=1")
         notifyStatus()
@@ -124,14 +134,30 @@ public final class Daemon: ExpositionSource {
         if let path = configuration.stateFile, let error = StateFile.save(store.counterSnapshot(), to: path) {
             writeStandardError("p2pmetricsd: could not save counters: \(error)")
         }
+        boundSocket?.remove()
         let s = store.statistics
         writeStandardError("p2pmetricsd: shutdown: datagrams_received=\(s.datagramsReceived) samples_applied=\(s.samplesApplied)")
         return 0
     }
 
-    /// Drains what is already queued on the ingest socket, then closes every handle so the loop ends.
+    /// SIGHUP is logged and ignored (no reload, see the README); every other signal the daemon
+    /// catches ends it cleanly: drain, save state, exit 0.
+    private func received(_ signal: Int32) {
+        let name = ProcessSignals.name(signal)
+        if signal == SIGHUP {
+            writeStandardError("p2pmetricsd: \(name): configuration reload is not supported; restart to apply changes")
+            return
+        }
+        writeStandardError("p2pmetricsd: \(name): \(configuration.stateFile == nil ? "exiting" : "saving state and exiting")")
+        shutdown()
+    }
+
+    /// Stops a self-bound ingest socket from accepting (senders get EPIPE), drains what the kernel
+    /// had accepted, then closes every handle so the loop ends. A socket from systemd is left
+    /// accepting: it belongs to systemd, and the next instance reads what queues meanwhile.
     private func shutdown() {
         ServiceManager.notify("STOPPING=1")
+        if boundSocket != nil, let fd = receiver?.fd { _ = Glibc.shutdown(fd, Int32(SHUT_RD)) }
         for r in [receiver, udpReceiver].compactMap({ $0 }) {
             r.drain(maxBatches: 1 << 20)
             r.close()
@@ -146,7 +172,12 @@ public final class Daemon: ExpositionSource {
             timer.pointee.data = nil
             closeAndFree(timer.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { $0 })
         }
-        for signal in signals { closeAndFree(signal.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { $0 }) }
+        for signal in signals {
+            let signum = signal.pointee.signum
+            closeAndFree(signal.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { $0 })
+            // Closing restored the default action: a second signal must not cut the state save short.
+            Glibc.signal(signum, SIG_IGN)
+        }
         timers = []
         signals = []
     }
@@ -184,24 +215,6 @@ public final class Daemon: ExpositionSource {
         let s = store.statistics
         ServiceManager.notify(
             "STATUS=\(store.seriesCount) series, \(s.samplesApplied) samples applied, \(s.datagramsReceived) datagrams received")
-    }
-
-    private static func bindIngest(path: String, mode: UInt32) throws -> Int32 {
-        let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        if !directory.isEmpty {
-            var st = stat()
-            if stat(directory, &st) != 0 {
-                guard mkdir(directory, 0o755) == 0 || errno == EEXIST else {
-                    throw DaemonError("cannot create \(directory) for the ingest socket: \(String(cString: strerror(errno)))")
-                }
-            }
-        }
-        let fd = p2pmd_bind_datagram(path, mode)
-        guard fd >= 0 else {
-            let reason = fd == -EADDRINUSE ? "another process is serving it" : String(cString: strerror(-fd))
-            throw DaemonError("cannot bind the ingest socket \(path): \(reason)")
-        }
-        return fd
     }
 
     // MARK: ExpositionSource

@@ -5,10 +5,13 @@ import P2PMetricsStore
 public struct ServerConfiguration: Sendable {
     /// Path of the ingest socket to bind when systemd does not pass one.
     public var socketPath: String
-    /// `HOST:PORT` of the HTTP listener to bind when systemd does not pass one.
-    public var listenAddress: String
-    /// `HOST:PORT` of an optional UDP listener for text StatsD clients that cannot use a Unix socket.
-    public var udpAddress: String?
+    /// Whether `socketPath` is the per-user default, whose directory the daemon creates itself and
+    /// refuses unless it is a real directory owned by the user and writable by nobody else.
+    public var privateSocketDirectory = false
+    /// The HTTP listener to bind when systemd does not pass one.
+    public var listenAddress: NetworkAddress
+    /// An optional UDP listener for text StatsD clients that cannot use a Unix socket.
+    public var udpAddress: NetworkAddress?
     /// Where counter totals are kept across restarts (written at shutdown, consumed at start);
     /// nil: not kept.
     public var stateFile: String?
@@ -26,7 +29,7 @@ public struct ServerConfiguration: Sendable {
     public var store = StoreConfiguration()
     public var version: String
 
-    public init(socketPath: String, listenAddress: String, version: String) {
+    public init(socketPath: String, listenAddress: NetworkAddress, version: String) {
         self.socketPath = socketPath
         self.listenAddress = listenAddress
         self.version = version

@@ -1,0 +1,342 @@
+"""The process edge under attack: stray signals, shutdown under load, takeovers of the socket
+path, hostile state files, supplementary groups, big configs, CLI and config errors, addresses.
+
+Each test is an attack (or a user's mistake) written down with its exact expectation. Tests that
+play "another user" run the daemon through `setpriv` with an otherwise unused uid; they need root.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import DAEMON_BIN, free_port, parse_exposition, start_daemon
+from wire import counter
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to play another user")
+
+# An unused uid/gid per worktree run, so parallel runs on one machine never share /tmp paths.
+OTHER_UID = 40000 + os.getpid() % 20000
+
+
+def run_cli(*args, timeout=20, prefix=(), env=None):
+    return subprocess.run([*prefix, str(DAEMON_BIN), *args], capture_output=True, timeout=timeout,
+                          text=True, env=env)
+
+
+def as_user(uid: int) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+
+
+def one_line(r) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, (r.returncode, r.stderr)
+    return lines[0]
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> dict:
+    h = f"[{host}]" if ":" in host else host
+    with urllib.request.urlopen(f"http://{h}:{port}/metrics", timeout=10) as r:
+        return parse_exposition(r.read().decode())
+
+
+def wait_serving(proc, port: int, log: Path, host: str = "127.0.0.1", timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"p2pmetricsd exited with {proc.returncode}: {log.read_text()}")
+        try:
+            scrape(port, host)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("not serving in time: " + log.read_text())
+
+
+def stop(proc) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def shared_dir(mode: int):
+    """A fresh directory under /tmp that another uid can reach, with the given mode; removed after."""
+    d = Path(tempfile.mkdtemp(prefix="p2pm-edge-"))
+    os.chmod(d, mode)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(log: Path, *args: str, prefix=(), env=None, host: str = "127.0.0.1"):
+    """Runs the daemon with `args` (which must include `--listen HOST:PORT`) until the block ends;
+    yields the port. The daemon must exit 0 on SIGTERM."""
+    listen = args[args.index("--listen") + 1]
+    port = int(listen.rsplit(":", 1)[1])
+    proc = subprocess.Popen([*prefix, str(DAEMON_BIN), *args], stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_serving(proc, port, log, host=host)
+        yield port
+    finally:
+        assert stop(proc) == 0
+
+
+# MARK: signals
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM",
+                                     "SIGPROF", "SIGXCPU", "SIGXFSZ", "SIGPWR", "SIGTERM"])
+def test_terminating_signals_save_state_and_exit_cleanly(tmp_path, signame):
+    state = tmp_path / "counters.state"
+    d = start_daemon(tmp_path, "--state", str(state))
+    d.send(counter("before.signal", 7))
+    assert d.wait_for("before_signal", 7) == 7
+    d.proc.send_signal(getattr(signal, signame))
+    assert d.proc.wait(timeout=15) == 0
+    log = d.log_path.read_text()
+    assert f"p2pmetricsd: {signame}: saving state and exiting" in log, log
+    assert "p2pmetricsd: shutdown: datagrams_received=1 samples_applied=1" in log
+    assert state.exists()
+    d = start_daemon(tmp_path, "--state", str(state))
+    try:
+        assert d.value("before_signal") == 7
+    finally:
+        d.stop()
+
+
+def test_sighup_is_ignored_and_logged(tmp_path):
+    d = start_daemon(tmp_path)
+    try:
+        d.send(counter("survives.hup", 1))
+        assert d.wait_for("survives_hup", 1) == 1
+        d.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert d.proc.poll() is None
+        d.send(counter("survives.hup", 1))
+        assert d.wait_for("survives_hup", 2) == 2
+        assert ("p2pmetricsd: SIGHUP: configuration reload is not supported; restart to apply changes"
+                in d.log_path.read_text())
+    finally:
+        assert d.stop() == 0
+
+
+def _flood(path: str, results, index: int) -> None:
+    """Blocking sends until the daemon stops accepting; reports how many the kernel accepted."""
+    accepted = 0
+    failure = ""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                s.sendto(counter("flood", 1), path)
+                accepted += 1
+            except OSError as e:
+                failure = errno.errorcode.get(e.errno, str(e))
+                break
+    results[index] = (accepted, failure)
+
+
+def test_sigterm_under_a_blocking_flood_loses_nothing_the_kernel_accepted(tmp_path):
+    state = tmp_path / "counters.state"
+    d = start_daemon(tmp_path, "--state", str(state))
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Manager().dict()
+    senders = [ctx.Process(target=_flood, args=(d.socket_path, results, i)) for i in range(4)]
+    for p in senders:
+        p.start()
+    time.sleep(1.5)
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=20) == 0
+    for p in senders:
+        p.join(30)
+    accepted = sum(results[i][0] for i in range(4))
+    failures = {results[i][1] for i in range(4)}
+    # Senders learn at once that the daemon stopped accepting (shutdown(SHUT_RD) → EPIPE), or find
+    # the socket closed or removed; none of them times out against a queue nobody reads.
+    assert failures <= {"EPIPE", "ECONNREFUSED", "ENOENT"}, failures
+    log = d.log_path.read_text()
+    assert f"datagrams_received={accepted} samples_applied={accepted}" in log, (accepted, log)
+    print(f"flood: {accepted} datagrams accepted by the kernel from 4 blocking senders, all applied and saved")
+    d = start_daemon(tmp_path, "--state", str(state))
+    try:
+        assert d.value("flood") == accepted
+    finally:
+        d.stop()
+
+
+def test_self_bound_socket_file_is_removed_on_exit(tmp_path):
+    d = start_daemon(tmp_path)
+    assert stat.S_ISSOCK(os.lstat(d.socket_path).st_mode)
+    assert d.stop() == 0
+    assert not os.path.lexists(d.socket_path)
+
+
+def test_a_replaced_socket_file_is_not_removed_on_exit(tmp_path):
+    """Only the file this daemon bound is removed: a successor's socket at the path stays."""
+    d = start_daemon(tmp_path)
+    os.unlink(d.socket_path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as successor:
+        successor.bind(d.socket_path)
+        assert d.stop() == 0
+        assert stat.S_ISSOCK(os.lstat(d.socket_path).st_mode)
+
+
+# MARK: CLI, config errors and addresses
+
+
+def test_config_errors_are_one_line_naming_file_key_and_reason(tmp_path):
+    port = str(free_port())
+    common = ["--socket", str(tmp_path / "c.sock"), "--listen", f"127.0.0.1:{port}"]
+    missing = tmp_path / "missing.json"
+    assert one_line(run_cli("--config", str(missing), *common)) == \
+        f"p2pmetricsd: cannot read config file {missing}: No such file or directory"
+    assert one_line(run_cli("--config", str(tmp_path), *common)) == \
+        f"p2pmetricsd: cannot read config file {tmp_path}: not a regular file (a directory)"
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    assert one_line(run_cli("--config", str(fifo), *common, timeout=10)) == \
+        f"p2pmetricsd: cannot read config file {fifo}: not a regular file (a FIFO)"
+    bad = tmp_path / "bad.json"
+    for content, message in [
+        ({"state_file": ""}, "state_file must not be empty"),
+        ({"socket": ""}, "socket must not be empty"),
+        ({"listen": "nonsense"}, "listen: bad address 'nonsense': expected HOST:PORT, [IPV6]:PORT or :PORT"),
+        ({"udp": "localhost:70000"}, "udp: bad address 'localhost:70000': the port must be a number from 0 to 65535"),
+        ({"limits": {"max_series": "many"}}, "limits.max_series must be a whole number from 1 to 100000000"),
+    ]:
+        bad.write_text(json.dumps(content))
+        line = one_line(run_cli("--config", str(bad), *common))
+        assert line == f"p2pmetricsd: config file {bad}: {message}", line
+    assert not (tmp_path / "c.sock").exists()  # nothing was bound for a bad configuration
+    assert one_line(run_cli("--state", "", *common)) == "p2pmetricsd: bad --state: the path must not be empty"
+
+
+def test_listen_and_udp_accept_names_brackets_and_any_address(tmp_path):
+    for spelling, scrape_host in [("localhost:{p}", "127.0.0.1"), ("[::1]:{p}", "::1"),
+                                  (":{p}", "127.0.0.1"), ("127.0.0.1:{p}", "127.0.0.1")]:
+        port = free_port()
+        udp_port = free_port()
+        udp = spelling.replace("[::1]", "localhost").format(p=udp_port)
+        with serving(tmp_path / "addr.log", "--socket", str(tmp_path / "a.sock"), "--listen", spelling.format(p=port),
+                     "--udp", udp, host=scrape_host):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"over.udp:3|c", ("127.0.0.1", udp_port))
+            deadline = time.monotonic() + 10
+            while scrape(port, scrape_host).get(("over_udp", frozenset())) != 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert scrape(port, scrape_host).get(("over_udp", frozenset())) == 3, spelling
+
+
+def test_bad_addresses_are_refused_before_anything_is_bound(tmp_path):
+    sock = tmp_path / "never.sock"
+    port = free_port()
+    for flag, value, reason in [
+        ("--listen", "localhost", "expected HOST:PORT, [IPV6]:PORT or :PORT"),
+        ("--listen", "localhost:99999", "the port must be a number from 0 to 65535"),
+        ("--listen", "[::1:9478", "expected HOST:PORT, [IPV6]:PORT or :PORT"),
+        ("--listen", "no-such-host.invalid:9478", "cannot resolve no-such-host.invalid"),
+        ("--udp", "::1:8125", "an IPv6 address must be in brackets, e.g. [::1]:8125"),
+    ]:
+        args = ["--socket", str(sock), "--listen", f"127.0.0.1:{port}", flag, value]
+        line = one_line(run_cli(*args))
+        assert line.startswith(f"p2pmetricsd: bad {flag} address '{value}': {reason}"), line
+        assert not sock.exists()
+
+
+# MARK: paths and takeovers
+
+
+def _default_dir_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "P2PM_SOCKET")}
+    return env
+
+
+@needs_root
+def test_default_directory_of_another_owner_or_writable_by_others_is_refused(tmp_path):
+    uid = OTHER_UID
+    directory = Path(f"/tmp/p2pmetricsd-{uid}")
+    port = free_port()
+    try:
+        # Pre-created 0777 by another user (here: root).
+        directory.mkdir(mode=0o777)
+        os.chmod(directory, 0o777)
+        line = one_line(run_cli("--listen", f"127.0.0.1:{port}", prefix=as_user(uid), env=_default_dir_env()))
+        assert line == f"p2pmetricsd: refusing socket directory {directory}: owned by uid 0, not {uid}", line
+        assert os.listdir(directory) == []
+        # Owned by the user but writable by others.
+        os.chown(directory, uid, uid)
+        line = one_line(run_cli("--listen", f"127.0.0.1:{port}", prefix=as_user(uid), env=_default_dir_env()))
+        assert line == f"p2pmetricsd: refusing socket directory {directory}: writable by group or others (mode 0777)", line
+        # A symlink planted at the path is not followed.
+        directory.rmdir()
+        with shared_dir(0o777) as target:
+            directory.symlink_to(target)
+            line = one_line(run_cli("--listen", f"127.0.0.1:{port}", prefix=as_user(uid), env=_default_dir_env()))
+            assert line == f"p2pmetricsd: refusing socket directory {directory}: a symbolic link, not a directory", line
+            assert os.listdir(target) == []
+            directory.unlink()
+        # Absent: created 0700, owned by the user, and served.
+        with serving(tmp_path / "own.log", "--listen", f"127.0.0.1:{port}", prefix=as_user(uid), env=_default_dir_env()):
+            st = os.lstat(directory)
+            assert stat.S_ISDIR(st.st_mode) and st.st_uid == uid and st.st_mode & 0o777 == 0o700
+            assert stat.S_ISSOCK(os.lstat(directory / "ingest.sock").st_mode)
+        assert os.listdir(directory) == []  # the socket file went with the daemon
+    finally:
+        if directory.is_symlink():
+            directory.unlink()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@needs_root
+def test_a_live_socket_is_never_taken_over_on_an_ambiguous_probe(tmp_path):
+    with shared_dir(0o777) as shared:  # world-writable, not sticky: anyone may unlink in it
+        path = shared / "ingest.sock"
+        with serving(tmp_path / "owner.log", "--socket", str(path), "--listen", f"127.0.0.1:{free_port()}") as port:
+            inode = os.lstat(path).st_ino
+            # Another user's daemon: its probe gets EACCES (0660 root socket) — ambiguous, not stale.
+            line = one_line(run_cli("--socket", str(path), "--listen", f"127.0.0.1:{free_port()}",
+                                    prefix=as_user(OTHER_UID)))
+            assert line == (f"p2pmetricsd: cannot bind the ingest socket {path}: cannot tell whether another "
+                            f"process serves it (probe: Permission denied); remove it if it is stale"), line
+            assert os.lstat(path).st_ino == inode
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.sendto(counter("owner.alive", 1), str(path))
+            deadline = time.monotonic() + 10
+            while scrape(port).get(("owner_alive", frozenset())) != 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert scrape(port).get(("owner_alive", frozenset())) == 1
+        # A stale socket file of another user (root's, mode 0666 so the probe reaches it) is not
+        # ours to replace either.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.bind(str(path))
+        os.chmod(path, 0o666)
+        line = one_line(run_cli("--socket", str(path), "--listen", f"127.0.0.1:{free_port()}",
+                                prefix=as_user(OTHER_UID)))
+        assert line == (f"p2pmetricsd: cannot bind the ingest socket {path}: cannot tell whether another "
+                        f"process serves it (owned by uid 0); remove it if it is stale"), line
+        # Our own stale socket is replaced.
+        with serving(tmp_path / "again.log", "--socket", str(path), "--listen", f"127.0.0.1:{free_port()}"):
+            assert os.lstat(path).st_uid == 0
