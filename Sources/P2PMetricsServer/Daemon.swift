@@ -46,6 +46,7 @@ public final class Daemon: ExpositionSource {
         if configuration.udpAddress != nil, configuration.store.requiresCredentials {
             throw DaemonError("--udp cannot be combined with an allow-list: UDP datagrams carry no credentials")
         }
+        if let path = configuration.stateFile { try StateFile.checkUsable(path) }
         let activated = try ActivatedSockets.take()
         let ingestFD: Int32
         if let fd = activated.ingest {
@@ -116,9 +117,13 @@ public final class Daemon: ExpositionSource {
 
         // Only once both sockets are had: a daemon that fails to start must not consume the file.
         if let path = configuration.stateFile {
-            switch StateFile.load(from: path, into: &store) {
+            switch try StateFile.load(from: path, into: &store) {
             case .absent: break
-            case .restored(let n): writeStandardError("p2pmetricsd: restored counters from \(path) (\(n) datagrams)")
+            case .restored(let samples, let refused):
+                let total = refused.reduce(0) { $0 + $1.count }
+                let reasons = refused.map { "\($0.reason) \($0.count)" }.joined(separator: ", ")
+                writeStandardError(
+                    "p2pmetricsd: restored counters from \(path): \(samples) samples restored, \(total) refused\(total == 0 ? "" : " (\(reasons))")")
             case .refused(let reason): writeStandardError("p2pmetricsd: ignoring state file \(path): \(reason)")
             }
         }

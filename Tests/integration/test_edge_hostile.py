@@ -340,3 +340,87 @@ def test_a_live_socket_is_never_taken_over_on_an_ambiguous_probe(tmp_path):
         # Our own stale socket is replaced.
         with serving(tmp_path / "again.log", "--socket", str(path), "--listen", f"127.0.0.1:{free_port()}"):
             assert os.lstat(path).st_uid == 0
+
+
+# MARK: state file
+
+
+def test_a_planted_tmp_symlink_is_not_followed(tmp_path):
+    state = tmp_path / "counters.state"
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "counters.state.tmp").symlink_to(victim)
+    d = start_daemon(tmp_path, "--state", str(state))
+    d.send(counter("saved", 4))
+    assert d.wait_for("saved", 4) == 4
+    assert d.stop() == 0
+    assert victim.read_text() == "precious"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("counters.state.tmp")] == ["counters.state.tmp"]
+    d = start_daemon(tmp_path, "--state", str(state))
+    try:
+        assert d.value("saved") == 4
+    finally:
+        d.stop()
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["fifo", "chardev", "symlink", "directory"])
+def test_a_state_path_that_is_not_a_regular_file_is_refused_at_once(tmp_path, kind):
+    state = tmp_path / "counters.state"
+    what = {"fifo": "a FIFO", "chardev": "a character device", "symlink": "a symbolic link",
+            "directory": "a directory"}[kind]
+    if kind == "fifo":
+        os.mkfifo(state)
+    elif kind == "chardev":
+        os.mknod(state, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # /dev/null's numbers
+    elif kind == "symlink":
+        (tmp_path / "elsewhere").write_text("x")
+        state.symlink_to(tmp_path / "elsewhere")
+    else:
+        state.mkdir()
+    before = os.lstat(state)
+    line = one_line(run_cli("--state", str(state), "--socket", str(tmp_path / "s.sock"),
+                            "--listen", f"127.0.0.1:{free_port()}", timeout=10))
+    assert line == f"p2pmetricsd: state file {state}: not a regular file ({what})", line
+    after = os.lstat(state)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    assert not (tmp_path / "counters.state.corrupt").exists()
+
+
+@needs_root
+def test_a_state_directory_the_daemon_cannot_write_is_refused_so_a_crash_cannot_bring_back_old_totals(tmp_path):
+    """Read-only state directory: the consumed file could not be removed, and a SIGKILL later
+    would restore its old totals. The daemon refuses to start instead (one line)."""
+    with shared_dir(0o755) as shared, shared_dir(0o777) as sock_dir:  # shared: read-only for the other user
+        state = shared / "counters.state"
+        d = start_daemon(tmp_path, "--state", str(state))
+        d.send(counter("old.total", 100))
+        assert d.wait_for("old_total", 100) == 100
+        d.stop()
+        os.chmod(state, 0o644)
+        line = one_line(run_cli("--state", str(state), "--socket", str(sock_dir / "s.sock"),
+                                "--listen", f"127.0.0.1:{free_port()}", prefix=as_user(OTHER_UID)))
+        assert line == (f"p2pmetricsd: state file {state}: cannot write in its directory {shared} "
+                        f"(Permission denied)"), line
+        assert state.exists()  # untouched: the next daemon that can consume it restores it
+        assert os.listdir(sock_dir) == []  # refused before anything was bound
+
+
+def test_restore_into_a_stricter_configuration_logs_what_was_refused_by_reason(tmp_path):
+    state = tmp_path / "counters.state"
+    d = start_daemon(tmp_path, "--state", str(state))
+    for peer in ("a", "b", "c"):
+        d.send(counter("per.peer", 1, {"peer": peer}))
+    d.send(counter("other", 5))
+    assert d.wait_for("other", 5) == 5
+    assert d.stop() == 0
+    strict = tmp_path / "strict.json"
+    strict.write_text(json.dumps({"limits": {"max_series_per_metric": 1},
+                                  "metrics": {"other": {"type": "gauge"}}}))
+    d = start_daemon(tmp_path, "--state", str(state), "--config", str(strict))
+    try:
+        assert sum(1 for (name, _) in d.scrape() if name == "per_peer") == 1
+    finally:
+        d.stop()
+    assert (f"p2pmetricsd: restored counters from {state}: 1 samples restored, 3 refused "
+            f"(metric_series_limit 2, type_clash 1)") in d.log_path.read_text()
