@@ -22,6 +22,7 @@ public final class Daemon: ExpositionSource {
     private let startTime: Double
     /// The ingest socket this daemon bound itself (nil: systemd's).
     private var boundSocket: IngestSocketFile?
+    private var supplementaryGroups = SupplementaryGroups()
 
     // Self-metric state.
     private var lastScrapeDuration = 0.0
@@ -93,7 +94,7 @@ public final class Daemon: ExpositionSource {
         let wantCredentials = configuration.store.requiresCredentials || configuration.store.trackProcessGauges
         let receiver = try IngestReceiver(
             loop: loop, fd: ingestFD, credentials: wantCredentials,
-            apply: { [unowned self] bytes, sender in self.store.ingest(bytes, from: sender) },
+            apply: { [unowned self] bytes, sender in self.store.ingest(bytes, from: self.withSupplementaryGroups(sender)) },
             refuseTruncated: { [unowned self] length in self.store.countRejected(.oversized, bytes: length) })
         self.receiver = receiver
         if configuration.store.trackProcessGauges {
@@ -143,6 +144,12 @@ public final class Daemon: ExpositionSource {
         let s = store.statistics
         writeStandardError("p2pmetricsd: shutdown: datagrams_received=\(s.datagramsReceived) samples_applied=\(s.samplesApplied)")
         return 0
+    }
+
+    /// The sender with its supplementary groups when only they could admit it (`allowed_gids`).
+    private func withSupplementaryGroups(_ sender: SenderCredentials?) -> SenderCredentials? {
+        guard let sender, !configuration.store.allowedGIDs.isEmpty, !configuration.store.admits(sender) else { return sender }
+        return supplementaryGroups.resolve(sender, now: store.now)
     }
 
     /// SIGHUP is logged and ignored (no reload, see the README); every other signal the daemon

@@ -114,7 +114,7 @@ public struct MetricStore {
         statistics.datagramsReceived &+= 1
         statistics.bytesReceived &+= UInt64(bytes.count)
         if configuration.requiresCredentials {
-            guard let sender, configuration.allowedUIDs.contains(sender.uid) || configuration.allowedGIDs.contains(sender.gid) else {
+            guard let sender, configuration.admits(sender) else {
                 statistics.count(.unauthorized)
                 return .unauthorized
             }

@@ -424,3 +424,37 @@ def test_restore_into_a_stricter_configuration_logs_what_was_refused_by_reason(t
         d.stop()
     assert (f"p2pmetricsd: restored counters from {state}: 1 samples restored, 3 refused "
             f"(metric_series_limit 2, type_clash 1)") in d.log_path.read_text()
+
+
+# MARK: supplementary groups
+
+
+def _send_with_groups(path: str, groups: list[int], data: bytes, release) -> None:
+    os.setgroups(groups)
+    os.setgid(34567)  # the primary group is not on the allow-list (nor is uid 0)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(data, path)
+    release.wait(20)  # stay alive until the daemon has read our groups
+
+
+@needs_root
+def test_allowed_gids_honours_supplementary_groups(tmp_path):
+    cfg = tmp_path / "allow.json"
+    cfg.write_text(json.dumps({"allowed_gids": [23456]}))
+    d = start_daemon(tmp_path, "--config", str(cfg))
+    ctx = multiprocessing.get_context("fork")
+    try:
+        for groups, name, admitted in [([45678, 23456], "via.supplementary", True), ([45678], "not.member", False)]:
+            release = ctx.Event()
+            p = ctx.Process(target=_send_with_groups, args=(d.socket_path, groups, counter(name, 1), release))
+            p.start()
+            if admitted:
+                assert d.wait_for(name.replace(".", "_"), 1) == 1
+            else:
+                assert d.wait_for("p2pmetricsd_datagrams_rejected_total", 1, reason="unauthorized") == 1
+                assert d.value(name.replace(".", "_")) is None
+            release.set()
+            p.join(10)
+            assert p.exitcode == 0
+    finally:
+        d.stop()
