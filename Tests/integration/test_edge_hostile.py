@@ -107,13 +107,15 @@ def serving(log: Path, *args: str, prefix=(), env=None, host: str = "127.0.0.1")
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGVTALRM",
-                                     "SIGPROF", "SIGXCPU", "SIGXFSZ", "SIGPWR", "SIGTERM"])
+                                     "SIGPROF", "SIGXCPU", "SIGXFSZ", "SIGPWR", "SIGSTKFLT", "SIGIO",
+                                     "SIGRTMIN+5", "SIGTERM"])
 def test_terminating_signals_save_state_and_exit_cleanly(tmp_path, signame):
     state = tmp_path / "counters.state"
     d = start_daemon(tmp_path, "--state", str(state))
     d.send(counter("before.signal", 7))
     assert d.wait_for("before_signal", 7) == 7
-    d.proc.send_signal(getattr(signal, signame))
+    base, _, offset = signame.partition("+")
+    d.proc.send_signal(getattr(signal, base) + int(offset or 0))
     assert d.proc.wait(timeout=15) == 0
     log = d.log_path.read_text()
     assert f"p2pmetricsd: {signame}: saving state and exiting" in log, log
