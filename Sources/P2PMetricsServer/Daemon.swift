@@ -9,7 +9,9 @@ import P2PMetricsWire
 /// The running sidecar: one libuv loop driving the ingest socket, the HTTP listener, signals and
 /// systemd notifications around one `MetricStore`.
 public final class Daemon: ExpositionSource {
-    private let configuration: ServerConfiguration
+    private var configuration: ServerConfiguration
+    /// Resolves the configuration again from the same file and flags (SIGHUP); nil: no file.
+    private let reloadConfiguration: (() throws -> ServerConfiguration)?
     private let loop: UnsafeMutablePointer<uv_loop_t>
     private var store: MetricStore
     private var receiver: IngestReceiver?
@@ -33,9 +35,11 @@ public final class Daemon: ExpositionSource {
     public private(set) var socketOrigin = ""
 
     /// Takes the sockets from systemd (socket activation) or binds them, and prepares the loop.
-    /// Throws a `DaemonError` with one clear line when a socket cannot be had.
-    public init(configuration: ServerConfiguration) throws {
+    /// Throws a `DaemonError` with one clear line when a socket cannot be had. On SIGHUP the
+    /// daemon calls `reloadConfiguration` (when given) and applies what can change while running.
+    public init(configuration: ServerConfiguration, reloadConfiguration: (() throws -> ServerConfiguration)? = nil) throws {
         self.configuration = configuration
+        self.reloadConfiguration = reloadConfiguration
         store = MetricStore(configuration: configuration.store)
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
@@ -152,16 +156,69 @@ public final class Daemon: ExpositionSource {
         return supplementaryGroups.resolve(sender, now: store.now)
     }
 
-    /// SIGHUP is logged and ignored (no reload, see the README); every other signal the daemon
-    /// catches ends it cleanly: drain, save state, exit 0.
+    /// SIGHUP reloads the configuration file; every other signal the daemon catches ends it
+    /// cleanly: drain, save state, exit 0.
     private func received(_ signal: Int32) {
         let name = ProcessSignals.name(signal)
         if signal == SIGHUP {
-            writeStandardError("p2pmetricsd: \(name): configuration reload is not supported; restart to apply changes")
+            reload()
             return
         }
         writeStandardError("p2pmetricsd: \(name): \(configuration.stateFile == nil ? "exiting" : "saving state and exiting")")
         shutdown()
+    }
+
+    /// Applies a reloaded configuration file: allow-lists, series limits, default buckets and TTL,
+    /// metric entries (for metrics without series yet). What needs a socket, a listener or the
+    /// process tracker again is kept until a restart, and named in the log line. A file with an
+    /// error, or an allow-list the running sockets cannot enforce, changes nothing.
+    private func reload() {
+        guard let reloadConfiguration else {
+            writeStandardError("p2pmetricsd: SIGHUP: no configuration file (--config) to reload")
+            return
+        }
+        let new: ServerConfiguration
+        do {
+            new = try reloadConfiguration()
+            if new.store.requiresCredentials && !configuration.store.requiresCredentials {
+                guard configuration.udpAddress == nil else {
+                    throw DaemonError("an allow-list cannot be combined with --udp: UDP datagrams carry no credentials")
+                }
+                guard configuration.store.trackProcessGauges else {
+                    throw DaemonError("an allow-list needs a restart here: sender credentials were not enabled at start")
+                }
+            }
+        } catch {
+            let line = (error as? DaemonError)?.description ?? "\(error)"
+            writeStandardError("p2pmetricsd: SIGHUP: reload refused, the running configuration stays: \(line)")
+            return
+        }
+        let old = configuration
+        var kept: [String] = []
+        func keep(_ key: String, _ changed: Bool) { if changed { kept.append(key) } }
+        keep("socket", new.socketPath != old.socketPath)
+        keep("listen", new.listenAddress.description != old.listenAddress.description)
+        keep("udp", new.udpAddress?.description != old.udpAddress?.description)
+        keep("state_file", new.stateFile != old.stateFile)
+        keep("socket_mode", new.socketMode != old.socketMode)
+        keep("receive_buffer_bytes", new.receiveBufferBytes != old.receiveBufferBytes)
+        keep("limits.max_http_connections", new.maxConnections != old.maxConnections)
+        keep("limits.max_http_head_bytes", new.httpLimits.maxHeadBytes != old.httpLimits.maxHeadBytes)
+        keep("limits.max_http_headers", new.httpLimits.maxHeaderCount != old.httpLimits.maxHeaderCount)
+        keep("limits.idle_timeout_seconds", new.idleTimeoutMilliseconds != old.idleTimeoutMilliseconds)
+        keep("limits.request_timeout_seconds", new.requestTimeoutMilliseconds != old.requestTimeoutMilliseconds)
+        keep("limits.max_tracked_processes", new.store.maxTrackedProcesses != old.store.maxTrackedProcesses)
+        keep("track_process_gauges", new.store.trackProcessGauges != old.store.trackProcessGauges)
+        let existing = Set(store.families.map(\.name))
+        let before = Dictionary(old.store.metrics.map { ($0.exposedName, $0) }, uniquingKeysWith: { $1 })
+        for d in new.store.metrics where existing.contains(d.exposedName) && before[d.exposedName] != d {
+            kept.append("metrics.\(d.name)")
+        }
+        store.reconfigure(new.store)
+        configuration.store = store.configuration
+        let path = new.configFile ?? "the configuration"
+        writeStandardError(
+            "p2pmetricsd: SIGHUP: reloaded \(path)\(kept.isEmpty ? "" : "; kept until a restart: \(kept.sorted().joined(separator: ", "))")")
     }
 
     /// Stops a self-bound ingest socket from accepting (senders get EPIPE), drains what the kernel

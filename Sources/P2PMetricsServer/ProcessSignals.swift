@@ -2,8 +2,8 @@ import Glibc
 
 /// The signals the daemon catches, and their names for the log.
 enum ProcessSignals {
-    /// Every catchable signal whose default action ends the process, except SIGHUP (logged and
-    /// ignored) and SIGPIPE (ignored: a scraper that hangs up costs a failed write). Each one
+    /// Every catchable signal whose default action ends the process, except SIGHUP (reload) and
+    /// SIGPIPE (ignored: a scraper that hangs up costs a failed write). Each one
     /// drains, saves state and exits 0. Fault signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT,
     /// SIGTRAP, SIGSYS) keep their default action: they mean a bug, not a request to stop.
     static var terminating: [Int32] {

@@ -27,6 +27,8 @@ public struct ServerConfiguration: Sendable {
     public var requestTimeoutMilliseconds: UInt64 = 10_000
     public var maxConnections = 64
     public var store = StoreConfiguration()
+    /// The JSON file this configuration was read from, if any (reloaded on SIGHUP).
+    public var configFile: String?
     public var version: String
 
     public init(socketPath: String, listenAddress: NetworkAddress, version: String) {

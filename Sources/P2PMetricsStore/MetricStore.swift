@@ -28,12 +28,12 @@ public struct MetricFamily: Sendable {
 /// datagram exactly as PROTOCOL.md §2 says: validated whole first, then applied sample by sample,
 /// with state-dependent refusals (type clash, limits) counted per sample.
 public struct MetricStore {
-    public let configuration: StoreConfiguration
+    public private(set) var configuration: StoreConfiguration
     public private(set) var statistics = IngestStatistics()
     public private(set) var families: [MetricFamily] = []
 
     // Known metrics by exposed name, and the families that exist by exposed name.
-    private let descriptors: [String: MetricDescriptor]
+    private var descriptors: [String: MetricDescriptor]
     // Per-family facts the apply loop reads, kept out of `MetricFamily` so it touches no strings.
     private var familyTypes: [MetricType] = []
     private var familyProcessScoped: [Bool] = []
@@ -101,6 +101,21 @@ public struct MetricStore {
 
     /// Live series.
     public var seriesCount: Int { seriesFamily.count - freeIDs.count }
+
+    /// Takes a reloaded configuration (the daemon's SIGHUP). Allow-lists, series limits, default
+    /// buckets and TTL, and metric entries apply from the next datagram on; families that exist
+    /// keep the type, buckets, help and TTL they were created with, and existing series are never
+    /// removed by a lower limit. Process tracking and the wire cache keep their start-up settings.
+    public mutating func reconfigure(_ new: StoreConfiguration) {
+        var new = new
+        new.trackProcessGauges = configuration.trackProcessGauges
+        new.maxTrackedProcesses = configuration.maxTrackedProcesses
+        new.maxTrackedContributions = configuration.maxTrackedContributions
+        new.wireCacheCapacity = configuration.wireCacheCapacity
+        configuration = new
+        descriptors = [:]
+        for d in new.metrics { descriptors[d.exposedName] = d }
+    }
 
     // MARK: Ingest
 

@@ -58,7 +58,8 @@ struct P2PMetricsD: ParsableCommand {
         return text
     }
 
-    func run() throws {
+    /// Defaults, then the config file, then flags: at start, and again on SIGHUP.
+    func resolveConfiguration() throws -> ServerConfiguration {
         let (defaultPath, defaultIsPrivate) = Self.defaultSocketPath()
         var configuration = ServerConfiguration(
             socketPath: defaultPath, listenAddress: try Self.address("127.0.0.1:9478", flag: "--listen"), version: Self.version)
@@ -76,10 +77,16 @@ struct P2PMetricsD: ParsableCommand {
         if let listen { configuration.listenAddress = try Self.address(listen, flag: "--listen") }
         if let udp { configuration.udpAddress = try Self.address(udp, flag: "--udp") }
         if let state { configuration.stateFile = try Self.path(state, flag: "--state") }
+        configuration.configFile = config
+        return configuration
+    }
+
+    func run() throws {
+        let configuration = try resolveConfiguration()
 
         // A scraper that hangs up mid-response must cost a failed write (EPIPE), not the process.
         signal(SIGPIPE, SIG_IGN)
-        let daemon = try Daemon(configuration: configuration)
+        let daemon = try Daemon(configuration: configuration, reloadConfiguration: config == nil ? nil : { try self.resolveConfiguration() })
         writeStandardError("p2pmetricsd \(Self.version): serving (\(daemon.socketOrigin))")
         let status = daemon.run()
         if status != 0 { throw ExitCode(status) }
