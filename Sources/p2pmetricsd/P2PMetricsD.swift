@@ -15,6 +15,8 @@ struct P2PMetricsD: ParsableCommand {
         and 'http' (stream) and binds nothing itself. Otherwise it binds --socket and --listen.
         Default socket: $P2PM_SOCKET, else /run/p2pmetricsd/ingest.sock when run as root, else \
         $XDG_RUNTIME_DIR/p2pmetricsd/ingest.sock, else /tmp/p2pmetricsd-UID/ingest.sock.
+        SIGHUP reloads --config (allow-lists, series limits, new metric entries); SIGTERM, SIGINT \
+        and the other terminating signals drain, save --state and exit 0.
         """,
         version: version
     )
@@ -22,10 +24,10 @@ struct P2PMetricsD: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Path of the ingest socket to bind.", valueName: "path"))
     var socket: String?
 
-    @Option(name: .long, help: ArgumentHelp("Address of the HTTP listener (default 127.0.0.1:9478).", valueName: "host:port"))
+    @Option(name: .long, help: ArgumentHelp("Address of the HTTP listener: HOST:PORT (a name or IPv4), [IPV6]:PORT, or :PORT for all addresses (default 127.0.0.1:9478).", valueName: "host:port"))
     var listen: String?
 
-    @Option(name: .long, help: ArgumentHelp("Also accept text StatsD over UDP on this address (off by default).", valueName: "host:port"))
+    @Option(name: .long, help: ArgumentHelp("Also accept text StatsD over UDP on this address, same forms as --listen (off by default).", valueName: "host:port"))
     var udp: String?
 
     @Option(name: .long, help: ArgumentHelp("Keep counter totals across restarts in this file (saved at shutdown, consumed at start).", valueName: "file"))
