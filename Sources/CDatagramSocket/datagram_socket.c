@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -127,6 +128,10 @@ int p2pmd_bind_datagram(const char *path, unsigned mode) {
 int p2pmd_bind_udp(const struct sockaddr *addr, unsigned length) {
     int fd = socket(addr->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
+    if (addr->sa_family == AF_INET6) {
+        int off = 0; /* [::]:PORT means IPv4 too, whatever net.ipv6.bindv6only says (as libuv does for TCP) */
+        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off));
+    }
     if (bind(fd, addr, (socklen_t)length) != 0) {
         int err = errno;
         close(fd);
