@@ -48,6 +48,18 @@ public final class Daemon: ExpositionSource {
         loop = .allocate(capacity: 1)
         uv_loop_init(loop)
 
+        // First: a signal during a long restore is then handled by the loop once it runs (drain,
+        // save, exit 0) instead of killing the process after the state file was consumed.
+        for signal in ProcessSignals.terminating + [SIGHUP] {
+            let handle = UnsafeMutablePointer<uv_signal_t>.allocate(capacity: 1)
+            uv_signal_init(loop, handle)
+            handle.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+            uv_signal_start(handle, { handle, signal in
+                guard let data = handle?.pointee.data else { return }
+                Unmanaged<Daemon>.fromOpaque(data).takeUnretainedValue().received(signal)
+            }, signal)
+            signals.append(handle)
+        }
         if configuration.udpAddress != nil, configuration.store.requiresCredentials {
             throw DaemonError("--udp cannot be combined with an allow-list: UDP datagrams carry no credentials")
         }
@@ -68,16 +80,6 @@ public final class Daemon: ExpositionSource {
         } catch {
             boundSocket?.remove()  // a daemon that fails to start leaves no socket file behind
             throw error
-        }
-        for signal in ProcessSignals.terminating + [SIGHUP] {
-            let handle = UnsafeMutablePointer<uv_signal_t>.allocate(capacity: 1)
-            uv_signal_init(loop, handle)
-            handle.pointee.data = Unmanaged.passUnretained(self).toOpaque()
-            uv_signal_start(handle, { handle, signal in
-                guard let data = handle?.pointee.data else { return }
-                Unmanaged<Daemon>.fromOpaque(data).takeUnretainedValue().received(signal)
-            }, signal)
-            signals.append(handle)
         }
         addTimer(every: 5_000) { $0.notifyStatus() }
         addTimer(every: 1_000) { $0.tick() }

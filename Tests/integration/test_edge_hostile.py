@@ -534,3 +534,46 @@ def test_ten_thousand_config_metric_entries_start_and_apply(tmp_path):
         d.stop()
     print(f"config with {n} metric entries: serving after {elapsed:.2f} s")
     assert elapsed < 60  # generous: the quadratic loader took 21.5 s; linear is well under 1 s
+
+
+def write_state_file(path: Path, series: int) -> None:
+    """A valid state file of `series` counters `big.c{i="N"} = N + 1`, written directly in the
+    documented layout (magic, length, CRC-32, length-prefixed datagrams)."""
+    import struct
+    import zlib
+    from wire import series as series_record, uvarint
+    payload = bytearray()
+    i = 0
+    while i < series:
+        d = bytearray(b"\xf5")
+        n = 0
+        while i < series and len(d) < 60_000:
+            d += series_record("big.c", {"i": str(i)}) + b"\x10" + uvarint(n) + uvarint(i + 1)
+            i += 1
+            n += 1
+        payload += struct.pack("<I", len(d)) + d
+    path.write_bytes(b"P2PMSNP1" + struct.pack("<QI", len(payload), zlib.crc32(payload)) + payload)
+
+
+def test_sigterm_during_a_long_restore_still_saves_the_state(tmp_path):
+    """The state file is consumed before its totals are applied: a SIGTERM then must not kill the
+    process (default action) with the totals only in memory."""
+    state = tmp_path / "counters.state"
+    n = 50_000  # about a second of restore (debug build) after the file is consumed
+    cfg = tmp_path / "limits.json"
+    cfg.write_text(json.dumps({"limits": {"max_series": n + 10, "max_series_per_metric": n + 10}}))
+    write_state_file(state, n)
+    log = tmp_path / "restore.log"
+    proc = subprocess.Popen([str(DAEMON_BIN), "--socket", str(tmp_path / "s.sock"), "--listen",
+                             f"127.0.0.1:{free_port()}", "--state", str(state), "--config", str(cfg)],
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while state.exists():  # consumed: the restore is being applied now
+        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log.read_text()
+    assert "SIGTERM: saving state and exiting" in log.read_text()
+    d = start_daemon(tmp_path, "--state", str(state), "--config", str(cfg))
+    d.stop()
+    assert f"restored counters from {state}: {n} samples restored, 0 refused\n" in d.log_path.read_text()
