@@ -20,9 +20,11 @@ struct IngestSocketFile {
         let directory = parentDirectory(of: path)
         if privateDirectory {
             try preparePrivateDirectory(directory)
-        } else if !directory.isEmpty, !fileExists(directory) {
-            guard mkdir(directory, 0o755) == 0 || errno == EEXIST else {
-                throw DaemonError("cannot create \(directory) for the ingest socket: \(lastError())")
+        } else {
+            if !directory.isEmpty, !fileExists(directory) {
+                guard mkdir(directory, 0o755) == 0 || errno == EEXIST else {
+                    throw DaemonError("cannot create \(directory) for the ingest socket: \(lastError())")
+                }
             }
         }
         var st = stat()
@@ -47,6 +49,12 @@ struct IngestSocketFile {
         guard lstat(path, &st) == 0 else {
             close(fd)
             throw DaemonError("cannot bind the ingest socket \(path): \(lastError())")
+        }
+        // Once bound (a failure stays one line): a directory anyone may unlink in is worth a warning.
+        var parent = stat()
+        if stat(directory.isEmpty ? "." : directory, &parent) == 0, parent.st_mode & 0o002 != 0, parent.st_mode & S_ISVTX == 0 {
+            writeStandardError(
+                "p2pmetricsd: warning: \(directory) is writable by everyone without the sticky bit: any local user can replace the ingest socket")
         }
         return IngestSocketFile(path: path, fd: fd, device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
     }

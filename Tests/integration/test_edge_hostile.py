@@ -381,6 +381,8 @@ def test_a_live_socket_is_never_taken_over_on_an_ambiguous_probe(tmp_path):
             while scrape(port).get(("owner_alive", frozenset())) != 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert scrape(port).get(("owner_alive", frozenset())) == 1
+        assert (f"p2pmetricsd: warning: {shared} is writable by everyone without the sticky bit: any local "
+                f"user can replace the ingest socket") in (tmp_path / "owner.log").read_text()
         # A stale socket file of another user (root's, mode 0666 so the probe reaches it) is not
         # ours to replace either.
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
