@@ -236,6 +236,17 @@ def test_self_bound_socket_file_is_removed_on_exit(tmp_path):
     assert not os.path.lexists(d.socket_path)
 
 
+def test_a_daemon_that_fails_to_start_leaves_no_socket_file(tmp_path):
+    sock = tmp_path / "ingest.sock"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = one_line(run_cli("--socket", str(sock), "--listen", f"127.0.0.1:{port}"))
+    assert line == f"p2pmetricsd: cannot listen on 127.0.0.1:{port}: address already in use"
+    assert not os.path.lexists(sock)
+
+
 def test_a_replaced_socket_file_is_not_removed_on_exit(tmp_path):
     """Only the file this daemon bound is removed: a successor's socket at the path stays."""
     d = start_daemon(tmp_path)
