@@ -34,7 +34,7 @@ public struct NetworkAddress: Sendable, CustomStringConvertible {
                 throw Invalid(reason: "an IPv6 address must be in brackets, e.g. [\(host)]:\(portText)")
             }
         }
-        guard !portText.isEmpty, portText.allSatisfy(\.isASCII), let port = UInt16(portText) else {
+        guard !portText.isEmpty, portText.utf8.allSatisfy({ (0x30...0x39).contains($0) }), let port = UInt16(portText) else {
             throw Invalid(reason: "the port must be a number from 0 to 65535")
         }
         socketAddress = try Self.resolve(host, port: port)
