@@ -195,32 +195,12 @@ public final class Daemon: ExpositionSource {
             writeStandardError("p2pmetricsd: SIGHUP: reload refused, the running configuration stays: \(line)")
             return
         }
-        let old = configuration
-        var kept: [String] = []
-        func keep(_ key: String, _ changed: Bool) { if changed { kept.append(key) } }
-        keep("socket", new.socketPath != old.socketPath)
-        keep("listen", new.listenAddress.description != old.listenAddress.description)
-        keep("udp", new.udpAddress?.description != old.udpAddress?.description)
-        keep("state_file", new.stateFile != old.stateFile)
-        keep("socket_mode", new.socketMode != old.socketMode)
-        keep("receive_buffer_bytes", new.receiveBufferBytes != old.receiveBufferBytes)
-        keep("limits.max_http_connections", new.maxConnections != old.maxConnections)
-        keep("limits.max_http_head_bytes", new.httpLimits.maxHeadBytes != old.httpLimits.maxHeadBytes)
-        keep("limits.max_http_headers", new.httpLimits.maxHeaderCount != old.httpLimits.maxHeaderCount)
-        keep("limits.idle_timeout_seconds", new.idleTimeoutMilliseconds != old.idleTimeoutMilliseconds)
-        keep("limits.request_timeout_seconds", new.requestTimeoutMilliseconds != old.requestTimeoutMilliseconds)
-        keep("limits.max_tracked_processes", new.store.maxTrackedProcesses != old.store.maxTrackedProcesses)
-        keep("track_process_gauges", new.store.trackProcessGauges != old.store.trackProcessGauges)
-        let existing = Set(store.families.map(\.name))
-        let before = Dictionary(old.store.metrics.map { ($0.exposedName, $0) }, uniquingKeysWith: { $1 })
-        for d in new.store.metrics where existing.contains(d.exposedName) && before[d.exposedName] != d {
-            kept.append("metrics.\(d.name)")
-        }
+        let kept = new.keysKeptUntilRestart(running: configuration, existingMetrics: Set(store.families.map(\.name)))
         store.reconfigure(new.store)
         configuration.store = store.configuration
         let path = new.configFile ?? "the configuration"
         writeStandardError(
-            "p2pmetricsd: SIGHUP: reloaded \(path)\(kept.isEmpty ? "" : "; kept until a restart: \(kept.sorted().joined(separator: ", "))")")
+            "p2pmetricsd: SIGHUP: reloaded \(path)\(kept.isEmpty ? "" : "; kept until a restart: \(kept.joined(separator: ", "))")")
     }
 
     /// Stops a self-bound ingest socket from accepting (senders get EPIPE), drains what the kernel

@@ -43,3 +43,31 @@ public struct DaemonError: Error, CustomStringConvertible, Sendable {
     public let description: String
     public init(_ description: String) { self.description = description }
 }
+
+extension ServerConfiguration {
+    /// The keys that differ from the `running` configuration but only take effect at a restart
+    /// (sockets, listeners, HTTP limits, process tracking, and entries of metrics in
+    /// `existingMetrics` — exposed names — whose families keep what they were created with), sorted.
+    public func keysKeptUntilRestart(running: ServerConfiguration, existingMetrics: Set<String>) -> [String] {
+        var kept: [String] = []
+        func keep(_ key: String, _ changed: Bool) { if changed { kept.append(key) } }
+        keep("socket", socketPath != running.socketPath)
+        keep("listen", listenAddress.description != running.listenAddress.description)
+        keep("udp", udpAddress?.description != running.udpAddress?.description)
+        keep("state_file", stateFile != running.stateFile)
+        keep("socket_mode", socketMode != running.socketMode)
+        keep("receive_buffer_bytes", receiveBufferBytes != running.receiveBufferBytes)
+        keep("limits.max_http_connections", maxConnections != running.maxConnections)
+        keep("limits.max_http_head_bytes", httpLimits.maxHeadBytes != running.httpLimits.maxHeadBytes)
+        keep("limits.max_http_headers", httpLimits.maxHeaderCount != running.httpLimits.maxHeaderCount)
+        keep("limits.idle_timeout_seconds", idleTimeoutMilliseconds != running.idleTimeoutMilliseconds)
+        keep("limits.request_timeout_seconds", requestTimeoutMilliseconds != running.requestTimeoutMilliseconds)
+        keep("limits.max_tracked_processes", store.maxTrackedProcesses != running.store.maxTrackedProcesses)
+        keep("track_process_gauges", store.trackProcessGauges != running.store.trackProcessGauges)
+        let before = Dictionary(running.store.metrics.map { ($0.exposedName, $0) }, uniquingKeysWith: { $1 })
+        for d in store.metrics where existingMetrics.contains(d.exposedName) && before[d.exposedName] != d {
+            kept.append("metrics.\(d.name)")
+        }
+        return kept.sorted()
+    }
+}

@@ -101,6 +101,22 @@ struct EdgeTests {
         #expect(SupplementaryGroups.read(SenderCredentials(pid: Int32.max, uid: 0, gid: 0)) == [])
     }
 
+    @Test("a reload names what only a restart applies, including entries of metrics that have series")
+    func keptUntilRestart() throws {
+        let running = ServerConfiguration(
+            socketPath: "/run/a.sock", listenAddress: try NetworkAddress(parsing: "127.0.0.1:9478"), version: "t")
+        var new = running
+        #expect(new.keysKeptUntilRestart(running: running, existingMetrics: []) == [])
+        new.listenAddress = try NetworkAddress(parsing: ":9478")
+        new.maxConnections = 5
+        new.store.allowedUIDs = [1]  // applied at once: not listed
+        new.store.maxSeries = 10  // applied at once: not listed
+        new.store.metrics.append(MetricDescriptor(name: "old.one", type: .gauge, help: "changed"))
+        new.store.metrics.append(MetricDescriptor(name: "new.one", type: .gauge, help: "new"))
+        #expect(new.keysKeptUntilRestart(running: running, existingMetrics: ["old_one"])
+                == ["limits.max_http_connections", "listen", "metrics.old.one"])
+    }
+
     @Test("signal names for the log")
     func signalNames() {
         #expect(ProcessSignals.name(SIGTERM) == "SIGTERM")
