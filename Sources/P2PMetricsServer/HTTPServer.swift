@@ -4,31 +4,55 @@ import Glibc
 import P2PMetricsExposition
 import P2PMetricsHTTP
 
-/// What the HTTP side needs from the daemon: the exposition and a place to count responses.
+/// What the HTTP side needs from the daemon: the exposition, the ingest socket, and a place to
+/// count responses.
 protocol ExpositionSource: AnyObject {
-    /// Appends the self-metrics that open every scrape.
+    /// Appends the self-metrics that open every rendering (a rendering is in progress from here
+    /// until `renderEnded`).
     func beginScrape(into out: inout [UInt8], format: ExpositionFormat)
     /// Appends the next slice of the store's exposition; returns true when it is complete.
     func renderSlice(_ renderer: inout ExpositionRenderer, into out: inout [UInt8], budget: Int) -> Bool
+    /// A rendering finished or was dropped.
+    func renderEnded()
+    /// A complete /metrics response was sent.
     func scrapeFinished(durationSeconds: Double, format: ExpositionFormat)
-    /// A sliced scrape whose connection went away before it finished.
-    func scrapeAborted()
     func countResponse(_ status: HTTPStatus)
+    /// Receives a bounded batch from the ingest socket (called between render slices).
+    func drainIngest()
 }
 
-/// The HTTP/1.1 listener: keep-alive, pipelining, bounded heads, timeouts, a connection cap.
+/// Why a connection was closed to make room for a new one at the cap.
+enum EvictionReason: String, CaseIterable {
+    /// Never completed a request (idle since accepted, or a slow head).
+    case noRequest = "no_request"
+    /// Between requests of a keep-alive connection.
+    case idle
+    /// A response the client has not read from for a while.
+    case stalled
+}
+
+/// The HTTP/1.x listener: keep-alive, pipelining, bounded heads, timeouts, a connection cap at
+/// which the least useful connection is evicted so that a new scrape always gets in.
 final class HTTPServer {
-    /// Bytes rendered per slice of a large scrape: well under a millisecond of work, after which
-    /// the loop gets to drain the ingest socket again.
-    static let sliceBytes = 64 * 1024
+    /// Bytes handed to the kernel per write of a response body (a progress step of the send timeout).
+    static let writeBytes = 256 * 1024
+    /// A response whose client has read nothing for this long may be evicted at the cap.
+    static let stalledMilliseconds: UInt64 = 1_000
 
     let loop: UnsafeMutablePointer<uv_loop_t>
     let configuration: ServerConfiguration
     unowned let source: ExpositionSource
+    let renderer: RenderScheduler
+    /// One read buffer for all connections: each read is consumed before the next one starts.
+    let readBuffer = UnsafeMutableRawPointer.allocate(byteCount: HTTPServer.readBufferBytes, alignment: 16)
+    static let readBufferBytes = 16 * 1024
     private let listener: UnsafeMutableRawPointer
     private let isPipe: Bool
     private var connections: [ObjectIdentifier: HTTPConnection] = [:]
+    /// Connections not yet closing (the cap counts these).
+    private var openConnections = 0
     private(set) var refusedConnections: UInt64 = 0
+    private(set) var evictedConnections = [UInt64](repeating: 0, count: EvictionReason.allCases.count)
 
     var stream: UnsafeMutablePointer<uv_stream_t> { listener.assumingMemoryBound(to: uv_stream_t.self) }
 
@@ -38,6 +62,7 @@ final class HTTPServer {
         self.loop = loop
         self.configuration = configuration
         self.source = source
+        renderer = RenderScheduler(loop: loop, source: source)
         if let fd = inheritedFD, p2pmd_socket_family(fd) == AF_UNIX {
             isPipe = true
             listener = .allocate(byteCount: uv_handle_size(UV_NAMED_PIPE), alignment: 16)
@@ -84,6 +109,13 @@ final class HTTPServer {
         guard bound == 0 else { throw DaemonError("cannot listen on \(address): \(uvError(bound))") }
     }
 
+    /// Connection counts for the self-metrics: open, refused at the cap, evicted by reason.
+    var connectionStatistics: HTTPConnectionStatistics {
+        HTTPConnectionStatistics(
+            open: openConnections, refused: refusedConnections,
+            evicted: zip(EvictionReason.allCases, evictedConnections).map { ($0.rawValue, $1) })
+    }
+
     private func accept() {
         let client = UnsafeMutableRawPointer.allocate(
             byteCount: uv_handle_size(isPipe ? UV_NAMED_PIPE : UV_TCP), alignment: 16)
@@ -93,14 +125,42 @@ final class HTTPServer {
             uv_tcp_init(loop, client.assumingMemoryBound(to: uv_tcp_t.self))
         }
         let clientStream = client.assumingMemoryBound(to: uv_stream_t.self)
-        guard uv_accept(stream, clientStream) == 0, connections.count < configuration.maxConnections else {
+        guard uv_accept(stream, clientStream) == 0, openConnections < configuration.maxConnections || evictOne() else {
             refusedConnections += 1
             closeAndFree(client.assumingMemoryBound(to: uv_handle_t.self))
             return
         }
         let connection = HTTPConnection(server: self, stream: clientStream)
         connections[ObjectIdentifier(connection)] = connection
+        openConnections += 1
         connection.start()
+    }
+
+    /// Closes the connection that matters least, so that a new one fits: the oldest that never
+    /// completed a request, else the longest idle keep-alive one, else the longest stalled
+    /// response. Returns false when every connection is busy with a request making progress.
+    private func evictOne() -> Bool {
+        let now = uv_now(loop)
+        var best: (reason: EvictionReason, since: UInt64, connection: HTTPConnection)?
+        for connection in connections.values {
+            guard let (reason, since) = connection.evictability(now: now) else { continue }
+            if let current = best {
+                let rank = EvictionReason.allCases.firstIndex(of: reason) ?? 0
+                let currentRank = EvictionReason.allCases.firstIndex(of: current.reason) ?? 0
+                guard rank < currentRank || (rank == currentRank && since < current.since) else { continue }
+            }
+            best = (reason, since, connection)
+        }
+        guard let best else { return false }
+        evictedConnections[EvictionReason.allCases.firstIndex(of: best.reason) ?? 0] += 1
+        best.connection.close()
+        return true
+    }
+
+    /// A connection started closing: it no longer counts against the cap.
+    func closing(_ connection: HTTPConnection) {
+        openConnections -= 1
+        renderer.cancel(connection)
     }
 
     func remove(_ connection: HTTPConnection) {
@@ -109,9 +169,12 @@ final class HTTPServer {
 
     /// Closes the listener and every connection.
     func close() {
+        renderer.close()
         for connection in connections.values { connection.close() }
         closeAndFree(listener.assumingMemoryBound(to: uv_handle_t.self))
     }
+
+    deinit { readBuffer.deallocate() }
 }
 
 /// One client connection and the response it is being sent.
@@ -119,20 +182,26 @@ final class HTTPConnection {
     private unowned let server: HTTPServer
     private let stream: UnsafeMutablePointer<uv_stream_t>
     private let timer: UnsafeMutablePointer<uv_timer_t>
-    private let readBuffer = UnsafeMutableRawPointer.allocate(byteCount: 16 * 1024, alignment: 16)
     private var input: [UInt8] = []
     private var requestStarted = false
     private var responding = false
     private var closeAfterResponse = false
     private var closing = false
+    /// The client shut down its sending side: answer what it asked, then close.
+    private var peerFinished = false
     private var openHandles = 2
+    private var completedRequests = 0
+    /// Loop time (ms) of acceptance, and of the last completed request or write.
+    private var acceptedAt: UInt64 = 0
+    private var lastProgress: UInt64 = 0
 
-    // The scrape in progress.
-    private var renderer: ExpositionRenderer?
-    private var gzip: GzipStream?
-    private var chunked = false
+    // The scrape in progress: its request, then the shared body being sent.
     private var scrapeStart: UInt64 = 0
-    private var scrapeFormat = ExpositionFormat.prometheusText
+    private var scrapeMinorVersion = 1
+    private var scrapeKeepAlive = true
+    private var waitingForBody = false
+    private var body: RenderedBody?
+    private var bodyOffset = 0
 
     init(server: HTTPServer, stream: UnsafeMutablePointer<uv_stream_t>) {
         self.server = server
@@ -144,21 +213,33 @@ final class HTTPConnection {
         timer.pointee.data = me
     }
 
-    deinit { readBuffer.deallocate() }
-
     private static func from(_ data: UnsafeMutableRawPointer?) -> HTTPConnection? {
         data.map { Unmanaged<HTTPConnection>.fromOpaque($0).takeUnretainedValue() }
     }
 
     func start() {
+        acceptedAt = uv_now(server.loop)
+        lastProgress = acceptedAt
         arm(server.configuration.idleTimeoutMilliseconds)
         startReading()
     }
 
+    /// Whether this connection may be evicted to make room, why, and since when it has done nothing.
+    func evictability(now: UInt64) -> (EvictionReason, UInt64)? {
+        guard !closing, !waitingForBody else { return nil }  // rendering for it is the daemon's time, not the client's
+        if responding {
+            guard now - lastProgress >= HTTPServer.stalledMilliseconds else { return nil }
+            return (.stalled, lastProgress)
+        }
+        return completedRequests == 0 ? (.noRequest, acceptedAt) : (.idle, lastProgress)
+    }
+
     private func startReading() {
+        guard !peerFinished else { return }
         uv_read_start(stream, { handle, _, buf in
             guard let handle, let buf, let connection = HTTPConnection.from(handle.pointee.data) else { return }
-            buf.pointee = uv_buf_init(connection.readBuffer.assumingMemoryBound(to: CChar.self), 16 * 1024)
+            buf.pointee = uv_buf_init(connection.server.readBuffer.assumingMemoryBound(to: CChar.self),
+                                      UInt32(HTTPServer.readBufferBytes))
         }, { stream, nread, _ in
             guard let stream, let connection = HTTPConnection.from(stream.pointee.data) else { return }
             connection.didRead(nread)
@@ -166,9 +247,16 @@ final class HTTPConnection {
     }
 
     private func didRead(_ nread: Int) {
+        if nread == Int(UV_EOF.rawValue) {
+            // A half-closed request still gets its whole response.
+            peerFinished = true
+            uv_read_stop(stream)
+            if !responding { processInput() }
+            return
+        }
         if nread < 0 { close(); return }
         guard nread > 0 else { return }
-        input.append(contentsOf: UnsafeRawBufferPointer(start: readBuffer, count: nread))
+        input.append(contentsOf: UnsafeRawBufferPointer(start: server.readBuffer, count: nread))
         if input.count > server.configuration.httpLimits.maxHeadBytes * 2 {
             // A client that pipelines more than we are willing to hold waits until we catch up.
             uv_read_stop(stream)
@@ -180,6 +268,7 @@ final class HTTPConnection {
     private func processInput() {
         guard !closing, !responding else { return }
         if input.isEmpty {
+            if peerFinished { close(); return }
             requestStarted = false
             arm(server.configuration.idleTimeoutMilliseconds)
             startReading()
@@ -188,6 +277,7 @@ final class HTTPConnection {
         let result = input.withUnsafeBytes { HTTPRequestParser.parse($0, limits: server.configuration.httpLimits) }
         switch result {
         case .incomplete:
+            if peerFinished { close(); return }  // the rest of the head will never come
             if !requestStarted {
                 requestStarted = true
                 arm(server.configuration.requestTimeoutMilliseconds)
@@ -203,7 +293,6 @@ final class HTTPConnection {
             handle(head)
         }
     }
-
     private func handle(_ head: HTTPRequestHead) {
         let keepAlive = head.keepAlive && !head.hasBody
         let minor = head.minorVersion
@@ -248,103 +337,81 @@ final class HTTPConnection {
         write(bytes)
     }
 
-    private func beginScrape(minorVersion: Int, keepAlive: Bool, format: ExpositionFormat, gzip useGzip: Bool) {
+    /// Asks for the shared rendering; `deliver` sends it. No timeout runs while the daemon renders.
+    private func beginScrape(minorVersion: Int, keepAlive: Bool, format: ExpositionFormat, gzip: Bool) {
         server.source.countResponse(.ok)
         responding = true
+        waitingForBody = true
         scrapeStart = uv_hrtime()
-        scrapeFormat = format
-        var body: [UInt8] = []
-        body.reserveCapacity(HTTPServer.sliceBytes + 4096)
-        server.source.beginScrape(into: &body, format: format)
-        var renderer = ExpositionRenderer(format: format)
-        let finished = server.source.renderSlice(&renderer, into: &body, budget: HTTPServer.sliceBytes)
-        gzip = useGzip ? GzipStream() : nil
+        scrapeMinorVersion = minorVersion
+        scrapeKeepAlive = keepAlive
+        uv_timer_stop(timer)
+        server.renderer.request(format: format, gzip: gzip, for: self)
+    }
+
+    /// Sends a finished rendering with its exact `Content-Length` (HTTP/1.0 and 1.1 alike: a cut
+    /// body can never look complete), in steps of `HTTPServer.writeBytes`.
+    func deliver(_ rendered: RenderedBody) {
+        guard !closing else { return }
+        waitingForBody = false
+        body = rendered
+        bodyOffset = 0
+        closeAfterResponse = !scrapeKeepAlive
         var headers = [("Vary", "Accept, Accept-Encoding")]
-        if let gzip {
-            headers.append(("Content-Encoding", "gzip"))
-            body = gzip.compress(body, finish: finished)
-        }
-        if finished {
-            gzip = nil
-            closeAfterResponse = !keepAlive
-            var out = HTTPResponseHead.make(.ok, minorVersion: minorVersion, keepAlive: keepAlive,
-                                            contentType: format.contentType, framing: .contentLength(body.count),
-                                            extraHeaders: headers)
-            out += body
-            scrapeDone()
-            write(out)
-            return
-        }
-        self.renderer = renderer
-        chunked = minorVersion == 1
-        closeAfterResponse = !keepAlive || !chunked
-        var out = HTTPResponseHead.make(.ok, minorVersion: minorVersion, keepAlive: !closeAfterResponse,
-                                        contentType: format.contentType, framing: chunked ? .chunked : .untilClose,
-                                        extraHeaders: headers)
-        appendBody(body, to: &out)
-        write(out)
+        if rendered.gzipped { headers.append(("Content-Encoding", "gzip")) }
+        write(HTTPResponseHead.make(.ok, minorVersion: scrapeMinorVersion, keepAlive: scrapeKeepAlive,
+                                    contentType: rendered.format.contentType,
+                                    framing: .contentLength(rendered.storage.count), extraHeaders: headers))
     }
 
-    private func appendBody(_ body: [UInt8], to out: inout [UInt8]) {
-        guard !body.isEmpty else { return }  // an empty chunk would end a chunked body
-        guard chunked else { out += body; return }
-        out += Array(String(body.count, radix: 16).utf8)
-        out += [0x0D, 0x0A]
-        out += body
-        out += [0x0D, 0x0A]
-    }
-
-    private func scrapeDone() {
-        server.source.scrapeFinished(durationSeconds: Double(uv_hrtime() - scrapeStart) / 1e9, format: scrapeFormat)
-    }
-
-    /// Called when a write finished: continues a sliced scrape, or ends the response.
+    /// Called when a write finished: sends the next part of a body, or ends the response.
     private func didWrite(_ status: Int32) {
         guard status == 0, !closing else { close(); return }
-        if var renderer {
-            if renderer.isFinished {
-                self.renderer = nil
-                scrapeDone()
-                if chunked {
-                    write([0x30, 0x0D, 0x0A, 0x0D, 0x0A])  // last chunk
-                    return
-                }
-            } else {
-                var body: [UInt8] = []
-                body.reserveCapacity(HTTPServer.sliceBytes + 4096)
-                let finished = server.source.renderSlice(&renderer, into: &body, budget: HTTPServer.sliceBytes)
-                self.renderer = renderer
-                if let gzip {
-                    body = gzip.compress(body, finish: finished)
-                    if finished { self.gzip = nil }
-                }
-                var out: [UInt8] = []
-                appendBody(body, to: &out)
-                write(out)
+        lastProgress = uv_now(server.loop)
+        if let body {
+            let storage = body.storage
+            if bodyOffset < storage.count, let base = storage.base {
+                let count = min(HTTPServer.writeBytes, storage.count - bodyOffset)
+                let start = base + bodyOffset
+                bodyOffset += count
+                write(start, count: count, owner: body)
                 return
             }
+            self.body = nil
+            server.source.scrapeFinished(durationSeconds: Double(uv_hrtime() - scrapeStart) / 1e9, format: body.format)
         }
         responding = false
+        completedRequests += 1
         if closeAfterResponse { close(); return }
         processInput()
     }
 
+    /// Writes a copy of `bytes`.
     private func write(_ bytes: [UInt8]) {
-        arm(server.configuration.requestTimeoutMilliseconds)
+        let copy = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
+        bytes.withUnsafeBytes { source in
+            if let from = source.baseAddress { copy.copyMemory(from: from, byteCount: source.count) }
+        }
+        write(copy, count: bytes.count, owner: OwnedBytes(copy))
+    }
+
+    /// Writes `count` bytes at `start`, which `owner` keeps alive until the write callback (libuv
+    /// calls it even when the connection is closed first, with `UV_ECANCELED`).
+    private func write(_ start: UnsafeMutableRawPointer, count: Int, owner: AnyObject) {
+        arm(server.configuration.requestTimeoutMilliseconds)  // the send timeout: progress or close
         let request = UnsafeMutablePointer<uv_write_t>.allocate(capacity: 1)
-        let storage = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
-        bytes.withUnsafeBytes { storage.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
-        request.pointee.data = storage
-        var buf = uv_buf_init(storage.assumingMemoryBound(to: CChar.self), UInt32(bytes.count))
+        let retained = Unmanaged.passRetained(owner)
+        request.pointee.data = retained.toOpaque()
+        var buf = uv_buf_init(start.assumingMemoryBound(to: CChar.self), UInt32(count))
         let rc = uv_write(request, stream, &buf, 1) { request, status in
             guard let request else { return }
-            request.pointee.data?.deallocate()
+            if let owner = request.pointee.data { Unmanaged<AnyObject>.fromOpaque(owner).release() }
             let connection = HTTPConnection.from(request.pointee.handle?.pointee.data)
             request.deallocate()
             connection?.didWrite(status)
         }
         if rc != 0 {
-            storage.deallocate()
+            retained.release()
             request.deallocate()
             close()
         }
@@ -367,17 +434,16 @@ final class HTTPConnection {
             respond(HTTPResponseHead.simple(.requestTimeout, body: "Request Timeout\n", minorVersion: 1, keepAlive: false),
                     status: .requestTimeout, close: true)
         } else {
-            close()
+            close()  // idle, or a response the client stopped reading: its buffers go with it
         }
     }
 
     func close() {
         guard !closing else { return }
         closing = true
-        if renderer != nil {
-            renderer = nil
-            server.source.scrapeAborted()
-        }
+        server.closing(self)
+        body = nil
+        waitingForBody = false
         uv_timer_stop(timer)
         let done: uv_close_cb = { handle in
             guard let handle else { return }
@@ -393,6 +459,13 @@ final class HTTPConnection {
         openHandles -= 1
         if openHandles == 0 { server.remove(self) }
     }
+}
+
+/// A heap copy of bytes being written, freed with its owner.
+private final class OwnedBytes {
+    let pointer: UnsafeMutableRawPointer
+    init(_ pointer: UnsafeMutableRawPointer) { self.pointer = pointer }
+    deinit { pointer.deallocate() }
 }
 
 func uvError(_ code: Int32) -> String {
