@@ -27,7 +27,8 @@ enum EvictionReason: String, CaseIterable {
     case noRequest = "no_request"
     /// Between requests of a keep-alive connection.
     case idle
-    /// A response the client has not read from for a while.
+    /// A response the client has not read from for a while, or reads so slowly that the rendering
+    /// it holds must go (see `HTTPServer.retainedRenderingBytes`).
     case stalled
 }
 
@@ -38,6 +39,9 @@ final class HTTPServer {
     static let writeBytes = 256 * 1024
     /// A response whose client has read nothing for this long may be evicted at the cap.
     static let stalledMilliseconds: UInt64 = 1_000
+    /// Renderings still being sent may hold this many bytes (or four times the newest one, if
+    /// more); past it, the connections still sending the oldest ones are closed.
+    static let retainedRenderingBytes = 64 << 20
 
     let loop: UnsafeMutablePointer<uv_loop_t>
     let configuration: ServerConfiguration
@@ -81,6 +85,7 @@ final class HTTPServer {
                 try Self.bind(tcp, to: configuration.listenAddress)
             }
         }
+        renderer.onCompleted = { [unowned self] newest in self.limitRetainedRenderings(newest: newest) }
         stream.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         let rc = uv_listen(stream, 128) { server, status in
             guard let server, let data = server.pointee.data, status == 0 else { return }
@@ -157,6 +162,26 @@ final class HTTPServer {
         return true
     }
 
+    /// Keeps the memory of renderings that slow or stalled clients are still being sent bounded:
+    /// each holds its whole body, so past the budget the connections holding the oldest ones are
+    /// closed (counted as `stalled`), never one holding the newest rendering.
+    private func limitRetainedRenderings(newest: RenderedBody) {
+        var holders: [ObjectIdentifier: (body: RenderedBody, connections: [HTTPConnection])] = [:]
+        for connection in connections.values {
+            guard let body = connection.sendingBody, body.sequence < newest.sequence else { continue }
+            holders[ObjectIdentifier(body), default: (body, [])].connections.append(connection)
+        }
+        var total = newest.storage.count + holders.values.reduce(0) { $0 + $1.body.storage.count }
+        let budget = max(Self.retainedRenderingBytes, 4 * newest.storage.count)
+        for (body, holding) in holders.values.sorted(by: { $0.body.sequence < $1.body.sequence }) where total > budget {
+            total -= body.storage.count
+            for connection in holding {
+                evictedConnections[EvictionReason.allCases.firstIndex(of: .stalled) ?? 0] += 1
+                connection.close()
+            }
+        }
+    }
+
     /// A connection started closing: it no longer counts against the cap.
     func closing(_ connection: HTTPConnection) {
         openConnections -= 1
@@ -202,6 +227,9 @@ final class HTTPConnection {
     private var waitingForBody = false
     private var body: RenderedBody?
     private var bodyOffset = 0
+
+    /// The rendering this connection is sending, if any.
+    var sendingBody: RenderedBody? { body }
 
     init(server: HTTPServer, stream: UnsafeMutablePointer<uv_stream_t>) {
         self.server = server

@@ -22,7 +22,7 @@ public struct ServerConfiguration: Sendable {
     /// A request head must arrive whole within this long of its first byte; a response must make
     /// progress within this long.
     public var requestTimeoutMilliseconds: UInt64 = 10_000
-    public var maxConnections = 64
+    public var maxConnections = 1_024
     public var store = StoreConfiguration()
     public var version: String
 

@@ -33,8 +33,11 @@ final class RenderedBody {
     let storage: ByteStorage
     let format: ExpositionFormat
     let gzipped: Bool
+    /// Increases with every rendering completed: lower is older.
+    let sequence: UInt64
 
-    init(storage: ByteStorage, format: ExpositionFormat, gzipped: Bool) {
+    init(storage: ByteStorage, format: ExpositionFormat, gzipped: Bool, sequence: UInt64) {
+        self.sequence = sequence
         self.storage = storage
         self.format = format
         self.gzipped = gzipped
@@ -51,7 +54,7 @@ final class RenderedBody {
 /// one slice, at once: then they are current). A rendering nobody waits for any more is dropped.
 final class RenderScheduler {
     /// Bytes rendered (then compressed) per slice: a fraction of a millisecond of work.
-    static let sliceBytes = 16 * 1024
+    static let sliceBytes = 4 * 1024
 
     private final class Job {
         let format: ExpositionFormat
@@ -73,6 +76,9 @@ final class RenderScheduler {
     private var jobs: [Job] = []
     private var nextJob = 0
     private var idleRunning = false
+    private var completed: UInt64 = 0
+    /// Called with each completed rendering, after its waiters have it.
+    var onCompleted: (RenderedBody) -> Void = { _ in }
 
     init(loop: UnsafeMutablePointer<uv_loop_t>, source: ExpositionSource) {
         self.source = source
@@ -146,10 +152,12 @@ final class RenderScheduler {
         job.body.append(slice)
         guard finished else { return false }
         source.renderEnded()
-        let body = RenderedBody(storage: job.body, format: job.format, gzipped: job.gzip != nil)
+        completed += 1
+        let body = RenderedBody(storage: job.body, format: job.format, gzipped: job.gzip != nil, sequence: completed)
         let waiters = job.waiters
         job.waiters = []
         for connection in waiters { connection.deliver(body) }
+        onCompleted(body)
         return true
     }
 

@@ -123,3 +123,204 @@ def test_http_1_0_bodies_are_delimited_and_never_chunked(daemon):
             while len(raw.partition(b"\r\n\r\n")[2]) < length:
                 raw += s.recv(1 << 20)
             assert len(raw.partition(b"\r\n\r\n")[2]) == length
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_idle_slow_and_half_open_connections_cannot_lock_out_a_scrape(tmp_path):
+    """Issue 14: 300 idle half-open connections used to lock Prometheus out for the 10 s head
+    timeout (cap 64). Now the oldest connection without a completed request is evicted."""
+    d = start_daemon(tmp_path)
+    fill(d, 5_000)
+    held = []
+    rss_before = rss_kib(d.proc.pid)
+    try:
+        for i in range(1_200):
+            s = socket.create_connection(("127.0.0.1", d.port))
+            if i % 4 == 1:
+                s.sendall(b"GET /metr")  # a slow head
+            elif i % 4 == 2:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # a scraper that never reads
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            elif i % 4 == 3:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /-/hea")  # one request done, then slow
+            held.append(s)
+        time.sleep(0.5)
+        rss_held = rss_kib(d.proc.pid)
+        for attempt in range(5):
+            start = time.monotonic()
+            status, headers, body = None, None, None
+            with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                status, headers, body = decode_response(read_all(s, timeout=10))
+            elapsed = time.monotonic() - start
+            assert status == "HTTP/1.1 200 OK"
+            m = parse_exposition(body.decode())
+            assert sum(1 for (name, _) in m if name == "p2p_bytes_transferred_total") == 5_000
+            assert elapsed < 5, f"scrape took {elapsed:.2f} s with {len(held)} hostile connections"
+            print(f"lock-out: scrape {attempt} served in {elapsed * 1000:.0f} ms past 1,200 hostile connections")
+        m = d.scrape()
+        evicted = {dict(labels)["reason"]: v for (name, labels), v in m.items()
+                   if name == "p2pmetricsd_http_connections_evicted_total"}
+        assert set(evicted) == {"no_request", "idle", "stalled"}
+        # The default cap is 1,024: every connection past it evicted one that never completed a
+        # request (the idle ones and slow heads, oldest first), and the first scrape one more
+        # (each later scrape took the slot its predecessor freed).
+        assert evicted == {"no_request": 1_200 - 1_024 + 1, "idle": 0, "stalled": 0}
+        assert m[("p2pmetricsd_http_connections_refused_total", frozenset())] == 0
+        assert m[("p2pmetricsd_http_connections", frozenset())] <= 1_024
+        print(f"lock-out: evicted {evicted}; RSS {rss_before} KiB → {rss_held} KiB with 1,024 connections held")
+        assert rss_held - rss_before < 64 * 1024  # bounded per connection (no per-connection copy of a body)
+    finally:
+        for s in held:
+            s.close()
+        d.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _scraper(port: int, use_gzip: bool, seconds: float, results) -> None:
+    import http.client
+    done, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"} if use_gzip else {})
+        r = conn.getresponse()
+        body = r.read()
+        conn.close()
+        assert r.status == 200 and len(body) > 0
+        done += 1
+    results.put(done)
+
+
+def _blocking_sender(path: str, seconds: float, results) -> None:
+    sent, deadline = 0, time.monotonic() + seconds
+    datagram = counter("ingest.exact", 1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        while time.monotonic() < deadline:
+            s.sendto(datagram, path)
+            sent += 1
+    results.put(sent)
+
+
+def _paced_sender(path: str, rate: int, seconds: float, results) -> None:
+    """Non-blocking, at a fixed rate: what it could not send (EAGAIN) is a drop."""
+    sent = dropped = 0
+    datagram = counter("ingest.paced", 1)
+    start = time.monotonic()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        while (now := time.monotonic()) - start < seconds:
+            due = int((now - start) * rate)
+            while sent + dropped < due:
+                try:
+                    s.sendto(datagram, path)
+                    sent += 1
+                except BlockingIOError:
+                    dropped += 1
+            time.sleep(0.0005)
+    results.put((sent, dropped))
+
+
+def _run(ctx, target, args_list):
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, results)) for args in args_list]
+    for p in procs:
+        p.start()
+    return procs, results
+
+
+def _collect(procs, results):
+    for p in procs:
+        p.join(120)
+    return [results.get(timeout=10) for _ in procs]
+
+
+def test_ingest_keeps_priority_over_concurrent_scrapes(tmp_path):
+    """Issue 19: 4 concurrent scrapers used to make a non-blocking sender lose 90 % (98 % with
+    gzip). Scaled down: 30 k series, 8 scrapers (half gzip) in loops. Blocking senders must lose
+    nothing; the non-blocking sender's drops are measured and reported (the machine is shared)."""
+    ctx = multiprocessing.get_context("fork")
+    d = start_daemon(tmp_path)
+    try:
+        fill(d, 30_000)
+        seconds = 4.0
+        # Drops of a paced non-blocking sender alone, then with 8 scrapers.
+        alone = _collect(*_run(ctx, _paced_sender, [(d.socket_path, 10_000, seconds)]))[0]
+        scrapers, scraped = _run(ctx, _scraper, [(d.port, i % 2 == 0, seconds + 1) for i in range(8)])
+        loaded = _collect(*_run(ctx, _paced_sender, [(d.socket_path, 10_000, seconds)]))[0]
+        scrapes = sum(_collect(scrapers, scraped))
+        ratio = lambda r: r[1] / max(1, r[0] + r[1])
+        print(f"priority: non-blocking sender at 10 k/s (qlen 10): drops alone {ratio(alone):.2%}, "
+              f"with 8 scrapers {ratio(loaded):.2%} ({scrapes} scrapes of 30 k series in {seconds + 1:.0f} s)")
+        # Blocking senders with the same scrapers: exact.
+        base_sent = _collect(*_run(ctx, _blocking_sender, [(d.socket_path, 2.0)]))[0]
+        scrapers, scraped = _run(ctx, _scraper, [(d.port, i % 2 == 0, 3.0) for i in range(8)])
+        sent = sum(_collect(*_run(ctx, _blocking_sender, [(d.socket_path, 2.0), (d.socket_path, 2.0)])))
+        scrapes = sum(_collect(scrapers, scraped))
+        total = base_sent + sent
+        assert d.wait_for("ingest_exact", total, timeout=30) == total
+        assert d.value("ingest_paced") == alone[0] + loaded[0]  # every datagram the kernel accepted
+        print(f"priority: blocking sender {base_sent / 2:.0f}/s alone, {sent / 2:.0f}/s for two with 8 scrapers "
+              f"({scrapes} scrapes); all {total} applied")
+        assert scrapes >= 8
+    finally:
+        d.stop()
+
+
+def test_scrapers_that_never_read_cost_nothing_after_their_timeout(tmp_path):
+    """Issue 19: 60 gzip scrapers of a big store that never read kept the daemon at 100 % CPU
+    and made blocking sends 150x slower. Now they share renderings, cost no CPU while stalled,
+    hold bounded memory, and are closed after the send timeout."""
+    ctx = multiprocessing.get_context("fork")
+    d = start_daemon(tmp_path, "--config", config(tmp_path, limits={"request_timeout_seconds": 3, "idle_timeout_seconds": 3}))
+    held = []
+    try:
+        fill(d, 30_000)
+        base_sent = _collect(*_run(ctx, _blocking_sender, [(d.socket_path, 1.0)]))[0]
+        rss_before = rss_kib(d.proc.pid)
+        for i in range(60):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", d.port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+            held.append(s)
+            if i % 10 == 9:
+                time.sleep(0.2)  # in waves: several renderings, some held by stalled clients
+        time.sleep(1.0)
+        cpu_start = cpu_seconds(d.proc.pid)
+        stalled_sent = _collect(*_run(ctx, _blocking_sender, [(d.socket_path, 1.0)]))[0]
+        time.sleep(0.5)
+        cpu = cpu_seconds(d.proc.pid) - cpu_start
+        rss_held = rss_kib(d.proc.pid)
+        print(f"never-reading: 60 gzip scrapers held; daemon CPU {cpu:.2f} s over 1.5 s (of which a 1 s blocking "
+              f"send at {stalled_sent}/s vs {base_sent}/s before); RSS {rss_before} → {rss_held} KiB")
+        assert stalled_sent * 10 > base_sent  # not starved (was 150x slower)
+        assert rss_held - rss_before < 128 * 1024
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and d.value("p2pmetricsd_http_connections") != 1:
+            time.sleep(0.2)
+        # Only the scrape asking is left: the 60 were closed by the send timeout (a body the
+        # kernel could not take) or the idle timeout (a small gzip body the kernel buffered).
+        assert d.value("p2pmetricsd_http_connections") == 1
+        for s in held:
+            s.settimeout(5)
+            try:
+                while s.recv(1 << 16):
+                    pass
+            except ConnectionResetError:
+                pass
+        total = base_sent + stalled_sent
+        assert d.wait_for("ingest_exact", total) == total
+    finally:
+        for s in held:
+            s.close()
+        d.stop()
