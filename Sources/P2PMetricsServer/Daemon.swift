@@ -239,10 +239,7 @@ public final class Daemon: ExpositionSource {
     }
 
     func drainIngest() {
-        for receiver in [receiver, udpReceiver].compactMap({ $0 }) {
-            receiver.drain(maxBatches: IngestReceiver.batchesPerWakeup)
-            receiver.afterDrain()
-        }
+        for receiver in [receiver, udpReceiver].compactMap({ $0 }) { receiver.drainOneTurn() }
     }
 
     func scrapeFinished(durationSeconds: Double, format: ExpositionFormat) {

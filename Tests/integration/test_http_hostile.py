@@ -324,3 +324,63 @@ def test_scrapers_that_never_read_cost_nothing_after_their_timeout(tmp_path):
         for s in held:
             s.close()
         d.stop()
+
+
+def _text_flooder(path: str, seconds: float, results) -> None:
+    datagram = b"flood.t:1|c\n" * 5_000  # 60,000 bytes: 5,000 lines of work per datagram
+    sent, deadline = 0, time.monotonic() + seconds
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        while time.monotonic() < deadline:
+            s.sendto(datagram, path)
+            sent += 1
+    results.put(sent)
+
+
+def _flood_in_own_namespace(tmp_path, out) -> None:
+    """In a new network namespace (its own net.unix.max_dgram_qlen, raised to the contrib
+    value 512 so that the queue never runs dry): flood, and time /-/healthy meanwhile."""
+    import ctypes
+    import subprocess
+    import urllib.request
+    try:
+        assert ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0, "unshare(CLONE_NEWNET) failed"
+        open("/proc/sys/net/unix/max_dgram_qlen", "w").write("512")
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        d = start_daemon(tmp_path)
+        ctx = multiprocessing.get_context("fork")
+        try:
+            procs, results = _run(ctx, _text_flooder, [(d.socket_path, 6.0) for _ in range(3)])
+            time.sleep(1.0)
+            latencies = []
+            for _ in range(20):
+                start = time.monotonic()
+                with urllib.request.urlopen(f"http://127.0.0.1:{d.port}/-/healthy", timeout=120) as r:
+                    assert r.read() == b"OK\n"
+                latencies.append(time.monotonic() - start)
+                time.sleep(0.1)
+            sent = sum(_collect(procs, results))
+            applied = d.wait_for("flood_t", sent * 5_000, timeout=120)
+            out.put(("ok", latencies, sent, applied))
+        finally:
+            d.stop()
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        out.put(("error", repr(e), 0, 0))
+
+
+def test_healthy_is_served_within_milliseconds_under_a_flood(tmp_path):
+    """Issue 19: the ingest loop must yield after a bounded amount of work, so that /-/healthy and
+    scrapes are served while senders keep the queue full of heavy datagrams."""
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_flood_in_own_namespace, args=(tmp_path, out))
+    child.start()
+    status, latencies, sent, applied = out.get(timeout=600)
+    child.join(30)
+    assert status == "ok", latencies
+    latencies.sort()
+    print(f"flood: /-/healthy under 3 blocking senders of 60 KB text datagrams (qlen 512): median "
+          f"{latencies[len(latencies) // 2] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms; "
+          f"{sent} datagrams = {sent * 5_000} lines, all applied; all: {[round(l * 1000) for l in latencies]}")
+    assert applied == sent * 5_000
+    assert latencies[-1] < 5.0  # generous (a shared machine, a debug build); it was 12-17 s before the fix
