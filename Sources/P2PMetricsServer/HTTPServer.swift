@@ -21,24 +21,11 @@ protocol ExpositionSource: AnyObject {
     func drainIngest()
 }
 
-/// Why a connection was closed to make room for a new one at the cap.
-enum EvictionReason: String, CaseIterable {
-    /// Never completed a request (idle since accepted, or a slow head).
-    case noRequest = "no_request"
-    /// Between requests of a keep-alive connection.
-    case idle
-    /// A response the client has not read from for a while, or reads so slowly that the rendering
-    /// it holds must go (see `HTTPServer.retainedRenderingBytes`).
-    case stalled
-}
-
 /// The HTTP/1.x listener: keep-alive, pipelining, bounded heads, timeouts, a connection cap at
 /// which the least useful connection is evicted so that a new scrape always gets in.
 final class HTTPServer {
     /// Bytes handed to the kernel per write of a response body (a progress step of the send timeout).
     static let writeBytes = 256 * 1024
-    /// A response whose client has read nothing for this long may be evicted at the cap.
-    static let stalledMilliseconds: UInt64 = 1_000
     /// Renderings still being sent may hold this many bytes (or four times the newest one, if
     /// more); past it, the connections still sending the oldest ones are closed.
     static let retainedRenderingBytes = 64 << 20
@@ -141,25 +128,18 @@ final class HTTPServer {
         connection.start()
     }
 
-    /// Closes the connection that matters least, so that a new one fits: the oldest that never
-    /// completed a request, else the longest idle keep-alive one, else the longest stalled
-    /// response. Returns false when every connection is busy with a request making progress.
+    /// Closes the connection that matters least (see `EvictionPolicy`) so that a new one fits.
+    /// Returns false when every connection is busy with a request making progress.
     private func evictOne() -> Bool {
-        let now = uv_now(loop)
-        var best: (reason: EvictionReason, since: UInt64, connection: HTTPConnection)?
-        for connection in connections.values {
-            guard let (reason, since) = connection.evictability(now: now) else { continue }
-            if let current = best {
-                let rank = EvictionReason.allCases.firstIndex(of: reason) ?? 0
-                let currentRank = EvictionReason.allCases.firstIndex(of: current.reason) ?? 0
-                guard rank < currentRank || (rank == currentRank && since < current.since) else { continue }
-            }
-            best = (reason, since, connection)
-        }
-        guard let best else { return false }
-        evictedConnections[EvictionReason.allCases.firstIndex(of: best.reason) ?? 0] += 1
-        best.connection.close()
+        let open = connections.values.filter { !$0.isClosing }
+        guard let (index, reason) = EvictionPolicy.choose(open.map(\.activity), now: uv_now(loop)) else { return false }
+        evict(open[index], reason)
         return true
+    }
+
+    private func evict(_ connection: HTTPConnection, _ reason: EvictionReason) {
+        evictedConnections[EvictionReason.allCases.firstIndex(of: reason) ?? 0] += 1
+        connection.close()
     }
 
     /// Keeps the memory of renderings that slow or stalled clients are still being sent bounded:
@@ -175,10 +155,7 @@ final class HTTPServer {
         let budget = max(Self.retainedRenderingBytes, 4 * newest.storage.count)
         for (body, holding) in holders.values.sorted(by: { $0.body.sequence < $1.body.sequence }) where total > budget {
             total -= body.storage.count
-            for connection in holding {
-                evictedConnections[EvictionReason.allCases.firstIndex(of: .stalled) ?? 0] += 1
-                connection.close()
-            }
+            for connection in holding { evict(connection, .stalled) }
         }
     }
 
@@ -252,14 +229,12 @@ final class HTTPConnection {
         startReading()
     }
 
-    /// Whether this connection may be evicted to make room, why, and since when it has done nothing.
-    func evictability(now: UInt64) -> (EvictionReason, UInt64)? {
-        guard !closing, !waitingForBody else { return nil }  // rendering for it is the daemon's time, not the client's
-        if responding {
-            guard now - lastProgress >= HTTPServer.stalledMilliseconds else { return nil }
-            return (.stalled, lastProgress)
-        }
-        return completedRequests == 0 ? (.noRequest, acceptedAt) : (.idle, lastProgress)
+    var isClosing: Bool { closing }
+
+    /// What the eviction policy looks at.
+    var activity: ConnectionActivity {
+        ConnectionActivity(completedRequests: completedRequests, awaitingResponse: waitingForBody,
+                           responding: responding && !waitingForBody, acceptedAt: acceptedAt, lastProgress: lastProgress)
     }
 
     private func startReading() {

@@ -272,6 +272,9 @@ def test_ingest_keeps_priority_over_concurrent_scrapes(tmp_path):
         print(f"priority: blocking sender {base_sent / 2:.0f}/s alone, {sent / 2:.0f}/s for two with 8 scrapers "
               f"({scrapes} scrapes); all {total} applied")
         assert scrapes >= 8
+        # Robust bounds only (before: 99 % drops, blocking sends 34x slower with the scrapers).
+        assert sent * 10 > base_sent
+        assert ratio(loaded) < 0.8
     finally:
         d.stop()
 
