@@ -147,7 +147,7 @@ final class RenderScheduler {
             job.started = true
             source.beginScrape(into: &slice, format: job.format)
         }
-        let finished = source.renderSlice(&job.renderer, into: &slice, budget: Self.sliceBytes)
+        let finished = source.renderSlice(&job.renderer, into: &slice, budget: slice.count + Self.sliceBytes)
         if let gzip = job.gzip { slice = gzip.compress(slice, finish: finished) }
         job.body.append(slice)
         guard finished else { return false }
