@@ -191,6 +191,8 @@ final class HTTPConnection {
     private var closing = false
     /// The client shut down its sending side: answer what it asked, then close.
     private var peerFinished = false
+    /// The last response is out and our side shut down: input is discarded until the client closes.
+    private var lingering = false
     private var openHandles = 2
     private var completedRequests = 0
     /// Loop time (ms) of acceptance, and of the last completed request or write.
@@ -250,6 +252,10 @@ final class HTTPConnection {
     }
 
     private func didRead(_ nread: Int) {
+        if lingering {
+            if nread < 0 { close() }
+            return  // discarded
+        }
         if nread == Int(UV_EOF.rawValue) {
             // A half-closed request still gets its whole response.
             peerFinished = true
@@ -296,6 +302,7 @@ final class HTTPConnection {
             handle(head)
         }
     }
+
     private func handle(_ head: HTTPRequestHead) {
         let keepAlive = head.keepAlive && !head.hasBody
         let minor = head.minorVersion
@@ -385,8 +392,35 @@ final class HTTPConnection {
         }
         responding = false
         completedRequests += 1
-        if closeAfterResponse { close(); return }
+        if closeAfterResponse { closeGracefully(); return }
         processInput()
+    }
+
+    /// Ends a connection after its last response: shuts our side down once libuv has written
+    /// everything, then discards input until the client closes (at most the idle timeout), so
+    /// unread input never turns the close into a reset that could destroy the response in flight.
+    private func closeGracefully() {
+        guard !closing, !lingering else { return }
+        lingering = true
+        input = []
+        let request = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
+        let rc = uv_shutdown(request, stream) { request, _ in
+            guard let request else { return }
+            let connection = HTTPConnection.from(request.pointee.handle?.pointee.data)
+            request.deallocate()
+            connection?.didShutDown()
+        }
+        guard rc == 0 else { request.deallocate(); close(); return }
+        arm(min(server.configuration.idleTimeoutMilliseconds, Self.lingerMilliseconds))
+    }
+
+    /// How long a closing connection waits for the client to close after our shutdown.
+    static let lingerMilliseconds: UInt64 = 5_000
+
+    private func didShutDown() {
+        guard !closing else { return }
+        if peerFinished { close(); return }
+        startReading()  // lingering: what arrives is discarded
     }
 
     /// Writes a copy of `bytes`.

@@ -388,3 +388,18 @@ def test_healthy_is_served_within_milliseconds_under_a_flood(tmp_path):
           f"{sent} datagrams = {sent * 5_000} lines, all applied; all: {[round(l * 1000) for l in latencies]}")
     assert applied == sent * 5_000
     assert latencies[-1] < 5.0  # generous (a shared machine, a debug build); it was 12-17 s before the fix
+
+
+def test_a_response_that_closes_is_not_destroyed_by_unread_input(daemon):
+    """Closing with unread input sends a reset, which can destroy the response in flight: the
+    daemon shuts its side down after the last byte and discards input until the client closes."""
+    fill(daemon, 20_000)
+    with socket.create_connection(("127.0.0.1", daemon.port)) as s:
+        # A request with a body the daemon never reads: answered, then the connection closes.
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 400000\r\n\r\n")
+        time.sleep(0.05)
+        s.sendall(b"x" * 400_000)
+        time.sleep(0.5)  # the response is sent meanwhile, and unread input waits at the daemon
+        status, headers, body = decode_response(read_all(s))
+    assert status == "HTTP/1.1 200 OK" and headers["connection"] == "close"
+    assert sum(1 for line in body.splitlines() if line.startswith(b"p2p_bytes_transferred_total{")) == 20_000
