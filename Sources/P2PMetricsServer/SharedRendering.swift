@@ -54,7 +54,7 @@ final class RenderedBody {
 /// one slice, at once: then they are current). A rendering nobody waits for any more is dropped.
 final class RenderScheduler {
     /// Bytes rendered (then compressed) per slice: a fraction of a millisecond of work.
-    static let sliceBytes = 4 * 1024
+    static let sliceBytes = 16 * 1024
 
     private final class Job {
         let format: ExpositionFormat
