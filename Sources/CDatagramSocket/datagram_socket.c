@@ -34,12 +34,13 @@ int p2pmd_receive_batch(int fd, p2pmd_datagram *slots, unsigned count, int crede
             messages[i].msg_hdr.msg_controllen = sizeof(control[i].buffer);
         }
     }
-    int n = recvmmsg(fd, messages, count, MSG_DONTWAIT, NULL);
+    /* MSG_TRUNC: msg_len is the datagram's real length even when it did not fit the slot. */
+    int n = recvmmsg(fd, messages, count, MSG_DONTWAIT | MSG_TRUNC, NULL);
     if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
     for (int i = 0; i < n; i++) {
         p2pmd_datagram *slot = &slots[i];
+        slot->truncated = (messages[i].msg_hdr.msg_flags & MSG_TRUNC) != 0 || messages[i].msg_len > slot->capacity;
         slot->length = messages[i].msg_len;
-        slot->truncated = (messages[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
         slot->has_credentials = 0;
         if (!credentials) continue;
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&messages[i].msg_hdr); c; c = CMSG_NXTHDR(&messages[i].msg_hdr, c)) {

@@ -17,6 +17,8 @@ public struct SelfMetrics: Sendable {
     public var startTimeSeconds: Double
     /// Processes whose exit the daemon watches (they have gauge adds outstanding).
     public var trackedProcesses: Int
+    /// HTTP connections: open, refused at the cap, evicted to make room.
+    public var httpConnections = HTTPConnectionStatistics()
 
     public init(
         version: String, statistics: IngestStatistics, liveSeries: Int, seriesMemoryBytes: Int,
@@ -92,6 +94,15 @@ public struct SelfMetrics: Sendable {
         for (code, count) in httpResponses {
             line("p2pmetricsd_http_responses_total{code=\"\(code)\"}", Double(count), &out)
         }
+        gauge("p2pmetricsd_http_connections", "Open HTTP connections.", Double(httpConnections.open), &out)
+        counter("p2pmetricsd_http_connections_refused_total",
+                "HTTP connections closed at once: at the cap, with every connection busy with a request.",
+                httpConnections.refused, &out)
+        family("p2pmetricsd_http_connections_evicted_total", "counter",
+               "HTTP connections closed to make room for a new one at the cap, by reason.", &out)
+        for (reason, count) in httpConnections.evicted {
+            line("p2pmetricsd_http_connections_evicted_total{reason=\"\(reason)\"}", Double(count), &out)
+        }
         gauge("p2pmetricsd_start_time_seconds", "Start time of the process since the Unix epoch, in seconds.",
               startTimeSeconds, &out)
     }
@@ -118,5 +129,19 @@ public struct SelfMetrics: Sendable {
     private func gauge(_ name: String, _ help: String, _ value: Double, _ out: inout [UInt8]) {
         family(name, "gauge", help, &out)
         line(name, value, &out)
+    }
+}
+
+/// What the HTTP listener reports about its connections.
+public struct HTTPConnectionStatistics: Sendable {
+    public var open: Int
+    public var refused: UInt64
+    /// Evictions by reason, every reason listed.
+    public var evicted: [(reason: String, count: UInt64)]
+
+    public init(open: Int = 0, refused: UInt64 = 0, evicted: [(reason: String, count: UInt64)] = []) {
+        self.open = open
+        self.refused = refused
+        self.evicted = evicted
     }
 }

@@ -17,7 +17,9 @@ public final class Daemon: ExpositionSource {
     private var receiver: IngestReceiver?
     private var udpReceiver: IngestReceiver?
     private var processWatcher: ProcessWatcher?
-    private var activeScrapes = 0
+    /// Renderings in progress; expiry waits for none to be (their positions must stay valid).
+    private var activeRenderings = 0
+    private var expiryDue = false
     private var http: HTTPServer?
     private var timers: [UnsafeMutablePointer<uv_timer_t>] = []
     private var signals: [UnsafeMutablePointer<uv_signal_t>] = []
@@ -259,7 +261,14 @@ public final class Daemon: ExpositionSource {
     /// sliced scrape, whose position in the series lists must stay valid.
     private func tick() {
         store.now = UInt32(truncatingIfNeeded: uv_now(loop) / 1_000)
-        if activeScrapes == 0 { store.expireStale() }
+        expiryDue = true
+        expireIfDue()
+    }
+
+    private func expireIfDue() {
+        guard expiryDue, activeRenderings == 0 else { return }
+        expiryDue = false
+        store.expireStale()
     }
 
     private func notifyStatus() {
@@ -271,7 +280,7 @@ public final class Daemon: ExpositionSource {
     // MARK: ExpositionSource
 
     func beginScrape(into out: inout [UInt8], format: ExpositionFormat) {
-        activeScrapes += 1
+        activeRenderings += 1
         var selfMetrics = SelfMetrics(
             version: configuration.version, statistics: store.statistics, liveSeries: store.seriesCount,
             seriesMemoryBytes: store.memoryFootprint, lastScrapeDurationSeconds: lastScrapeDuration,
@@ -280,6 +289,7 @@ public final class Daemon: ExpositionSource {
             httpResponses: responses.sorted { $0.key.rawValue < $1.key.rawValue }.map { ($0.key.rawValue, $0.value) },
             startTimeSeconds: startTime)
         selfMetrics.format = format
+        selfMetrics.httpConnections = http?.connectionStatistics ?? HTTPConnectionStatistics()
         selfMetrics.render(into: &out)
     }
 
@@ -287,14 +297,18 @@ public final class Daemon: ExpositionSource {
         renderer.render(store, into: &out, budget: budget)
     }
 
-    func scrapeFinished(durationSeconds: Double, format: ExpositionFormat) {
-        activeScrapes -= 1
-        lastScrapeDuration = durationSeconds
-        if format == .openMetrics { scrapes.openMetrics += 1 } else { scrapes.text += 1 }
+    func renderEnded() {
+        activeRenderings -= 1
+        expireIfDue()
     }
 
-    func scrapeAborted() {
-        activeScrapes -= 1
+    func drainIngest() {
+        for receiver in [receiver, udpReceiver].compactMap({ $0 }) { receiver.drainOneTurn() }
+    }
+
+    func scrapeFinished(durationSeconds: Double, format: ExpositionFormat) {
+        lastScrapeDuration = durationSeconds
+        if format == .openMetrics { scrapes.openMetrics += 1 } else { scrapes.text += 1 }
     }
 
     func countResponse(_ status: HTTPStatus) {

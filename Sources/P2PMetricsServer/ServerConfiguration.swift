@@ -25,7 +25,7 @@ public struct ServerConfiguration: Sendable {
     /// A request head must arrive whole within this long of its first byte; a response must make
     /// progress within this long.
     public var requestTimeoutMilliseconds: UInt64 = 10_000
-    public var maxConnections = 64
+    public var maxConnections = 1_024
     public var store = StoreConfiguration()
     /// The JSON file this configuration was read from, if any (reloaded on SIGHUP).
     public var configFile: String?

@@ -209,16 +209,9 @@ def test_large_exposition_is_sliced_and_exact(daemon):
         raw = b""
         while chunk := s.recv(1 << 20):
             raw += chunk
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert b"Transfer-Encoding: chunked" in head
-    # De-chunk.
-    text, rest = b"", body
-    while True:
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            break
-        text, rest = text + rest[:size], rest[size + 2:]
+    head, _, text = raw.partition(b"\r\n\r\n")
+    # Rendered in slices between ingest drains, then sent with its exact length.
+    assert f"Content-Length: {len(text)}\r\n".encode() in head + b"\r\n"
     m = parse_exposition(text.decode())
     for i in (0, 1, n // 2, n - 1):
         assert m[("p2p_bytes_transferred_total", frozenset({"peer": f"peer-{i:05d}"}.items()))] == i + 1
@@ -386,12 +379,12 @@ def test_gzip_round_trip_small_and_sliced(daemon):
     _, plain_headers, plain = http_get(daemon.port)
     status, headers, packed = http_get(daemon.port, headers={"Accept-Encoding": "gzip"})
     assert status == 200 and headers["content-encoding"] == "gzip" and "content-encoding" not in plain_headers
-    assert "transfer-encoding" in headers  # large: sent in compressed slices
+    assert int(headers["content-length"]) == len(packed)  # large: compressed slice by slice, sent with its length
     unpacked = gzip.decompress(packed).decode()
     assert len(packed) * 5 < len(unpacked)
     series = lambda text: {k: v for k, v in parse_exposition(text).items() if not k[0].startswith("p2pmetricsd_")}
     assert series(unpacked) == series(plain.decode())
-    # Small responses are compressed whole, with a length; q=0 refuses gzip.
+    # q=0 refuses gzip.
     daemon_small = http_get(daemon.port, "/metrics", {"Accept-Encoding": "gzip;q=0"})
     assert "content-encoding" not in daemon_small[1]
     status, headers, packed = http_get(daemon.port, headers={"Accept-Encoding": "gzip", "Accept": PROMETHEUS_ACCEPT})

@@ -10,7 +10,7 @@
 typedef struct {
     uint8_t *buffer;
     size_t capacity;
-    size_t length;     /* bytes received */
+    size_t length;     /* the datagram's real size (more than `capacity` when truncated) */
     int truncated;     /* the datagram was larger than `capacity` */
     int has_credentials;
     int32_t pid;
