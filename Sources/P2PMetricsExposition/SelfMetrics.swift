@@ -17,6 +17,8 @@ public struct SelfMetrics: Sendable {
     public var startTimeSeconds: Double
     /// Processes whose exit the daemon watches (they have gauge adds outstanding).
     public var trackedProcesses: Int
+    /// The process's resident set size in bytes, when known.
+    public var residentMemoryBytes: Int?
 
     public init(
         version: String, statistics: IngestStatistics, liveSeries: Int, seriesMemoryBytes: Int,
@@ -82,7 +84,13 @@ public struct SelfMetrics: Sendable {
                 statistics.gaugeAddsUntracked, &out)
         gauge("p2pmetricsd_tracked_processes", "Sending processes watched for exit.", Double(trackedProcesses), &out)
         gauge("p2pmetricsd_series", "Live series in the store.", Double(liveSeries), &out)
-        gauge("p2pmetricsd_series_memory_bytes", "Bytes held by the series tables.", Double(seriesMemoryBytes), &out)
+        gauge("p2pmetricsd_series_memory_bytes",
+              "Bytes held by the series tables (keys, values, buckets, sketches, names, wire cache); bounded by limits.max_memory_bytes.",
+              Double(seriesMemoryBytes), &out)
+        if let residentMemoryBytes {
+            gauge("p2pmetricsd_resident_memory_bytes", "Resident set size of the p2pmetricsd process.",
+                  Double(residentMemoryBytes), &out)
+        }
         gauge("p2pmetricsd_last_scrape_duration_seconds",
               "Time the previous complete /metrics response took to render and send.", lastScrapeDurationSeconds, &out)
         family("p2pmetricsd_scrapes_total", "counter", "Completed /metrics responses, by exposition format.", &out)

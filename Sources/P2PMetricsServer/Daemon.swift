@@ -216,6 +216,7 @@ public final class Daemon: ExpositionSource {
             httpResponses: responses.sorted { $0.key.rawValue < $1.key.rawValue }.map { ($0.key.rawValue, $0.value) },
             startTimeSeconds: startTime)
         selfMetrics.format = format
+        selfMetrics.residentMemoryBytes = ProcessMemory.residentBytes()
         selfMetrics.render(into: &out)
     }
 

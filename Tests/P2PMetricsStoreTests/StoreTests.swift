@@ -556,3 +556,26 @@ struct MemoryBudgetTests {
         #expect(store.memoryFootprint <= 8 << 20)
     }
 }
+
+@Suite("Default memory budget")
+struct DefaultBudgetTests {
+    @Test("the default budget admits the benchmark's 1 M counter series with 2 labels")
+    func millionSeriesFit() {
+        var configuration = StoreConfiguration()
+        configuration.maxSeriesPerMetric = 1_000_000  // as the benchmark configures it
+        var store = MetricStore(configuration: configuration)
+        var encoder = DatagramEncoder(maxSize: WireFormat.maxDatagramSize)
+        for i in 0..<1_000_000 {
+            let labels = [("peer", "node-\(i / 1_000)"), ("chunk", "c\(i % 1_000)")]
+            if !((try? encoder.append(.counterAdd, name: "bench.requests", labels: labels, value: .unsigned(1))) ?? false) {
+                store.ingest(encoder.bytes)
+                encoder.reset()
+                _ = try? encoder.append(.counterAdd, name: "bench.requests", labels: labels, value: .unsigned(1))
+            }
+        }
+        store.ingest(encoder.bytes)
+        #expect(store.seriesCount == 1_000_000)
+        #expect(store.statistics.rejected(SampleRejection.memoryLimit) == 0)
+        print("1 M series with 2 labels: \(store.memoryFootprint >> 20) MiB of series memory")
+    }
+}
