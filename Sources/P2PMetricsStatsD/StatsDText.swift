@@ -161,11 +161,15 @@ public struct StatsDTranscoder: Sendable {
         }
         // Names were sanitized and tags checked above, so an encoding failure here can only be a
         // label set the protocol refuses (e.g. `le` on a histogram): the tags' fault.
-        for key in keys where !Self.emit(into: &output, weight: 1, flush: flush, {
-            try $0.appendDistinct(name: name, labels: labels, key: key)
+        // The values of one line share a series: after the first, it is not encoded again, so a
+        // line's work is linear in its size.
+        for (i, key) in keys.enumerated() where !Self.emit(into: &output, weight: 1, flush: flush, {
+            if i > 0, try $0.appendDistinctToPreviousSeries(key: key) { return true }
+            return try $0.appendDistinct(name: name, labels: labels, key: key)
         }) { return .badTag }
-        for (kind, value) in samples where !Self.emit(into: &output, weight: weight, flush: flush, {
-            try $0.append(kind, name: name, labels: labels, value: value)
+        for (i, (kind, value)) in samples.enumerated() where !Self.emit(into: &output, weight: weight, flush: flush, {
+            if i > 0, try $0.appendToPreviousSeries(kind, value: value) { return true }
+            return try $0.append(kind, name: name, labels: labels, value: value)
         }) { return .badTag }
         return nil
     }

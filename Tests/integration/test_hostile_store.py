@@ -216,8 +216,14 @@ def test_amplification_datagram_is_bounded_and_the_loop_keeps_serving(tmp_path):
         assert d.value("amp_c_sum", **tags) == 3 * 256 * 100
         assert d.value("amp_c_bucket", le="+Inf", **tags) == 3 * 256 * 100
         assert d.value("p2pmetricsd_samples_applied_total") == applied + 3 * 256 + 1  # + the marker
+        # The same with set members: 3 × 256 distinct keys, 16 KB of tags.
+        members = "\n".join(f"amp.s:{':'.join(f'{l}-{k}' for k in range(256))}|s|#{wide_tags()}" for l in range(3))
+        assert len(members) < 65_536
+        d.send(members.encode())
+        elapsed_sets = healthy_and_ingesting(d, "after_sets")
+        assert abs(d.value("amp_s", **tags) - 768) <= 768 * 0.02
         print(f"/-/healthy and ingest answered {elapsed * 1000:.0f} ms after the amplification datagram, "
-              f"{elapsed_capped * 1000:.0f} ms after the capped one")
+              f"{elapsed_capped * 1000:.0f} ms after the capped one, {elapsed_sets * 1000:.0f} ms after the set one")
     finally:
         d.stop()
 
