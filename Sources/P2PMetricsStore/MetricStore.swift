@@ -96,7 +96,7 @@ public struct MetricStore {
 
     public init(configuration: StoreConfiguration = StoreConfiguration()) {
         self.configuration = configuration
-        canonical = ByteKeyTable(minimumCapacity: 1024, maxArenaBytes: configuration.keyArenaLimit)
+        canonical = ByteKeyTable(minimumCapacity: 1024, maxArenaBytes: configuration.offsetLimit)
         processGauges = ProcessGauges(maxProcesses: configuration.maxTrackedProcesses,
                                       maxEntries: configuration.maxTrackedContributions)
         var descriptors: [String: MetricDescriptor] = [:]
@@ -425,8 +425,9 @@ public struct MetricStore {
             + bucketCounts.count * 8 + sketchRegisters.count + topKSketches.memoryFootprint + familyBytes
     }
 
-    /// Whether the series whose canonical key is in `keyScratch` fits the memory budget (and the
-    /// key arena's offset range). Compacts the key arena first when removed keys hold space.
+    /// Whether the series whose canonical key is in `keyScratch` fits the memory budget and the
+    /// 32-bit offset range of every table it extends. Compacts the key arena first when removed
+    /// keys hold space.
     private mutating func admitsSeries(type: MetricType, family: Int32?, name: String) -> Bool {
         var cost = keyScratch.count + canonical.growthBytesOfNextInsert
         if freeIDs.isEmpty { cost += Self.bytesPerSeries }
@@ -434,9 +435,15 @@ public struct MetricStore {
         switch type {
         case .histogram:
             let run = (family.map { families[Int($0)].buckets.count } ?? (descriptor?.buckets ?? configuration.defaultBuckets).count) + 1
-            if freeBucketRuns[run]?.isEmpty != false { cost += run * 8 }
+            if freeBucketRuns[run]?.isEmpty != false {
+                guard bucketCounts.count + run <= configuration.offsetLimit else { return false }
+                cost += run * 8
+            }
         case .distinct:
-            if freeSketches.isEmpty { cost += HyperLogLog.registerCount }
+            if freeSketches.isEmpty {
+                guard sketchRegisters.count + HyperLogLog.registerCount <= configuration.offsetLimit else { return false }
+                cost += HyperLogLog.registerCount
+            }
         case .topK:
             cost += topKSketches.growthBytes(allocating: family.map { families[Int($0)].topK } ?? Self.topK(of: descriptor))
         case .counter, .gauge:

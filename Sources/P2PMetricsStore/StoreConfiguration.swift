@@ -25,9 +25,10 @@ public struct StoreConfiguration: Sendable {
     /// Bytes of `maxMemoryBytes` set aside for the wire cache (at most an eighth of it); the cache
     /// is cleared when it would grow past them.
     public var wireCacheMaxBytes: Int = 8 << 20
-    /// Bytes the series key arena may hold. Offsets into it are 32-bit, so it stays below 4 GiB;
-    /// tests lower it to reach the boundary without gigabytes.
-    var keyArenaLimit: Int = Int(UInt32.max)
+    /// Entries a table addressed by 32-bit offsets may hold: bytes of the series key arena, bucket
+    /// counts, sketch registers. A series that would pass it is refused (`memory_limit`) whatever
+    /// the budget; tests lower it to reach the boundary without gigabytes.
+    var offsetLimit: Int = Int(UInt32.max)
 
     /// The wire cache's share of the memory budget.
     var wireCacheReserve: Int { min(wireCacheMaxBytes, maxMemoryBytes / 8) }

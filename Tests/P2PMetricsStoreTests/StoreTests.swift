@@ -475,7 +475,7 @@ struct MemoryBudgetTests {
         let value = String(repeating: "v", count: 1_000)
         // Canonical key: 4-byte family id, then 1+5 ("label") and 2+1,004 (value) bytes.
         let keyLength = 4 + 1 + 5 + 2 + 1_004
-        configuration.keyArenaLimit = 10 * keyLength + keyLength / 2
+        configuration.offsetLimit = 10 * keyLength + keyLength / 2
         var store = MetricStore(configuration: configuration)
         for i in 0..<25 {
             store.ingest(datagram([(.counterAdd, "wide", [("label", "\(value)\(1000 + i)")], .unsigned(1))]))
@@ -484,6 +484,24 @@ struct MemoryBudgetTests {
         #expect(store.statistics.rejected(SampleRejection.memoryLimit) == 15)
         store.ingest(datagram([(.counterAdd, "wide", [("label", "\(value)1000")], .unsigned(41))]))
         #expect(store.counter("wide", ["label": "\(value)1000"]) == 42)
+    }
+
+    @Test("sketch registers and bucket counts stay within their 32-bit offsets whatever the budget")
+    func valueTablesAtTheirBoundary() {
+        var configuration = StoreConfiguration()
+        configuration.maxMemoryBytes = 1 << 40
+        configuration.offsetLimit = 3 * HyperLogLog.registerCount + 100  // 3 sketches, or 190 runs of 65 buckets
+        configuration.defaultBuckets = (1...64).map(Double.init)  // runs so long that the key arena stays far below
+        var store = MetricStore(configuration: configuration)
+        for i in 0..<5 { store.ingest(Array("u:k|s|#i:\(i)".utf8)) }
+        #expect(store.seriesCount == 3)
+        #expect(store.statistics.rejected(SampleRejection.memoryLimit) == 2)
+        let runs = configuration.offsetLimit / 65
+        for i in 0..<(runs + 2) { store.ingest(Array("h:1|h|#i:\(i)".utf8)) }
+        #expect(store.seriesCount == 3 + runs)
+        #expect(store.statistics.rejected(SampleRejection.memoryLimit) == 4)
+        store.ingest(Array("u:other|s|#i:0\nh:2|h|#i:0".utf8))  // existing series still update
+        #expect(store.statistics.rejected(SampleRejection.memoryLimit) == 4)
     }
 
     @Test("a byte budget admits series until it is spent, refuses and counts the rest, and holds")
