@@ -122,10 +122,12 @@ def test_names_of_expired_series_are_reclaimed(tmp_path):
               + "; series memory (MiB): " + ", ".join(f"{x / MIB:.2f}" for x in memory))
         assert d.value("p2pmetricsd_series_expired_total") == 120_000
         assert "churn_" not in d.scrape_text()
-        # Expiry may run mid-round, so tables are not byte-identical from round to round: flat
-        # within 5 %. Unreclaimed names cost ~350 B each: +34 MiB over rounds 2–6 before the fix.
-        assert memory[-1] <= 1.05 * memory[1]
-        assert rss[-1] - rss[1] < 8 * MIB
+        # Expiry may run mid-round, so how many names live at once (at most one round's 20 k, about
+        # 2.7 MiB of tables) varies from round to round. Unreclaimed names would be charged ~390 B
+        # each (39 MiB after 6 rounds) and cost ~350 B of RSS each: +34 MiB over rounds 2–6 before
+        # the fix, while series memory stayed flat.
+        assert max(memory) < 6 * MIB
+        assert rss[-1] - rss[1] < 12 * MIB
     finally:
         d.stop()
 
@@ -221,7 +223,7 @@ def test_amplification_datagram_is_bounded_and_the_loop_keeps_serving(tmp_path):
         assert len(members) < 65_536
         d.send(members.encode())
         elapsed_sets = healthy_and_ingesting(d, "after_sets")
-        assert abs(d.value("amp_s", **tags) - 768) <= 768 * 0.02
+        assert abs(d.value("amp_s", **tags) - 768) <= 768 * 0.05  # 3 × HyperLogLog's 1.6 % standard error
         print(f"/-/healthy and ingest answered {elapsed * 1000:.0f} ms after the amplification datagram, "
               f"{elapsed_capped * 1000:.0f} ms after the capped one, {elapsed_sets * 1000:.0f} ms after the set one")
     finally:
