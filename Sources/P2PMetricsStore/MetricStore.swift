@@ -30,6 +30,8 @@ public struct MetricFamily: Sendable {
 public struct MetricStore {
     public let configuration: StoreConfiguration
     public private(set) var statistics = IngestStatistics()
+    /// Every metric by family id. A family whose series all expired is released: its slot keeps
+    /// an empty name and no series until a new family reuses it.
     public private(set) var families: [MetricFamily] = []
 
     // Known metrics by exposed name, and the families that exist by exposed name.
