@@ -12,7 +12,7 @@ import socket
 import time
 import urllib.request
 
-from conftest import parse_exposition, start_daemon
+from conftest import free_port, parse_exposition, start_daemon
 from test_reliability import config, rss_kib
 from wire import counter
 
@@ -226,6 +226,22 @@ def test_amplification_datagram_is_bounded_and_the_loop_keeps_serving(tmp_path):
         assert abs(d.value("amp_s", **tags) - 768) <= 768 * 0.05  # 3 × HyperLogLog's 1.6 % standard error
         print(f"/-/healthy and ingest answered {elapsed * 1000:.0f} ms after the amplification datagram, "
               f"{elapsed_capped * 1000:.0f} ms after the capped one, {elapsed_sets * 1000:.0f} ms after the set one")
+    finally:
+        d.stop()
+
+
+def test_amplification_over_udp_from_one_packet_is_bounded_too(tmp_path):
+    port = free_port()
+    d = start_daemon(tmp_path, "--udp", f"127.0.0.1:{port}")
+    try:
+        amp = f"amp.c:{':'.join(['1'] * 24_000)}|h|@0.01|#{wide_tags()}".encode()
+        assert len(amp) <= 65_507  # one UDP datagram
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(amp, ("127.0.0.1", port))
+        assert d.wait_for("p2pmetricsd_text_lines_rejected_total", 1, reason="too_many_values") == 1
+        elapsed = healthy_and_ingesting(d, "after_udp_amp")
+        print(f"over UDP: /-/healthy and ingest answered {elapsed * 1000:.0f} ms after the amplification packet")
+        assert not any(name.startswith("amp_c") for (name, _) in d.scrape())
     finally:
         d.stop()
 
