@@ -201,7 +201,6 @@ public struct MetricStore {
         swap(&floats, &floatPart)
         swap(&buckets, &bucketCounts)
         var applied: UInt64 = 0
-        var refusals = [UInt64](repeating: 0, count: SampleRejection.allCases.count)
         let weighted = weights.map { $0.count == samples.count } ?? false
         deferred.removeAll(keepingCapacity: true)
         let trackingActive = processGauges.entries > 0
@@ -212,13 +211,13 @@ public struct MetricStore {
                         let seriesID = resolved[Int(sample.series)]
                         if seriesID < 0 {
                             // unresolved: a type clash; otherwise the reason `refused(_:)` encoded
-                            refusals[seriesID == Self.unresolved ? 0 : Int(Self.refusedBase - seriesID)] &+= 1
+                            statistics.samplesRejected[seriesID == Self.unresolved ? 0 : Int(Self.refusedBase - seriesID)] &+= 1
                             continue
                         }
                         let id = Int(seriesID)
                         let family = Int(seriesFamily[id])
                         guard familyTypes[family] == Self.metricType(ofKind: sample.tag >> 4) else {
-                            refusals[0] &+= 1  // type clash
+                            statistics.samplesRejected[0] &+= 1  // type clash
                             continue
                         }
                         applied &+= 1
@@ -261,7 +260,6 @@ public struct MetricStore {
         }
 
         statistics.samplesApplied &+= applied
-        for (reason, count) in zip(SampleRejection.allCases, refusals) where count > 0 { statistics.add(count, reason) }
         return nil
     }
 

@@ -111,9 +111,4 @@ public struct IngestStatistics: Sendable, Equatable {
     mutating func count(_ reason: DatagramRejection) {
         datagramsRejected[DatagramRejection.allCases.firstIndex(of: reason) ?? 0] += 1
     }
-
-    mutating func add(_ n: UInt64, _ reason: SampleRejection) {
-        samplesRejected[SampleRejection.allCases.firstIndex(of: reason) ?? 0] += n
-    }
-
 }
