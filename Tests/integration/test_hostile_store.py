@@ -265,3 +265,12 @@ def test_text_rejections_have_the_right_reasons(daemon):
     for reason, n in reasons.items():
         assert d.value("p2pmetricsd_text_lines_rejected_total", reason=reason) == n, reason
     assert d.value("p2pmetricsd_series") == 1
+
+
+def test_a_budget_out_of_range_is_a_one_line_config_error(tmp_path):
+    from test_daemon import run_cli
+    for bad in (1000, 1 << 41, "lots"):
+        r = run_cli("--config", config(tmp_path, limits={"max_memory_bytes": bad}),
+                    "--socket", str(tmp_path / "s.sock"), "--listen", f"127.0.0.1:{free_port()}")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode != 0 and len(lines) == 1 and "limits.max_memory_bytes" in lines[0], r.stderr
