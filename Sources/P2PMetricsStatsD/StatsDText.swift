@@ -77,8 +77,8 @@ public struct StatsDTranscoder: Sendable {
 
     /// Parses every line of `bytes`; appends the samples of each valid line to `output`, calling
     /// `flush` whenever its datagram is full (flush applies and resets it), and `reject` once per
-    /// refused line. Returns the number of non-empty lines. Work is linear in the size of `bytes`
-    /// times at most `maxValuesPerLine`.
+    /// refused line. Returns the number of non-empty lines. Work is linear in the size of `bytes`:
+    /// the values of a line share one encoded series.
     public func transcode(
         _ bytes: UnsafeRawBufferPointer, into output: inout Output,
         flush: (inout Output) -> Void, reject: (TextLineRejection) -> Void
