@@ -584,11 +584,13 @@ struct DefaultBudgetTests {
         var store = MetricStore(configuration: configuration)
         var encoder = DatagramEncoder(maxSize: WireFormat.maxDatagramSize)
         for i in 0..<1_000_000 {
-            let labels = [("peer", "node-\(i / 1_000)"), ("chunk", "c\(i % 1_000)")]
-            if !((try? encoder.append(.counterAdd, name: "bench.requests", labels: labels, value: .unsigned(1))) ?? false) {
+            // The labels of Benchmarks/load's fill: bench.fill.total{shard="sNNNN",item="iNNNN"}.
+            func padded(_ n: Int) -> String { String(String(10_000 + n).dropFirst()) }
+            let labels = [("shard", "s" + padded(i / 1_000)), ("item", "i" + padded(i % 1_000))]
+            if !((try? encoder.append(.counterAdd, name: "bench.fill.total", labels: labels, value: .unsigned(1))) ?? false) {
                 store.ingest(encoder.bytes)
                 encoder.reset()
-                _ = try? encoder.append(.counterAdd, name: "bench.requests", labels: labels, value: .unsigned(1))
+                _ = try? encoder.append(.counterAdd, name: "bench.fill.total", labels: labels, value: .unsigned(1))
             }
         }
         store.ingest(encoder.bytes)
