@@ -19,6 +19,8 @@ public struct SelfMetrics: Sendable {
     public var trackedProcesses: Int
     /// The process's resident set size in bytes, when known.
     public var residentMemoryBytes: Int?
+    /// The store's memory budget (`limits.max_memory_bytes`), when known.
+    public var seriesMemoryLimitBytes: Int?
 
     public init(
         version: String, statistics: IngestStatistics, liveSeries: Int, seriesMemoryBytes: Int,
@@ -87,6 +89,11 @@ public struct SelfMetrics: Sendable {
         gauge("p2pmetricsd_series_memory_bytes",
               "Bytes held by the series tables (keys, values, buckets, sketches, names, wire cache); bounded by limits.max_memory_bytes.",
               Double(seriesMemoryBytes), &out)
+        if let seriesMemoryLimitBytes {
+            gauge("p2pmetricsd_series_memory_limit_bytes",
+                  "The budget of p2pmetricsd_series_memory_bytes (limits.max_memory_bytes); new series past it are refused.",
+                  Double(seriesMemoryLimitBytes), &out)
+        }
         if let residentMemoryBytes {
             gauge("p2pmetricsd_resident_memory_bytes", "Resident set size of the p2pmetricsd process.",
                   Double(residentMemoryBytes), &out)

@@ -217,6 +217,7 @@ public final class Daemon: ExpositionSource {
             startTimeSeconds: startTime)
         selfMetrics.format = format
         selfMetrics.residentMemoryBytes = ProcessMemory.residentBytes()
+        selfMetrics.seriesMemoryLimitBytes = configuration.store.maxMemoryBytes
         selfMetrics.render(into: &out)
     }
 

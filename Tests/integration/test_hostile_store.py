@@ -59,6 +59,7 @@ def test_memory_budget_refuses_new_series_past_it_and_counts_them(tmp_path):
         assert exposed == series
         assert 800 <= series <= 900  # (4 MiB − 512 KiB wire cache) / ~4.2 KB
         assert memory <= 4 * MIB
+        assert metrics[("p2pmetricsd_series_memory_limit_bytes", frozenset())] == 4 * MIB
         # Existing series keep updating; new ones are still refused.
         send_all(d, [b"uniques:other|s|#peer:p0", b"uniques:k|s|#peer:newcomer"])
         assert d.wait_for("uniques", 2, peer="p0") == 2
