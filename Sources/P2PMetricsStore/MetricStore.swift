@@ -202,6 +202,7 @@ public struct MetricStore {
         swap(&buckets, &bucketCounts)
         var applied: UInt64 = 0
         let weighted = weights.map { $0.count == samples.count } ?? false
+        assert(weights == nil || weighted, "one weight per transcoded sample")
         deferred.removeAll(keepingCapacity: true)
         let trackingActive = processGauges.entries > 0
         integers.withUnsafeMutableBufferPointer { integers in
