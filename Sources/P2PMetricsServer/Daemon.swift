@@ -290,6 +290,8 @@ public final class Daemon: ExpositionSource {
             startTimeSeconds: startTime)
         selfMetrics.format = format
         selfMetrics.httpConnections = http?.connectionStatistics ?? HTTPConnectionStatistics()
+        selfMetrics.residentMemoryBytes = ProcessMemory.residentBytes()
+        selfMetrics.seriesMemoryLimitBytes = configuration.store.maxMemoryBytes
         selfMetrics.render(into: &out)
     }
 

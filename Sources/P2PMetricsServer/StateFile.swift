@@ -36,15 +36,16 @@ enum StateFile {
     /// with O_EXCL|O_NOFOLLOW under a random name: a planted file or link is never written
     /// through), fsync and rename. Returns an error line, or nil.
     static func save(_ datagrams: [[UInt8]], to path: String) -> String? {
-        var payload: [UInt8] = []
+        // Written record by record, the CRC computed over the datagrams in place: at shutdown the
+        // snapshot never costs more memory than the datagrams themselves (MemoryMax, README "Memory").
+        func prefix(_ d: [UInt8]) -> [UInt8] { withUnsafeBytes(of: UInt32(d.count).littleEndian) { Array($0) } }
+        var crc = crc32(0, nil, 0)
         for d in datagrams {
-            withUnsafeBytes(of: UInt32(d.count).littleEndian) { payload.append(contentsOf: $0) }
-            payload.append(contentsOf: d)
+            for part in [prefix(d), d] { crc = part.withUnsafeBufferPointer { crc32(crc, $0.baseAddress, UInt32($0.count)) } }
         }
-        var file = magic
-        withUnsafeBytes(of: UInt64(payload.count).littleEndian) { file.append(contentsOf: $0) }
-        withUnsafeBytes(of: UInt32(checksum(payload)).littleEndian) { file.append(contentsOf: $0) }
-        file += payload
+        var head = magic
+        withUnsafeBytes(of: UInt64(datagrams.reduce(0) { $0 + 4 + $1.count }).littleEndian) { head.append(contentsOf: $0) }
+        withUnsafeBytes(of: UInt32(truncatingIfNeeded: crc).littleEndian) { head.append(contentsOf: $0) }
 
         let fd: Int32
         let temporary: String
@@ -52,17 +53,19 @@ enum StateFile {
         case .success(let created): (fd, temporary) = created
         case .failure(let failure): return "cannot create a temporary file beside \(path): \(failure.reason)"
         }
-        var offset = 0
-        while offset < file.count {
-            let n = file.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else {
-                let reason = lastError()
-                close(fd)
-                unlink(temporary)
-                return "cannot write \(temporary): \(reason)"
+        for record in [head] + datagrams.lazy.flatMap({ [prefix($0), $0] }) {
+            var offset = 0
+            while offset < record.count {
+                let n = record.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else {
+                    let reason = lastError()
+                    close(fd)
+                    unlink(temporary)
+                    return "cannot write \(temporary): \(reason)"
+                }
+                offset += n
             }
-            offset += n
         }
         guard fsync(fd) == 0, close(fd) == 0 else { unlink(temporary); return "cannot sync \(temporary)" }
         guard rename(temporary, path) == 0 else {

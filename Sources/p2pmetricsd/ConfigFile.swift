@@ -20,7 +20,8 @@ import P2PMetricsWire
 ///   "limits": {"max_series": 1000000, "max_series_per_metric": 250000,
 ///              "max_http_connections": 64, "max_http_head_bytes": 8192, "max_http_headers": 64,
 ///              "idle_timeout_seconds": 60, "request_timeout_seconds": 10,
-///              "max_labels_per_series": 16, "max_label_value_length": 1024},
+///              "max_labels_per_series": 16, "max_label_value_length": 1024,
+///              "max_memory_bytes": 134217728},
 ///   "default_buckets": [0.005, 0.01, 0.1, 1, 10],
 ///   "metrics": {"my.job.duration": {"type": "histogram", "help": "…", "buckets": [0.1, 1, 10],
 ///                                    "ttl_seconds": 600},
@@ -92,7 +93,7 @@ struct ConfigFile {
             at: "limits",
             keys: ["max_series", "max_series_per_metric", "max_http_connections", "max_http_head_bytes",
                    "max_http_headers", "idle_timeout_seconds", "request_timeout_seconds", "max_tracked_processes",
-                   "max_labels_per_series", "max_label_value_length"]) {
+                   "max_labels_per_series", "max_label_value_length", "max_memory_bytes"]) {
             if let n = try limits["max_labels_per_series"]?.integer(at: "limits.max_labels_per_series", in: 0...WireFormat.maxLabelsPerSeries) {
                 configuration.store.maxLabelsPerSeries = n
             }
@@ -101,6 +102,9 @@ struct ConfigFile {
             }
             if let n = try limits["max_tracked_processes"]?.integer(at: "limits.max_tracked_processes", in: 0...65_536) {
                 configuration.store.maxTrackedProcesses = n
+            }
+            if let n = try limits["max_memory_bytes"]?.integer(at: "limits.max_memory_bytes", in: (1 << 20)...(1 << 40)) {
+                configuration.store.maxMemoryBytes = n
             }
             if let n = try limits["max_series"]?.integer(at: "limits.max_series", in: 1...100_000_000) {
                 configuration.store.maxSeries = n

@@ -178,3 +178,41 @@ struct WireTests {
         #expect(decoder.sampleCount == accepted)
     }
 }
+
+@Suite("Encoder: samples appended to the previous series")
+struct AppendToPreviousSeriesTests {
+    @Test("the bytes equal a full append's; no previous series, another type or a full datagram: false, unchanged")
+    func sameBytes() throws {
+        let labels = [("peer", "node-1"), ("zone", "a")]
+        var full = DatagramEncoder()
+        var short = DatagramEncoder()
+        for value in [1.0, 2.5, 7.0] { try full.append(.histogramObserve, name: "amp", labels: labels, value: .double(value)) }
+        try short.append(.histogramObserve, name: "amp", labels: labels, value: .double(1.0))
+        #expect(try short.appendToPreviousSeries(.histogramObserve, value: .double(2.5)))
+        #expect(try short.appendToPreviousSeries(.histogramObserve, value: .double(7.0)))
+        #expect(short.bytes == full.bytes)
+
+        let before = short.bytes
+        #expect(try !short.appendToPreviousSeries(.counterAdd, value: .unsigned(1)))  // another type
+        #expect(short.bytes == before)
+        short.reset()
+        #expect(try !short.appendToPreviousSeries(.histogramObserve, value: .double(1)))  // nothing since reset
+        #expect(short.isEmpty)
+
+        var sets = DatagramEncoder()
+        var setsShort = DatagramEncoder()
+        for key in ["a", "bb", "ccc"] { try sets.appendDistinct(name: "u", labels: labels, key: Array(key.utf8)) }
+        try setsShort.appendDistinct(name: "u", labels: labels, key: Array("a".utf8))
+        #expect(try setsShort.appendDistinctToPreviousSeries(key: Array("bb".utf8)))
+        #expect(try setsShort.appendDistinctToPreviousSeries(key: Array("ccc".utf8)))
+        #expect(setsShort.bytes == sets.bytes)
+        #expect(try !full.appendDistinctToPreviousSeries(key: [1]))  // the previous was a histogram's
+
+        var tiny = DatagramEncoder(maxSize: 64)
+        try tiny.append(.counterAdd, name: "c", labels: labels, value: .unsigned(1))
+        var appended = 0
+        while try tiny.appendToPreviousSeries(.counterAdd, value: .unsigned(1)) { appended += 1 }
+        #expect(tiny.bytes.count <= 64 && appended > 0)
+        #expect(throws: EncodingError.self) { try tiny.appendToPreviousSeries(.counterAdd, value: .double(.nan)) }
+    }
+}
