@@ -41,6 +41,8 @@ public struct MetricStore {
     /// Indexes of the samples of the current datagram that phase 3 applies.
     private var deferred: [Int] = []
     private var familyIndex: [String: Int32] = [:]
+    /// Every exposed name a family or a known metric claims, so that no two families share one.
+    private var exposedNames = ExposedNames()
 
     // Series: canonical key (family id + labels sorted by name) → series id. The key bytes double
     // as the series' label storage for exposition.
@@ -89,6 +91,7 @@ public struct MetricStore {
     private static let unresolved: SeriesID = -1
     private static let refusedBase: SeriesID = -2
     private static let typeClash = refusedBase - SeriesID(SampleRejection.allCases.firstIndex(of: .typeClash) ?? 0)
+    private static let nameClash = refusedBase - SeriesID(SampleRejection.allCases.firstIndex(of: .nameClash) ?? 0)
 
     public init(configuration: StoreConfiguration = StoreConfiguration()) {
         self.configuration = configuration
@@ -97,6 +100,11 @@ public struct MetricStore {
         var descriptors: [String: MetricDescriptor] = [:]
         for d in configuration.metrics { descriptors[d.exposedName] = d }
         self.descriptors = descriptors
+        // Known metrics claim their names before any client can (a clashing one stays unclaimed,
+        // and its samples are refused as `name_clash`).
+        for d in configuration.metrics where descriptors[d.exposedName] == d {
+            exposedNames.claim(d.exposedName, type: d.type)
+        }
     }
 
     /// Live series.
@@ -190,7 +198,7 @@ public struct MetricStore {
         swap(&floats, &floatPart)
         swap(&buckets, &bucketCounts)
         var applied: UInt64 = 0
-        var refusals = (clash: UInt64(0), series: UInt64(0), metric: UInt64(0), labels: UInt64(0))
+        var refusals = (clash: UInt64(0), series: UInt64(0), metric: UInt64(0), labels: UInt64(0), names: UInt64(0))
         deferred.removeAll(keepingCapacity: true)
         let trackingActive = processGauges.entries > 0
         integers.withUnsafeMutableBufferPointer { integers in
@@ -203,6 +211,7 @@ public struct MetricStore {
                             case Self.unresolved, Self.typeClash: refusals.clash &+= 1
                             case Self.refusedBase - 1: refusals.series &+= 1
                             case Self.refusedBase - 2: refusals.metric &+= 1
+                            case Self.nameClash: refusals.names &+= 1
                             default: refusals.labels &+= 1
                             }
                             continue
@@ -256,6 +265,7 @@ public struct MetricStore {
         if refusals.series > 0 { statistics.add(refusals.series, .seriesLimit) }
         if refusals.metric > 0 { statistics.add(refusals.metric, .metricSeriesLimit) }
         if refusals.labels > 0 { statistics.add(refusals.labels, .labelLimit) }
+        if refusals.names > 0 { statistics.add(refusals.names, .nameClash) }
         return nil
     }
 
@@ -344,6 +354,8 @@ public struct MetricStore {
         } else {
             let type = descriptors[name]?.type ?? kind.metricType
             guard type == kind.metricType else { return Self.typeClash }
+            // A name (or a name it derives) that another family exposes would break the scrape.
+            guard exposedNames.admits(name, type: type) else { return Self.nameClash }
             familyID = Int32(families.count)
         }
 
@@ -399,6 +411,7 @@ public struct MetricStore {
         let help = descriptor?.help ?? "Metric \(name) sent by clients of p2pmetricsd."
         let ttl = descriptor?.ttlSeconds ?? (type == .counter ? nil : configuration.defaultTTLSeconds)
         familyIndex[name] = Int32(families.count)
+        exposedNames.claim(name, type: type)
         familyTypes.append(type)
         familyProcessScoped.append(descriptor?.processScoped ?? false)
         familyBuckets.append(buckets)

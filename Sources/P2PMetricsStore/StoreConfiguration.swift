@@ -48,6 +48,10 @@ public enum SampleRejection: String, Sendable, CaseIterable {
     /// Creating the series would exceed the configured label count or label value length
     /// (stricter than the protocol's own limits).
     case labelLimit = "label_limit"
+    /// The metric's exposed name, or a name its exposition derives from it (`_bucket`, `_sum`,
+    /// `_count`, `_created`, `_error`, the OpenMetrics family without `_total`), is another
+    /// family's, or in the daemon's `p2pmetricsd_` namespace (see `ExposedNames`).
+    case nameClash = "name_clash"
 }
 
 /// The daemon's own ingest counters, exposed as `p2pmetricsd_*` self-metrics.
