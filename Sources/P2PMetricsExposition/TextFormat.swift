@@ -120,6 +120,21 @@ public enum TextFormat {
         }
     }
 
+    /// Appends an unsigned 128-bit integer in decimal.
+    public static func appendDecimal(_ value: UInt128, to out: inout [UInt8]) {
+        if let small = UInt64(exactly: value) {
+            appendDecimal(small, to: &out)
+            return
+        }
+        let tenToThe19: UInt128 = 10_000_000_000_000_000_000
+        appendDecimal(value / tenToThe19, to: &out)
+        let low = UInt64(value % tenToThe19)
+        var digits: [UInt8] = []
+        appendDecimal(low, to: &digits)
+        out.append(contentsOf: repeatElement(0x30, count: 19 - digits.count))
+        out.append(contentsOf: digits)
+    }
+
     /// Appends a float value: integers exactly as integers, `+Inf`, `-Inf`, `NaN`, and everything
     /// else in the shortest form that reads back to the same double.
     @inlinable
@@ -136,13 +151,41 @@ public enum TextFormat {
         }
     }
 
-    /// Appends a counter total kept as an exact integer part plus fractional adds.
+    /// Appends a counter total kept as an exact integer part plus a binary64 part (the sum of
+    /// fractional adds, and 2^64 per wrap of the integer part), exactly as PROTOCOL.md §1.3 says:
+    /// the integer part plus the binary64 part's whole part, in full decimal, then the binary64
+    /// part's fractional remainder as its shortest round-trip decimal (`1152921504606846979.1`).
+    /// Past 2^127 (or at +Inf) the sum is written as a double.
     @inlinable
     public static func appendCounter(integer: UInt64, fraction: Double, to out: inout [UInt8]) {
         if fraction == 0 {
             appendDecimal(integer, to: &out)
-        } else {
-            appendValue(Double(integer) + fraction, to: &out)
+            return
         }
+        let whole = fraction.rounded(.down)
+        guard whole >= 0, whole < 0x1p127 else {
+            appendValue(Double(integer) + fraction, to: &out)
+            return
+        }
+        appendDecimal(UInt128(integer) + UInt128(whole), to: &out)
+        let remainder = fraction - whole  // exact: the low bits of `fraction`
+        if remainder > 0 { appendFractionDigits(remainder, to: &out) }
+    }
+
+    /// Appends `.digits` of `value` in (0, 1): its shortest round-trip decimal, never in exponent form.
+    public static func appendFractionDigits(_ value: Double, to out: inout [UInt8]) {
+        let text = value.description  // "0.1", or "1.25e-05" below 1e-4
+        var digits = Substring(text)
+        var leadingZeros = 0
+        if let e = text.firstIndex(of: "e") {
+            leadingZeros = (Int(text[text.index(after: e)...]).map { -$0 } ?? 1) - 1
+            digits = text[..<e]
+            digits.removeAll { $0 == "." }
+        } else if let dot = text.firstIndex(of: ".") {
+            digits = text[text.index(after: dot)...]
+        }
+        out.append(0x2E)
+        out.append(contentsOf: repeatElement(0x30, count: max(leadingZeros, 0)))
+        out.append(contentsOf: digits.utf8)
     }
 }

@@ -59,8 +59,9 @@ public struct IngestStatistics: Sendable, Equatable {
     public var datagramsReceived: UInt64 = 0
     public var bytesReceived: UInt64 = 0
     public var samplesApplied: UInt64 = 0
-    /// Datagrams clients reported in-band that they could not send.
-    public var clientDroppedDatagrams: UInt64 = 0
+    /// Datagrams clients reported in-band that they could not send. 128 bits: any client may
+    /// report up to 2^64 − 1 per record, and a counter must never wrap (go down).
+    public var clientDroppedDatagrams: UInt128 = 0
     /// Indexed like `DatagramRejection.allCases`.
     public var datagramsRejected = [UInt64](repeating: 0, count: DatagramRejection.allCases.count)
     /// Indexed like `SampleRejection.allCases`.

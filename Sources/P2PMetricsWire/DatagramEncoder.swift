@@ -39,6 +39,16 @@ public struct DatagramEncoder: Sendable {
         Varint.append(count, to: &bytes)
     }
 
+    /// Appends a drop count of any size as `dropped` records of at most 2^64 − 1 each (none for 0).
+    public mutating func appendDropped(_ count: UInt128) {
+        var rest = count
+        while rest > 0 {
+            let part = UInt64(min(rest, UInt128(UInt64.max)))
+            appendDropped(part)
+            rest -= UInt128(part)
+        }
+    }
+
     /// Appends one sample. Returns `false`, leaving the datagram unchanged, when it does not fit;
     /// throws when the sample breaks a protocol rule.
     @discardableResult

@@ -25,7 +25,7 @@ struct WireTests {
                 let rejection = decoder.validate(raw)
                 #expect(rejection == nil, "vector \(vector.id) rejected: \(String(describing: rejection))")
                 guard rejection == nil else { return }
-                #expect(decoder.droppedReported == vector.drops, "vector \(vector.id)")
+                #expect(decoder.droppedReported == UInt128(vector.drops), "vector \(vector.id)")
                 #expect(decoder.sampleCount == vector.calls.count, "vector \(vector.id)")
                 var cursor = decoder.samples(in: raw)
                 var decoded: [TestVectors.Call] = []

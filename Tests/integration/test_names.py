@@ -81,3 +81,30 @@ def test_reported_name_clashes_are_refused_counted_and_never_exposed_twice(daemo
     assert "p2pmetricsd_bucket" not in text and "p2pmetricsd_error" not in text
     assert om.count("# TYPE ho_omc ") == 1 and om.count("# TYPE ho_tkc_error ") == 1
     assert daemon.value("p2pmetricsd_samples_applied_total") == len(first_come) + 2
+
+
+def exposed(text: str, name: str) -> str:
+    """The value of an unlabelled sample exactly as written."""
+    (line,) = sample_lines(text, name)
+    return line.split(" ")[1]
+
+
+def test_counters_never_go_down_and_keep_their_exact_integer_part(daemon):
+    top = 2**64 - 1
+    daemon.send(MAGIC + b"\x02" + uvarint(top) + series("c.drop.first") + b"\x10\x00\x01")
+    daemon.send(MAGIC + series("c.drop.then") + b"\x10\x00\x01" + b"\x02\x05")  # a drop record may come last
+    daemon.send(sample(COUNTER, "c.wrap", top))
+    daemon.send(sample(COUNTER, "c.wrap", 5))
+    daemon.send(sample(COUNTER, "c.mixed", 2**60 + 3))
+    daemon.send(sample(COUNTER, "c.mixed", 0.1))
+    daemon.send(sample(COUNTER, "c.halves", 2**53 + 1))
+    for _ in range(3):
+        daemon.send(sample(COUNTER, "c.halves", 0.5))
+    daemon.send(MAGIC + b"\x02" + uvarint(top) + b"\x02" + uvarint(top))  # drop-only, two records
+    assert daemon.wait_for("p2pmetricsd_datagrams_received_total", 11) == 11
+    text, om = assert_valid(daemon)
+    assert exposed(text, "p2pmetricsd_client_dropped_datagrams_total") == str(3 * top + 5)
+    assert exposed(text, "c_wrap") == str(top + 5)
+    assert exposed(text, "c_mixed") == "1152921504606846979.1"
+    assert exposed(text, "c_halves") == str(2**53 + 2) + ".5"
+    assert exposed(om, "c_mixed") == "1152921504606846979.1"
