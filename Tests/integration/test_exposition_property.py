@@ -197,8 +197,8 @@ class TextFormatProxy(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_random_accepted_datagrams_keep_every_scrape_valid(daemon, seed):
+def send_rounds(daemon, seed: int, pause: float = 0.0) -> Model:
+    """Sends ROUNDS rounds of random datagrams, checking every scrape after each round."""
     rng = random.Random(seed)
     model = Model()
     sent = 0
@@ -207,6 +207,13 @@ def test_random_accepted_datagrams_keep_every_scrape_valid(daemon, seed):
             daemon.send(text_datagram(rng, model) if rng.random() < 0.3 else binary_datagram(rng, model))
             sent += 1
         check_round(daemon, model, sent)
+        time.sleep(pause)
+    return model
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_accepted_datagrams_keep_every_scrape_valid(daemon, seed):
+    model = send_rounds(daemon, seed)
     assert model.name_clash > 0 and model.type_clash > 0 and len(model.types) > 10  # the alphabet collides
 
 
@@ -223,15 +230,7 @@ def test_real_prometheus_scrapes_random_collisions_without_an_error(daemon, tmp_
     ]
     prom = Prometheus(tmp_path, daemon.port, jobs=jobs)
     try:
-        rng = random.Random(SEEDS[0])
-        model = Model()
-        sent = 0
-        for _ in range(ROUNDS):
-            for _ in range(DATAGRAMS_PER_ROUND):
-                daemon.send(text_datagram(rng, model) if rng.random() < 0.3 else binary_datagram(rng, model))
-                sent += 1
-            check_round(daemon, model, sent)
-            time.sleep(1.2)  # let Prometheus scrape this state
+        send_rounds(daemon, SEEDS[0], pause=1.2)  # Prometheus scrapes every round's state
         # Every scrape of both jobs so far succeeded and stored samples.
         scrapes = prom.wait("count_over_time(up[5m])", lambda r: len(r) == 2 and min(r.values()) >= ROUNDS, timeout=30)
         assert len(scrapes) == 2 and min(scrapes.values()) >= ROUNDS, scrapes
