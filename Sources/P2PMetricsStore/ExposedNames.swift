@@ -56,6 +56,12 @@ public struct ExposedNames: Sendable {
         return true
     }
 
+    /// Gives back the claims of family `name` (for a store that removes a family): its names are
+    /// free for the next family that needs them.
+    public mutating func release(_ name: String, type: MetricType) {
+        for claim in Self.claims(of: name, type: type) where owners[claim] == name { owners[claim] = nil }
+    }
+
     /// Names in the daemon's `p2pmetricsd_` namespace.
     static func isReserved(_ name: String) -> Bool {
         name.utf8.starts(with: Names.reservedPrefix)

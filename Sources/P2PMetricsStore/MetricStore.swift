@@ -43,6 +43,9 @@ public struct MetricStore {
     private var familyIndex: [String: Int32] = [:]
     /// Every exposed name a family or a known metric claims, so that no two families share one.
     private var exposedNames = ExposedNames()
+    /// Known (catalog or configured) metrics whose names clash with an earlier known metric: their
+    /// samples are refused as `name_clash`. For the daemon to report at start.
+    public private(set) var configuredNameClashes: [String] = []
 
     // Series: canonical key (family id + labels sorted by name) → series id. The key bytes double
     // as the series' label storage for exposition.
@@ -102,9 +105,11 @@ public struct MetricStore {
         self.descriptors = descriptors
         // Known metrics claim their names before any client can (a clashing one stays unclaimed,
         // and its samples are refused as `name_clash`).
+        var clashes: [String] = []
         for d in configuration.metrics where descriptors[d.exposedName] == d {
-            exposedNames.claim(d.exposedName, type: d.type)
+            if !exposedNames.claim(d.exposedName, type: d.type) { clashes.append(d.name) }
         }
+        configuredNameClashes = clashes
     }
 
     /// Live series.

@@ -90,6 +90,22 @@ struct NameClashTests {
                             (.histogramObserve, "p2p.transfer.duration", .unsigned(1))], configuration: configuration)
         #expect(s.statistics.rejected(SampleRejection.nameClash) == 1)
         #expect(s.families.map(\.name) == ["p2p_transfer_duration"])
+        #expect(s.configuredNameClashes == ["p2p.transfer.duration.bucket"])
+        #expect(MetricStore().configuredNameClashes == [])
+    }
+
+    @Test("released names are free again; a release by another family changes nothing")
+    func release() {
+        var names = ExposedNames()
+        let claimed = names.claim("h", type: .histogram)
+        #expect(claimed)
+        #expect(!names.admits("h_count", type: .counter))
+        names.release("h_count", type: .counter)
+        #expect(!names.admits("h_count", type: .counter))
+        names.release("h", type: .histogram)
+        let reclaimed = names.claim("h_count", type: .counter)
+        #expect(reclaimed)
+        #expect(!names.admits("h", type: .histogram))
     }
 
     @Test("dots and underscores name one metric: a.b and a_b add up, no clash")
