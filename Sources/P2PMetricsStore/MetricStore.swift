@@ -61,6 +61,9 @@ public struct MetricStore {
     private var integerPart: [UInt64] = []
     /// Counter: fractional adds. Gauge: value. Histogram: sum.
     private var floatPart: [Double] = []
+    /// Counter: times its integer part wrapped past 2^64 − 1 (sparse: only counters that did), so
+    /// that integer adds stay exact and never disturb the fractional part.
+    private var counterWraps: [SeriesID: UInt64] = [:]
     /// Histogram: first bucket of the series in `bucketCounts`. Distinct: first register in `sketchRegisters`.
     private var histogramBase: [UInt32] = []
     /// Non-cumulative bucket counts of every histogram series; `+Inf` is the last of each run.
@@ -203,6 +206,7 @@ public struct MetricStore {
         swap(&floats, &floatPart)
         swap(&buckets, &bucketCounts)
         var applied: UInt64 = 0
+        var wrapped: [Int] = []
         var refusals = (clash: UInt64(0), series: UInt64(0), metric: UInt64(0), labels: UInt64(0), names: UInt64(0))
         deferred.removeAll(keepingCapacity: true)
         let trackingActive = processGauges.entries > 0
@@ -232,7 +236,7 @@ public struct MetricStore {
                         case 0x10, 0x11:  // counter add, integer (validated ≥ 0)
                             let (sum, overflow) = integers[id].addingReportingOverflow(sample.bits)
                             integers[id] = sum
-                            if overflow { floats[id] += 18_446_744_073_709_551_616.0 }
+                            if overflow { wrapped.append(id) }
                         case 0x12:
                             floats[id] += Double(bitPattern: sample.bits)
                         case 0x20, 0x21, 0x22:  // gauge set
@@ -257,6 +261,7 @@ public struct MetricStore {
         swap(&integers, &integerPart)
         swap(&floats, &floatPart)
         swap(&buckets, &bucketCounts)
+        for id in wrapped { counterWraps[SeriesID(id), default: 0] &+= 1 }
 
         // Phase 3: everything that is not a plain number.
         for index in deferred {
@@ -539,6 +544,7 @@ public struct MetricStore {
         case .counter, .gauge: break
         }
         processGauges.clear(series: id)
+        if !counterWraps.isEmpty { counterWraps[id] = nil }
         seriesFamily[i] = -1
         freeIDs.append(id)
     }
@@ -555,9 +561,10 @@ public struct MetricStore {
         }
     }
 
-    /// A counter's total, exact in its integer part.
-    public func counterValue(_ id: SeriesID) -> (integer: UInt64, fraction: Double) {
-        (integerPart[Int(id)], floatPart[Int(id)])
+    /// A counter's total: the exact sum of its integer adds (128 bits), and the binary64 sum of its
+    /// fractional adds.
+    public func counterValue(_ id: SeriesID) -> (integer: UInt128, fraction: Double) {
+        (UInt128(counterWraps[id] ?? 0) << 64 | UInt128(integerPart[Int(id)]), floatPart[Int(id)])
     }
 
     public func gaugeValue(_ id: SeriesID) -> Double { floatPart[Int(id)] }
@@ -592,7 +599,7 @@ public struct MetricStore {
     public var memoryFootprint: Int {
         canonical.memoryFootprint + wireCache.memoryFootprint
             + seriesFamily.capacity * 4 + seriesKeyOffset.capacity * 4 + seriesKeyLength.capacity * 2
-            + integerPart.capacity * 8 + floatPart.capacity * 8 + histogramBase.capacity * 4 + bucketCounts.capacity * 8 + sketchRegisters.capacity + lastSeen.capacity * 4 + topKSketches.memoryFootprint
+            + integerPart.capacity * 8 + floatPart.capacity * 8 + counterWraps.capacity * 16 + histogramBase.capacity * 4 + bucketCounts.capacity * 8 + sketchRegisters.capacity + lastSeen.capacity * 4 + topKSketches.memoryFootprint
     }
 }
 

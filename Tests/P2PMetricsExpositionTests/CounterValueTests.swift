@@ -6,7 +6,7 @@ import P2PMetricsWire
 /// Issue 14: counters never go down (self-metrics included) and keep their exact integer part.
 @Suite("Counter values")
 struct CounterValueTests {
-    static func counter(_ integer: UInt64, _ fraction: Double) -> String {
+    static func counter(_ integer: UInt128, _ fraction: Double) -> String {
         var out: [UInt8] = []
         TextFormat.appendCounter(integer: integer, fraction: fraction, to: &out)
         return String(decoding: out, as: UTF8.self)
@@ -20,10 +20,27 @@ struct CounterValueTests {
         #expect(Self.counter(7, 0) == "7")
         #expect(Self.counter(1, 0.0000125) == "1.0000125")
         #expect(Self.counter(0, .leastNonzeroMagnitude) == "0." + String(repeating: "0", count: 323) + "5")
-        #expect(Self.counter(.max, 0x1p64) == "36893488147419103231")  // wrapped once: 2^65 − 1
+        #expect(Self.counter(UInt128(UInt64.max) << 1 | 1, 0) == "36893488147419103231")  // 2^65 − 1
         #expect(Self.counter(5, 0x1p64) == "18446744073709551621")
         #expect(Self.counter(0, .infinity) == "+Inf")
-        #expect(Self.counter(1, 0x1p200) == "1.6069380442589903e+60")
+        // Huge fractional-form adds: every digit of integer + double, never an exponent.
+        #expect(Self.counter(1, 0x1p200) == "1606938044258990275541962092341162602522202993782792835301377")
+        #expect(Self.counter(.max, 0x1p64 + 4096) == "340282366920938463481821351505477767167")
+        #expect(Self.counter(7, 1e20 + 0) == "100000000000000000007")
+        #expect(Self.counter(0, .greatestFiniteMagnitude).count == 309)
+    }
+
+    @Test("a wrapped counter survives a snapshot and restore exactly")
+    func snapshotKeepsWraps() {
+        var store = MetricStore()
+        for value in [SampleValue.unsigned(.max), .unsigned(.max), .unsigned(9), .double(0.25)] {
+            _ = datagram([(.counterAdd, "w", [("a", "1")], value)]).withUnsafeBytes { store.ingest($0) }
+        }
+        var restored = MetricStore()
+        for d in store.counterSnapshot() { _ = d.withUnsafeBytes { restored.restore($0) } }
+        let id = restored.families[0].series[0]
+        #expect(restored.counterValue(id).integer == UInt128(UInt64.max) * 2 + 9)
+        #expect(restored.counterValue(id).fraction == 0.25)
     }
 
     @Test("128-bit decimals")
@@ -45,8 +62,13 @@ struct CounterValueTests {
         for value in [SampleValue.unsigned(.max), .unsigned(5), .double(0.5)] {
             _ = datagram([(.counterAdd, "big", [], value)]).withUnsafeBytes { store.ingest($0) }
         }
-        // 2^64 + 4 + 0.5: the half is below the binary64 part's resolution at 2^64 (PROTOCOL.md §1.3).
-        #expect(render(store).contains("\nbig 18446744073709551620\n"))
+        #expect(render(store).contains("\nbig 18446744073709551620.5\n"))
+        // Reported: fractional adds, then a small add that wraps the integer part: never down.
+        var wrap = MetricStore()
+        for value in [SampleValue.unsigned(.max), .double(2000.5), .unsigned(1)] {
+            _ = datagram([(.counterAdd, "w", [], value)]).withUnsafeBytes { wrap.ingest($0) }
+        }
+        #expect(render(wrap).contains("\nw 18446744073709553616.5\n"))
         var small = MetricStore()
         for value in [SampleValue.unsigned(1 << 60 + 3), .double(0.1)] {
             _ = datagram([(.counterAdd, "mixed", [], value)]).withUnsafeBytes { small.ingest($0) }

@@ -101,10 +101,18 @@ def test_counters_never_go_down_and_keep_their_exact_integer_part(daemon):
     for _ in range(3):
         daemon.send(sample(COUNTER, "c.halves", 0.5))
     daemon.send(MAGIC + b"\x02" + uvarint(top) + b"\x02" + uvarint(top))  # drop-only, two records
-    assert daemon.wait_for("p2pmetricsd_datagrams_received_total", 11) == 11
+    # Fractional adds, then a wrap past 2^64 - 1 by a small add: the total still grows by 1.
+    daemon.send(sample(COUNTER, "c.fracwrap", top))
+    daemon.send(sample(COUNTER, "c.fracwrap", 2000.5))
+    daemon.send(sample(COUNTER, "c.fracwrap", 1))
+    daemon.send(sample(COUNTER, "c.huge", 1e300))  # a huge fractional-form add: exact digits, no exponent
+    daemon.send(sample(COUNTER, "c.huge", 1))
+    assert daemon.wait_for("p2pmetricsd_datagrams_received_total", 16) == 16
     text, om = assert_valid(daemon)
     assert exposed(text, "p2pmetricsd_client_dropped_datagrams_total") == str(3 * top + 5)
     assert exposed(text, "c_wrap") == str(top + 5)
     assert exposed(text, "c_mixed") == "1152921504606846979.1"
     assert exposed(text, "c_halves") == str(2**53 + 2) + ".5"
     assert exposed(om, "c_mixed") == "1152921504606846979.1"
+    assert exposed(text, "c_fracwrap") == str(2**64 + 2000) + ".5"
+    assert exposed(text, "c_huge") == str(int(1e300) + 1)
