@@ -564,7 +564,8 @@ public struct MetricStore {
     /// A counter's total: the exact sum of its integer adds (128 bits), and the binary64 sum of its
     /// fractional adds.
     public func counterValue(_ id: SeriesID) -> (integer: UInt128, fraction: Double) {
-        (UInt128(counterWraps[id] ?? 0) << 64 | UInt128(integerPart[Int(id)]), floatPart[Int(id)])
+        let wraps = counterWraps.isEmpty ? 0 : counterWraps[id] ?? 0  // no hashing in the common case
+        return (UInt128(wraps) << 64 | UInt128(integerPart[Int(id)]), floatPart[Int(id)])
     }
 
     public func gaugeValue(_ id: SeriesID) -> Double { floatPart[Int(id)] }
