@@ -108,7 +108,7 @@ def binary_datagram(rng: random.Random, model: Model) -> bytes:
         if kind == "counter":
             out += b"\x10" + i + uvarint(rng.choice([1, 7, 2**40, 2**64 - 1]))
         elif kind == "counter_f":
-            out += b"\x12" + i + struct.pack("<d", rng.choice([0.1, 0.5, 2.25, 1e-7]))
+            out += b"\x12" + i + struct.pack("<d", rng.choice([0.1, 0.5, 2.25, 1e-7, 1e300]))
         elif kind == "gauge_set":
             out += b"\x22" + i + struct.pack("<d", rng.choice([-1.5, 0.0, 3.0, float("nan"), float("inf"), 1e300]))
         elif kind == "gauge_add":
