@@ -255,3 +255,4 @@ def test_real_prometheus_scrapes_random_collisions_without_an_error(daemon, tmp_
     finally:
         prom.stop()
         proxy.shutdown()
+        proxy.server_close()
