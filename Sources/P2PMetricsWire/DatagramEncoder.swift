@@ -109,7 +109,8 @@ public struct DatagramEncoder: Sendable {
         case .double(let d):
             bytes.append(kind.rawValue << 4 | ValueForm.float64.rawValue)
             Varint.append(UInt64(index), to: &bytes)
-            withUnsafeBytes(of: d.bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
+            let bits = d.isNaN ? Double.nan.bitPattern : d.bitPattern  // the canonical NaN (PROTOCOL.md §3)
+            withUnsafeBytes(of: bits.littleEndian) { bytes.append(contentsOf: $0) }
         case .key:
             bytes.append(kind.rawValue << 4 | ValueForm.bytes.rawValue)
             Varint.append(UInt64(index), to: &bytes)

@@ -77,6 +77,14 @@ struct WireTests {
         }
     }
 
+    @Test("any NaN is encoded as the canonical quiet NaN 0x7FF8000000000000")
+    func canonicalNaN() throws {
+        var encoder = DatagramEncoder(maxSize: 100)
+        let odd = Double(bitPattern: 0xFFF8_0000_0000_0001)
+        try encoder.append(.gaugeSet, name: "g", value: .double(odd))
+        #expect(Array(encoder.bytes.suffix(8)) == [0, 0, 0, 0, 0, 0, 0xF8, 0x7F])
+    }
+
     @Test("every reject vector is refused with its reason")
     func rejectsInvalidVectors() {
         var decoder = DatagramDecoder()
