@@ -1,7 +1,7 @@
 """A strict reader of the daemon's two exposition formats, for tests that must prove a scrape
 valid whatever was sent: every family declared once (one HELP, one TYPE), families contiguous,
 every sample named as its family's type allows, no sample (name and label set) twice, and, in
-OpenMetrics, `# EOF` last. promtool and a real Prometheus check the same scrapes; this one also
+OpenMetrics, `# EOF` last and no counter, histogram sum or count NaN or negative. promtool and a real Prometheus check the same scrapes; this one also
 reads OpenMetrics (promtool reads only the text format) and says exactly what broke."""
 from __future__ import annotations
 
@@ -67,6 +67,9 @@ def problems(text: str, openmetrics: bool) -> list[str]:
         family_type = declared.get(current or "")
         if family_type is None or not any(name == current + s for s in suffixes.get(family_type, ("",))):
             out.append(f"sample {name} outside its family (current: {current} {family_type})")
+        if openmetrics and family_type in ("counter", "histogram") and name != current + "_bucket":
+            if value == "NaN" or value.startswith("-"):
+                out.append(f"OpenMetrics {family_type} value must not be NaN or negative: {line!r}")
         key = (name, frozenset(_LABEL.findall(labels or "")))
         if key in samples:
             out.append(f"duplicate sample {line!r}")

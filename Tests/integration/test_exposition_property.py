@@ -114,7 +114,7 @@ def binary_datagram(rng: random.Random, model: Model) -> bytes:
         elif kind == "gauge_add":
             out += b"\x31" + i + uvarint(rng.choice([1, 2, 3]))  # zigzag: -1, 1, -2
         elif kind == "histogram":
-            out += b"\x42" + i + struct.pack("<d", rng.choice([0.001, 0.3, 7.0, 1e6]))
+            out += b"\x42" + i + struct.pack("<d", rng.choice([0.001, 0.3, 7.0, 1e6, -2.5]))
         elif kind == "distinct":
             out += b"\x53" + i + string(rng.choice(["k1", "k2", "k3"]))
         else:
