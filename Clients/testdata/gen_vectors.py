@@ -2,7 +2,8 @@
 """Regenerates vectors.txt: the shared wire-protocol test vectors (see ../PROTOCOL.md §7).
 
 This is an independent third encoder of the protocol (beside the C and Swift clients), written
-straight from the spec. Run it after changing the spec; commit the output.
+straight from the spec. Run it after changing the spec; commit the output. `gen_vectors.py FILE`
+writes FILE instead (the tests check that the committed file is what this script writes).
 """
 import math
 import struct
@@ -306,7 +307,7 @@ def main() -> None:
         lines.append("reason " + reason)
         lines.append("end")
         lines.append("")
-    out = Path(__file__).with_name("vectors.txt")
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("vectors.txt")
     out.write_text("\n".join(lines))
     print("wrote %s (%d valid, %d accept, %d reject)" % (out, len(VALID), len(ACCEPT), len(REJECT)), file=sys.stderr)
 
