@@ -7,23 +7,25 @@ beside gauge `b`, dots beside underscores, the catalog's names and the daemon's 
 sent to the built daemon. After every round both formats are checked by promtool and by the strict
 reader of `exposition_check` (one HELP/TYPE per family, no duplicate sample), the set of exposed
 families and the `name_clash`/`type_clash` counts are compared with a model of PROTOCOL.md §1.6,
+every counter's written value with the model's exact total (§1.3),
 and a real Prometheus scrapes the daemon all along in OpenMetrics (its default) and in the text
 format (through a proxy that asks for it), with no failed scrape and no duplicate sample.
 """
 from __future__ import annotations
 
-import json
+import math
 import random
 import struct
 import threading
 import time
 import urllib.request
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from conftest import free_port
-from exposition_check import problems, promtool_problems
+from exposition_check import _LABEL, problems, promtool_problems
 from test_contrib import PROMETHEUS, Prometheus
 from wire import MAGIC, series, string, uvarint
 
@@ -61,7 +63,8 @@ def claims(name: str, kind: str) -> list[str]:
 
 
 class Model:
-    """Which families exist, and how many samples each refusal reason got."""
+    """Which families exist, how many samples each refusal reason got, and every counter's total
+    as PROTOCOL.md §1.3 keeps it: an exact integer sum and a double sum of the fractional adds."""
 
     def __init__(self):
         self.types: dict[str, str] = {}
@@ -70,6 +73,27 @@ class Model:
             self._claim(name, kind)
         self.name_clash = 0
         self.type_clash = 0
+        self.counters: dict[tuple[str, frozenset], tuple[int, float]] = {}
+
+    def counter(self, name: str, labels: dict[str, str], value: int | float) -> None:
+        """Applies a counter add that `sample` accepted."""
+        key = (name.replace(".", "_"), frozenset((k, v) for k, v in labels.items() if v))
+        integer, fraction = self.counters.get(key, (0, 0.0))
+        if isinstance(value, int):
+            integer += value
+        else:
+            fraction += value
+        self.counters[key] = (integer, fraction)
+
+    @staticmethod
+    def exposed(integer: int, fraction: float) -> str:
+        """The exact written form of a counter (PROTOCOL.md §1.3)."""
+        whole = math.floor(fraction)
+        text = str(integer + int(whole))
+        remainder = fraction - whole
+        if remainder > 0:
+            text += "." + format(Decimal(repr(remainder)), "f").split(".")[1]
+        return text
 
     def _claim(self, name: str, kind: str) -> bool:
         mine = claims(name, kind)
@@ -79,18 +103,22 @@ class Model:
             self.owner[c] = name
         return True
 
-    def sample(self, name: str, kind: str) -> None:
+    def sample(self, name: str, kind: str) -> bool:
+        """Counts a sample's refusal; True when it applies."""
         exposed = name.replace(".", "_")
         if exposed in self.types:
             if self.types[exposed] != kind:
                 self.type_clash += 1
-            return
+                return False
+            return True
         if CATALOG.get(exposed, kind) != kind:
             self.type_clash += 1
         elif self._claim(exposed, kind):
             self.types[exposed] = kind
+            return True
         else:
             self.name_clash += 1
+        return False
 
 
 LABELS = [{}, {"x": "1"}, {"x": "2", "y": "1"}, {"y": ""}, {"x": "", "y": "2"}]
@@ -105,10 +133,13 @@ def binary_datagram(rng: random.Random, model: Model) -> bytes:
         name, labels, kind = rng.choice(NAMES), rng.choice(LABELS), rng.choice(BINARY_KINDS)
         out += series(name, labels)
         i = uvarint(index)
+        value = None
         if kind == "counter":
-            out += b"\x10" + i + uvarint(rng.choice([1, 7, 2**40, 2**64 - 1]))
+            value = rng.choice([1, 7, 2**40, 2**64 - 1])
+            out += b"\x10" + i + uvarint(value)
         elif kind == "counter_f":
-            out += b"\x12" + i + struct.pack("<d", rng.choice([0.1, 0.5, 2.25, 1e-7, 1e300]))
+            value = rng.choice([0.1, 0.5, 2.25, 1e-7, 1e300])
+            out += b"\x12" + i + struct.pack("<d", value)
         elif kind == "gauge_set":
             out += b"\x22" + i + struct.pack("<d", rng.choice([-1.5, 0.0, 3.0, float("nan"), float("inf"), 1e300]))
         elif kind == "gauge_add":
@@ -119,7 +150,9 @@ def binary_datagram(rng: random.Random, model: Model) -> bytes:
             out += b"\x53" + i + string(rng.choice(["k1", "k2", "k3"]))
         else:
             out += b"\x63" + i + string(rng.choice(["k1", "k2", "k3"]))
-        model.sample(name, {"counter_f": "counter", "gauge_set": "gauge", "gauge_add": "gauge", "topk": "topk"}.get(kind, kind))
+        kind = {"counter_f": "counter", "gauge_set": "gauge", "gauge_add": "gauge"}.get(kind, kind)
+        if model.sample(name, kind) and kind == "counter":
+            model.counter(name, labels, value)
     return bytes(out)
 
 
@@ -140,7 +173,8 @@ def text_datagram(rng: random.Random, model: Model) -> bytes:
             model.name_clash += 1
             continue
         before = model.name_clash
-        model.sample(name, TEXT_TYPES[t])
+        if model.sample(name, TEXT_TYPES[t]) and t == "c":
+            model.counter(name, labels, 2)
         if model.name_clash > before:
             clashed.add(record)
     return "\n".join(lines).encode()
@@ -150,6 +184,17 @@ def scrape(url: str, openmetrics: bool) -> str:
     req = urllib.request.Request(url, headers={"Accept": OPENMETRICS} if openmetrics else {})
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.read().decode()
+
+
+def raw_values(text: str) -> dict[tuple[str, frozenset], str]:
+    """{(name, labels): the value exactly as written}."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            head, value = line.rsplit(" ", 1)
+            name, _, labels = head.partition("{")
+            out[(name, frozenset(_LABEL.findall(labels)))] = value
+    return out
 
 
 def families(text: str) -> set[str]:
@@ -179,6 +224,9 @@ def check_round(daemon, model: Model, sent: int) -> None:
     assert rejected == 0, "the generator sends only accepted datagrams"
     client = {f for f in families(text) if not f.startswith("p2pmetricsd_")}
     assert client == expected_families(model)
+    written = raw_values(text)
+    for key, (integer, fraction) in model.counters.items():
+        assert written.get(key) == Model.exposed(integer, fraction), key
 
 
 class TextFormatProxy(BaseHTTPRequestHandler):
@@ -215,6 +263,8 @@ def send_rounds(daemon, seed: int, pause: float = 0.0) -> Model:
 def test_random_accepted_datagrams_keep_every_scrape_valid(daemon, seed):
     model = send_rounds(daemon, seed)
     assert model.name_clash > 0 and model.type_clash > 0 and len(model.types) > 10  # the alphabet collides
+    totals = model.counters.values()  # exact totals were compared: past 2^64, with fractions, huge
+    assert any(i >= 2**64 for i, _ in totals) and any(f != int(f) for _, f in totals) and any(f >= 1e300 for _, f in totals)
 
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed")
