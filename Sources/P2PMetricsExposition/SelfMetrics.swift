@@ -133,11 +133,12 @@ public struct SelfMetrics: Sendable {
         out.append(0x0A)
     }
 
-    private func counter(_ name: String, _ help: String, _ value: UInt64, _ out: inout [UInt8]) {
+    private func counter(_ name: String, _ help: String, _ value: some FixedWidthInteger & UnsignedInteger,
+                         _ out: inout [UInt8]) {
         family(name, "counter", help, &out)
         out.append(contentsOf: name.utf8)
         out.append(0x20)
-        TextFormat.appendDecimal(value, to: &out)
+        TextFormat.appendDecimal(UInt128(value), to: &out)
         out.append(0x0A)
     }
 

@@ -121,14 +121,14 @@ public struct StatsDTranscoder: Sendable {
         guard valueCount <= valuesLeft else { return .datagramValueLimit }
         valuesLeft -= valueCount
         guard let name = Self.sanitizedName(bytes[parsed.name]) else { return .badName }
+        let type = String(decoding: bytes[parsed.type], as: UTF8.self)
         let labels: [(String, String)]
-        switch Self.labels(bytes, parsed.tags) {
+        switch Self.labels(bytes, parsed.tags, histogram: type == "ms" || type == "h" || type == "d") {
         case .failure(let reason): return reason
         case .success(let l): labels = l
         }
 
         // Decide every sample of the line before emitting any, so a bad value refuses the whole line.
-        let type = String(decoding: bytes[parsed.type], as: UTF8.self)
         var samples: [(SampleKind, SampleValue)] = []
         var keys: [[UInt8]] = []
         var weight: UInt32 = 1
@@ -261,24 +261,31 @@ public struct StatsDTranscoder: Sendable {
         return String(decoding: out, as: UTF8.self)
     }
 
-    static func sanitizedLabelName(_ raw: Slice<UnsafeRawBufferPointer>) -> String? {
+    /// As the Swift client sanitizes dimensions: invalid characters become `_`, a leading digit gets
+    /// a `_`, leading underscores are reduced to one (`__x` → `_x`), a histogram's `le` becomes `_le`.
+    static func sanitizedLabelName(_ raw: Slice<UnsafeRawBufferPointer>, histogram: Bool) -> String? {
         var out: [UInt8] = raw.map { b in
             (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || b == 0x5F ? b : 0x5F
         }
         if let first = out.first, first >= 0x30 && first <= 0x39 { out.insert(0x5F, at: 0) }
+        if out.starts(with: [0x5F, 0x5F]) { out.removeFirst(out.prefix { $0 == 0x5F }.count - 1) }
+        if histogram && out == [0x6C, 0x65] { out.insert(0x5F, at: 0) }
         guard !out.isEmpty, out.count <= WireFormat.maxLabelNameLength,
               out.withUnsafeBytes({ Names.validateLabelName($0) }) == nil else { return nil }
         return String(decoding: out, as: UTF8.self)
     }
 
-    static func labels(_ bytes: UnsafeRawBufferPointer, _ tags: Range<Int>?) -> Result<[(String, String)], TextLineRejection> {
+    static func labels(_ bytes: UnsafeRawBufferPointer, _ tags: Range<Int>?, histogram: Bool)
+        -> Result<[(String, String)], TextLineRejection> {
         guard let tags, !tags.isEmpty else { return .success([]) }
         let tagCount = tags.reduce(1) { bytes[$1] == 0x2C ? $0 + 1 : $0 }
         guard tagCount <= maxTagsPerLine else { return .failure(.tooManyTags) }
         var labels: [(String, String)] = []
         for tag in split(bytes, tags, on: 0x2C) {
             guard let colon = tag.first(where: { bytes[$0] == 0x3A }) else { continue }  // a bare tag: no label
-            guard let name = sanitizedLabelName(bytes[tag.lowerBound..<colon]) else { return .failure(.badTag) }
+            guard let name = sanitizedLabelName(bytes[tag.lowerBound..<colon], histogram: histogram) else {
+                return .failure(.badTag)
+            }
             let valueBytes = UnsafeRawBufferPointer(rebasing: bytes[(colon + 1)..<tag.upperBound])
             guard valueBytes.count <= WireFormat.maxLabelValueLength, Names.isValidUTF8(valueBytes) else {
                 return .failure(.badTag)

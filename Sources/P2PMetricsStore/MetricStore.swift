@@ -43,6 +43,11 @@ public struct MetricStore {
     /// Indexes of the samples of the current datagram that phase 3 applies.
     private var deferred: [Int] = []
     private var familyIndex: [String: Int32] = [:]
+    /// Every exposed name a family or a known metric claims, so that no two families share one.
+    private var exposedNames = ExposedNames()
+    /// Known (catalog or configured) metrics whose names clash with an earlier known metric: their
+    /// samples are refused as `name_clash`. For the daemon to report at start.
+    public private(set) var configuredNameClashes: [String] = []
 
     // Series: canonical key (family id + labels sorted by name) → series id. The key bytes double
     // as the series' label storage for exposition.
@@ -58,6 +63,9 @@ public struct MetricStore {
     private var integerPart: [UInt64] = []
     /// Counter: fractional adds. Gauge: value. Histogram: sum.
     private var floatPart: [Double] = []
+    /// Counter: times its integer part wrapped past 2^64 − 1 (sparse: only counters that did), so
+    /// that integer adds stay exact and never disturb the fractional part.
+    private var counterWraps: [SeriesID: UInt64] = [:]
     /// Histogram: first bucket of the series in `bucketCounts`. Distinct: first register in `sketchRegisters`.
     private var histogramBase: [UInt32] = []
     /// Non-cumulative bucket counts of every histogram series; `+Inf` is the last of each run.
@@ -95,6 +103,7 @@ public struct MetricStore {
     private static let unresolved: SeriesID = -1
     private static let refusedBase: SeriesID = -2
     private static let typeClash = refusedBase - SeriesID(SampleRejection.allCases.firstIndex(of: .typeClash) ?? 0)
+    private static let nameClash = refusedBase - SeriesID(SampleRejection.allCases.firstIndex(of: .nameClash) ?? 0)
 
     public init(configuration: StoreConfiguration = StoreConfiguration()) {
         self.configuration = configuration
@@ -104,6 +113,13 @@ public struct MetricStore {
         var descriptors: [String: MetricDescriptor] = [:]
         for d in configuration.metrics { descriptors[d.exposedName] = d }
         self.descriptors = descriptors
+        // Known metrics claim their names before any client can (a clashing one stays unclaimed,
+        // and its samples are refused as `name_clash`).
+        var clashes: [String] = []
+        for d in configuration.metrics where descriptors[d.exposedName] == d {
+            if !exposedNames.claim(d.exposedName, type: d.type) { clashes.append(d.name) }
+        }
+        configuredNameClashes = clashes
     }
 
     /// Live series.
@@ -218,6 +234,7 @@ public struct MetricStore {
         var applied: UInt64 = 0
         let weighted = weights.map { $0.count == samples.count } ?? false
         assert(weights == nil || weighted, "one weight per transcoded sample")
+        var wrapped: [Int] = []
         deferred.removeAll(keepingCapacity: true)
         let trackingActive = processGauges.entries > 0
         integers.withUnsafeMutableBufferPointer { integers in
@@ -241,7 +258,7 @@ public struct MetricStore {
                         case 0x10, 0x11:  // counter add, integer (validated ≥ 0)
                             let (sum, overflow) = integers[id].addingReportingOverflow(sample.bits)
                             integers[id] = sum
-                            if overflow { floats[id] += 18_446_744_073_709_551_616.0 }
+                            if overflow { wrapped.append(id) }
                         case 0x12:
                             floats[id] += Double(bitPattern: sample.bits)
                         case 0x20, 0x21, 0x22:  // gauge set
@@ -267,6 +284,7 @@ public struct MetricStore {
         swap(&integers, &integerPart)
         swap(&floats, &floatPart)
         swap(&buckets, &bucketCounts)
+        for id in wrapped { counterWraps[SeriesID(id), default: 0] &+= 1 }
 
         // Phase 3: everything that is not a plain number.
         for index in deferred {
@@ -365,6 +383,8 @@ public struct MetricStore {
         } else {
             let type = descriptors[name]?.type ?? kind.metricType
             guard type == kind.metricType else { return Self.typeClash }
+            // A name (or a name it derives) that another family exposes would break the scrape.
+            guard exposedNames.admits(name, type: type) else { return Self.nameClash }
             familyID = freeFamilies.last ?? Int32(families.count)  // what `createFamily` will use
         }
 
@@ -439,6 +459,7 @@ public struct MetricStore {
     private var tableBytes: Int {
         canonical.memoryFootprint + seriesFamily.count * Self.bytesPerSeries
             + bucketCounts.count * 8 + sketchRegisters.count + topKSketches.memoryFootprint + familyBytes
+            + counterWraps.capacity * 16
     }
 
     /// Whether the series whose canonical key is in `keyScratch` fits the memory budget and the
@@ -497,6 +518,7 @@ public struct MetricStore {
         let family = MetricFamily(name: name, type: type, help: help, buckets: buckets, ttlSeconds: ttl,
                                   processScoped: descriptor?.processScoped ?? false, topK: Self.topK(of: descriptor))
         familyBytes += Self.familyCost(name: name, buckets: buckets.count)
+        exposedNames.claim(name, type: type)
         if let reused = freeFamilies.popLast() {
             let f = Int(reused)
             familyIndex[name] = reused
@@ -518,6 +540,7 @@ public struct MetricStore {
     private mutating func releaseFamily(_ f: Int) {
         let family = families[f]
         familyIndex[family.name] = nil
+        exposedNames.release(family.name, type: family.type)
         familyBytes -= Self.familyCost(name: family.name, buckets: family.buckets.count)
         families[f] = MetricFamily(name: "", type: family.type, help: "", buckets: [], ttlSeconds: nil,
                                    processScoped: false, topK: 1)
@@ -640,6 +663,7 @@ public struct MetricStore {
         case .counter, .gauge: break
         }
         processGauges.clear(series: id)
+        if !counterWraps.isEmpty { counterWraps[id] = nil }
         seriesFamily[i] = -1
         freeIDs.append(id)
     }
@@ -656,9 +680,11 @@ public struct MetricStore {
         }
     }
 
-    /// A counter's total, exact in its integer part.
-    public func counterValue(_ id: SeriesID) -> (integer: UInt64, fraction: Double) {
-        (integerPart[Int(id)], floatPart[Int(id)])
+    /// A counter's total: the exact sum of its integer adds (128 bits), and the binary64 sum of its
+    /// fractional adds.
+    public func counterValue(_ id: SeriesID) -> (integer: UInt128, fraction: Double) {
+        let wraps = counterWraps.isEmpty ? 0 : counterWraps[id] ?? 0  // no hashing in the common case
+        return (UInt128(wraps) << 64 | UInt128(integerPart[Int(id)]), floatPart[Int(id)])
     }
 
     public func gaugeValue(_ id: SeriesID) -> Double { floatPart[Int(id)] }

@@ -66,6 +66,10 @@ public enum SampleRejection: String, Sendable, CaseIterable {
     /// Creating the series would take the store past `maxMemoryBytes` (or its key arena past
     /// what 32-bit offsets address).
     case memoryLimit = "memory_limit"
+    /// The metric's exposed name, or a name its exposition derives from it (`_bucket`, `_sum`,
+    /// `_count`, `_created`, `_error`, the OpenMetrics family without `_total`), is another
+    /// family's, or in the daemon's `p2pmetricsd_` namespace (see `ExposedNames`).
+    case nameClash = "name_clash"
 }
 
 /// The daemon's own ingest counters, exposed as `p2pmetricsd_*` self-metrics.
@@ -73,8 +77,9 @@ public struct IngestStatistics: Sendable, Equatable {
     public var datagramsReceived: UInt64 = 0
     public var bytesReceived: UInt64 = 0
     public var samplesApplied: UInt64 = 0
-    /// Datagrams clients reported in-band that they could not send.
-    public var clientDroppedDatagrams: UInt64 = 0
+    /// Datagrams clients reported in-band that they could not send. 128 bits: any client may
+    /// report up to 2^64 − 1 per record, and a counter must never wrap (go down).
+    public var clientDroppedDatagrams: UInt128 = 0
     /// Indexed like `DatagramRejection.allCases`.
     public var datagramsRejected = [UInt64](repeating: 0, count: DatagramRejection.allCases.count)
     /// Indexed like `SampleRejection.allCases`.

@@ -42,6 +42,16 @@ public struct DatagramEncoder: Sendable {
         Varint.append(count, to: &bytes)
     }
 
+    /// Appends a drop count of any size as `dropped` records of at most 2^64 − 1 each (none for 0).
+    public mutating func appendDropped(_ count: UInt128) {
+        var rest = count
+        while rest > 0 {
+            let part = UInt64(min(rest, UInt128(UInt64.max)))
+            appendDropped(part)
+            rest -= UInt128(part)
+        }
+    }
+
     /// Appends one sample. Returns `false`, leaving the datagram unchanged, when it does not fit;
     /// throws when the sample breaks a protocol rule.
     @discardableResult
@@ -134,7 +144,8 @@ public struct DatagramEncoder: Sendable {
         case .double(let d):
             bytes.append(kind.rawValue << 4 | ValueForm.float64.rawValue)
             Varint.append(UInt64(index), to: &bytes)
-            withUnsafeBytes(of: d.bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
+            let bits = d.isNaN ? Double.nan.bitPattern : d.bitPattern  // the canonical NaN (PROTOCOL.md §3)
+            withUnsafeBytes(of: bits.littleEndian) { bytes.append(contentsOf: $0) }
         case .key:
             bytes.append(kind.rawValue << 4 | ValueForm.bytes.rawValue)
             Varint.append(UInt64(index), to: &bytes)

@@ -92,7 +92,7 @@ struct StatsDTests {
             ("x:1|q", .badType),
             ("x:-1|c", .negativeCounter),
             ("p2pmetricsd.series:1|c", .badName),
-            ("x:1|c|#__reserved:1", .badTag),
+            ("x:1|c|#:nameless", .badTag),
             ("_e{5,4}:title|text", .unsupportedEvent),
             ("_sc|Redis connection|2|#env:dev", .unsupportedEvent),
         ]

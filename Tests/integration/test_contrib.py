@@ -256,7 +256,9 @@ def run_scenario(lib: ctypes.CDLL, socket_path: str) -> None:
 # ---- Prometheus -------------------------------------------------------------------------------
 
 class Prometheus:
-    def __init__(self, tmp: Path, target_port: int):
+    def __init__(self, tmp: Path, target_port: int, jobs: list[dict] | None = None):
+        """A real Prometheus scraping the daemon with the contrib scrape config and rules, every
+        second; or, with `jobs`, only those scrape configs (and no rules)."""
         self.port = free_port()
         cfg = yaml.safe_load((PROM_DIR / "scrape.yml").read_text())
         job = cfg["scrape_configs"][0]
@@ -266,6 +268,9 @@ class Prometheus:
         job["scrape_timeout"] = "1s"
         cfg["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         cfg["rule_files"] = [str(f) for f in RULE_FILES]
+        if jobs is not None:
+            cfg["scrape_configs"] = jobs
+            cfg["rule_files"] = []
         conf = tmp / "prometheus.yml"
         conf.write_text(yaml.safe_dump(cfg))
         self.log = tmp / "prometheus.log"
