@@ -23,12 +23,20 @@ static int collect(struct receiver *r, struct decoded *d, int timeout_ms)
     return n;
 }
 
+/* Opens a client on r in P2PM_IMMEDIATE mode: one datagram per call, drops at once. */
+static p2pm_client *open_immediate(struct receiver *r)
+{
+    p2pm_client *c = p2pm_open(r->path);
+    REQUIRE(c != NULL);
+    CHECK_EQ_INT(p2pm_set_mode(c, P2PM_IMMEDIATE, 0), 0);
+    return c;
+}
+
 static void test_validation(void)
 {
     struct receiver r;
     receiver_open(&r, 1);
-    p2pm_client *c = p2pm_open(r.path);
-    REQUIRE(c != NULL);
+    p2pm_client *c = open_immediate(&r);
     char long_name[202], long_value[1026], long_label[102];
     memset(long_name, 'n', 201), long_name[201] = 0;
     memset(long_value, 'v', 1025), long_value[1025] = 0;
@@ -196,8 +204,7 @@ static void test_drops(void)
     static struct decoded d;
     struct receiver r;
     receiver_open(&r, 1);
-    p2pm_client *c = p2pm_open(r.path);
-    REQUIRE(c != NULL);
+    p2pm_client *c = open_immediate(&r);
     int sent = 0, dropped = 0;
     for (int i = 0; i < 1000; i++) {
         int rc = p2pm_record_chunk_transfer(c, 4096, false);
@@ -267,8 +274,7 @@ static void test_absent_and_reconnect(void)
     static struct decoded d;
     struct receiver r;
     receiver_open(&r, 0);
-    p2pm_client *c = p2pm_open(r.path);
-    REQUIRE(c != NULL);                       /* an absent sidecar is not an open error */
+    p2pm_client *c = open_immediate(&r);      /* an absent sidecar is not an open error */
     CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, NULL, 0), -ENOENT);
     CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, NULL, 0), -ENOENT);
     receiver_bind(&r);
@@ -377,8 +383,7 @@ static void test_threads(void)
 {
     struct receiver r;
     receiver_open(&r, 1);
-    p2pm_client *c = p2pm_open(r.path);
-    REQUIRE(c != NULL);
+    p2pm_client *c = open_immediate(&r);
     struct drainer dr = { .r = &r };
     struct worker w[THREADS];
     pthread_t dt, wt[THREADS];
@@ -427,6 +432,9 @@ static void test_default_and_open(void)
     receiver_open(&r, 1);
     CHECK_EQ_INT(p2pm_dropped(NULL), 0);      /* not opened yet */
     REQUIRE(setenv(P2PM_SOCKET_ENV, r.path, 1) == 0);
+    CHECK_EQ_INT(p2pm_set_mode(NULL, P2PM_IMMEDIATE, 0), 0);   /* opens the default client */
+    CHECK_EQ_INT(p2pm_set_mode(NULL, 7, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_set_mode(NULL, P2PM_BLOCKING, -1), -EINVAL);
     CHECK_EQ_INT(p2pm_record_cache_access(NULL, false, "vm_image"), 0);
     CHECK_EQ_INT(p2pm_batch_begin(NULL), 0);
     CHECK_EQ_INT(p2pm_record_cache_access(NULL, true, "chunk"), 0);
@@ -462,8 +470,7 @@ static void test_default_and_open(void)
     CHECK(p2pm_open("") == NULL && errno == EINVAL);
 
     /* the transfer guard: +1 at start; -1 and the duration at end, once */
-    c = p2pm_open(r.path);
-    REQUIRE(c != NULL);
+    c = open_immediate(&r);
     p2pm_transfer t = p2pm_transfer_start(c);
     CHECK(t.active == 1 && t.err == 0 && t.client == c);
     sleep_ms(20);
@@ -490,8 +497,7 @@ static void test_series_handles(void)
     struct receiver r1, r2;
     receiver_open(&r1, 1);
     receiver_open(&r2, 1);
-    p2pm_client *generic = p2pm_open(r1.path), *fast = p2pm_open(r2.path);
-    REQUIRE(generic != NULL && fast != NULL);
+    p2pm_client *generic = open_immediate(&r1), *fast = open_immediate(&r2);
     p2pm_label peer = { "peer", "peer-007" }, le = { "le", "1" };
     p2pm_series bytes, active, duration, bad;
     CHECK_EQ_INT(p2pm_series_init(&bytes, fast, "p2p.bytes_transferred.total", &peer, 1), 0);
