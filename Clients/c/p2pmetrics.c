@@ -491,6 +491,8 @@ static int send_pending(p2pm_client *c, int wait_ms, enum keep keep)
         /* The transfer adds of a lost datagram are not lost: they are resent later. */
         c->pending_drops++;
         c->active_debt += c->active_pending;
+        if (c->active_debt)
+            pthread_cond_signal(&c->wake);   /* the flusher delivers it if no call does */
         c->stats.dropped_datagrams++;
         c->stats.dropped_samples += c->pending_samples - c->kept_pending;
         if (r == -EAGAIN && wait_ms > 0 && c->mode == P2PM_BUFFERED)
@@ -662,7 +664,9 @@ static void after_fork_child(void)
         c->pending_drops = 0;
         c->active_debt = 0;
         c->flusher_running = false;
-        pthread_cond_destroy(&c->wake);
+        /* The parent's flusher may have been waiting on it: start it afresh (not destroyed, as
+         * destroying a condition with waiters blocks). */
+        memset(&c->wake, 0, sizeof c->wake);
         pthread_condattr_t ca;
         pthread_condattr_init(&ca);
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
