@@ -486,7 +486,8 @@ static int send_pending(p2pm_client *c, int wait_ms, enum keep keep)
         c->stalled = false;
         c->active_debt -= folded ? debt : 0;
         c->stats.sent_datagrams++;
-        c->stats.sent_samples += c->pending_samples + folded;
+        c->stats.sent_samples += c->pending_samples;
+        c->stats.resent_adds += folded;
     } else {
         /* The transfer adds of a lost datagram are not lost: they are resent later. */
         c->pending_drops++;
@@ -495,6 +496,7 @@ static int send_pending(p2pm_client *c, int wait_ms, enum keep keep)
             pthread_cond_signal(&c->wake);   /* the flusher delivers it if no call does */
         c->stats.dropped_datagrams++;
         c->stats.dropped_samples += c->pending_samples - c->kept_pending;
+        c->stats.kept_samples += c->kept_pending;
         if (r == -EAGAIN && wait_ms > 0 && c->mode == P2PM_BUFFERED)
             c->stalled = true;   /* the sidecar is stopped or stuck: calls stop waiting */
     }

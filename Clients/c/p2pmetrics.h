@@ -101,12 +101,16 @@ typedef enum {
 /** What a client did since it was opened (p2pm_get_stats()). */
 typedef struct {
     uint64_t sent_datagrams;     /* datagrams the kernel accepted */
-    uint64_t sent_samples;       /* samples in them */
+    uint64_t sent_samples;       /* samples recorded by calls that were in them */
     uint64_t dropped_datagrams;  /* datagrams lost (= p2pm_dropped()); reported in-band */
-    uint64_t dropped_samples;    /* samples in them: exactly the samples lost */
+    uint64_t dropped_samples;    /* samples in them that are lost: exactly the samples lost */
+    uint64_t kept_samples;       /* transfer +-1s in lost datagrams: kept, resent as their sum */
+    uint64_t resent_adds;        /* p2p.transfers.active adds sent for kept samples */
     uint64_t buffered_samples;   /* samples in the pending datagram now */
     uint64_t waits;              /* sends that found the queue full and waited for room */
 } p2pm_stats;
+/* Samples recorded = sent_samples + dropped_samples + kept_samples + buffered_samples;
+ * samples the sidecar applies = sent_samples + resent_adds. */
 
 /** A connection to the sidecar: opaque, one allocation made by p2pm_open(). */
 typedef struct p2pm_client p2pm_client;
