@@ -29,9 +29,15 @@
 //   exit                           exit(0) at once, without flushing explicitly
 //   stats                          prints "stats sent_datagrams=.. sent_samples=.. dropped=..
 //                                  dropped_samples=.. unreported=.."
+//   burst T                        the seed-shaped workload (Clients/c/tests/seed_workload.h) from
+//                                  T threads; prints "burst calls=.."
+//   fullstats                      prints "fullstats sent_datagrams=.. sent_samples=..
+//                                  dropped_datagrams=.. dropped_samples=.. kept_samples=..
+//                                  resent_adds=.. waits=.."
 //   allocs N                       heap allocations per call of the hot paths, when a malloc
 //                                  counter (p2pm_alloc_count) is preloaded; prints "allocs NAME=.."
 import CoreMetrics
+import Dispatch
 import Metrics
 import P2PMetrics
 
@@ -117,6 +123,31 @@ func printStats() {
 }
 
 struct TransferFailed: Error {}
+
+/// The seed-shaped workload of Clients/c/tests/seed_workload.h (one call per event; event i goes
+/// to thread i % threads), from `threads` threads at full speed. Returns the number of calls.
+func seedBurst(threads: Int) -> Int {
+    let types = ["microvm", "container", "storepath", "closure"]
+    DispatchQueue.concurrentPerform(iterations: threads) { t in
+        let guards = stride(from: t, to: 20, by: threads).map { _ in client.startTransfer() }
+        for i in stride(from: t, to: 200, by: threads) {
+            client.recordImageImport(artifactType: types[i % 4], success: i % 10 != 9, sizeBytes: UInt64(i + 1) << 20)
+        }
+        for i in stride(from: t, to: 500, by: threads) {
+            client.recordImageDownload(imageID: "img", success: i % 25 != 24, duration: Double(i % 8) / 4)
+            client.recordVerification(success: i % 50 != 49, type: "nar_hash")
+            client.recordCacheAccess(hit: i % 2 == 0, cacheType: "vm_image")
+        }
+        for i in stride(from: t, to: 5000, by: threads) {
+            let dedup = i % 3 == 0
+            client.recordChunkTransfer(size: 65_536, deduplicated: dedup)
+            client.recordVerification(success: i % 100 != 99, type: "chunk_hash")
+            client.recordCacheAccess(hit: dedup, cacheType: "chunk")
+        }
+        for g in guards { g.finish() }
+    }
+    return 200 + 3 * 500 + 3 * 5000 + 2 * 20
+}
 
 /// The README example (Sources/P2PMetrics/README-section.md), as is.
 func seedExample() {
@@ -327,6 +358,11 @@ while let cmd = a.popFirst() {
         _ = readLine()
     case "stats":
         printStats()
+    case "burst":
+        out("burst calls=\(seedBurst(threads: Int(take(1)[0])!))")
+    case "fullstats":
+        let s = client.statistics
+        out("fullstats sent_datagrams=\(s.sentDatagrams) sent_samples=\(s.sentSamples) dropped_datagrams=\(s.droppedDatagrams) dropped_samples=\(s.droppedSamples) kept_samples=\(s.keptSamples) resent_adds=\(s.resentAdds) waits=\(s.waits)")
     case "exit":
         exit(0)   // no explicit flush: the client's atexit handler sends what is pending
     case "allocs":

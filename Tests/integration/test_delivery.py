@@ -162,3 +162,17 @@ def test_immediate_mode_on_default_qlen_drops_and_counts_exactly(ns_daemon, c_bu
     assert stats["dropped_datagrams"] > 0
     print(f"immediate mode on qlen 10: {stats['dropped_samples']} of {recorded} samples dropped "
           f"({stats['dropped_datagrams']} datagrams), all counted")
+
+
+def test_seed_burst_with_swift_client_defaults_loses_nothing_on_default_qlen(ns_daemon):
+    example = DAEMON_BIN.parent / "p2pmetrics-example"
+    r = subprocess.run([str(example), "--socket", ns_daemon.socket_path, "burst", "4", "flush",
+                        "fullstats"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    stats = fields(out[-1], "fullstats")
+    assert stats["dropped_datagrams"] == 0 and stats["dropped_samples"] == 0
+    assert stats["sent_samples"] == sum(seed_samples().values())
+    assert_seed_exact(ns_daemon, stats["sent_samples"])
+    print(f"Swift client seed burst on qlen 10: {stats['sent_samples']} samples in "
+          f"{stats['sent_datagrams']} datagrams, {stats['waits']} waits for room, 0 lost")
