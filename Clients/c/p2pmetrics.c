@@ -1205,16 +1205,10 @@ int p2pm_record_cache_access(p2pm_client *c, bool hit, const char *cache_type)
     return submit(c, &s, 1);
 }
 
-p2pm_transfer p2pm_transfer_start_labels(p2pm_client *c, const p2pm_label *labels,
-                                         size_t n_labels)
+p2pm_transfer p2pm_transfer_start(p2pm_client *c)
 {
-    p2pm_transfer t = { c, { 0, 0 }, 1, 0, labels, n_labels };
+    p2pm_transfer t = { c, { 0, 0 }, 1, 0 };
     clock_gettime(CLOCK_MONOTONIC, &t.start);
-    struct sample end = SAMPLE(KIND_HISTOGRAM, "p2p.transfer.duration", labels, n_labels, 0);
-    if ((t.err = validate(&end)) != 0) {   /* the end could not record its duration */
-        t.active = 0;
-        return t;
-    }
     p2pm_client *resolved = c;
     if ((t.err = resolve(&resolved)) != 0) {   /* no client: no +1 to answer */
         t.active = 0;
@@ -1227,12 +1221,7 @@ p2pm_transfer p2pm_transfer_start_labels(p2pm_client *c, const p2pm_label *label
     return t;
 }
 
-p2pm_transfer p2pm_transfer_start(p2pm_client *c)
-{
-    return p2pm_transfer_start_labels(c, NULL, 0);
-}
-
-int p2pm_transfer_end(p2pm_transfer *t)
+int p2pm_transfer_end_labels(p2pm_transfer *t, const p2pm_label *labels, size_t n_labels)
 {
     if (!t || !t->active)
         return 0;
@@ -1243,12 +1232,15 @@ int p2pm_transfer_end(p2pm_transfer *t)
                   (double)(now.tv_nsec - t->start.tv_nsec) / 1e9;
     struct sample s[2] = {
         SAMPLE(KIND_GAUGE_ADD, "p2p.transfers.active", NULL, 0, -1),
-        SAMPLE(KIND_HISTOGRAM, "p2p.transfer.duration", t->labels, t->n_labels,
-               secs < 0 ? 0 : secs),
+        SAMPLE(KIND_HISTOGRAM, "p2p.transfer.duration", labels, n_labels, secs < 0 ? 0 : secs),
     };
     int r = submit_group(t->client, s, 2, -1);
-    if (r == -EINVAL || r == -EMSGSIZE) {   /* labels changed since the start: the -1 alone */
+    if (r == -EINVAL || r == -EMSGSIZE)   /* bad labels: the -1 alone, so it cannot stick */
         submit_group(t->client, s, 1, -1);
-    }
     return r;
+}
+
+int p2pm_transfer_end(p2pm_transfer *t)
+{
+    return p2pm_transfer_end_labels(t, NULL, 0);
 }

@@ -307,8 +307,6 @@ typedef struct {
     struct timespec start;    /* CLOCK_MONOTONIC time of the start */
     int active;               /* 1 until p2pm_transfer_end() */
     int err;                  /* result of recording the start's p2p.transfers.active += 1 */
-    const p2pm_label *labels; /* labels of p2p.transfer.duration (p2pm_transfer_start_labels) */
-    size_t n_labels;
 } p2pm_transfer;
 
 /**
@@ -321,10 +319,6 @@ typedef struct {
  */
 p2pm_transfer p2pm_transfer_start(p2pm_client *c);
 
-/** Like p2pm_transfer_start(); labels (e.g. {"peer", "node-7"}; not "le") go on the
- *  p2p.transfer.duration observation of p2pm_transfer_end() and must stay valid until then. */
-p2pm_transfer p2pm_transfer_start_labels(p2pm_client *c, const p2pm_label *labels,
-                                         size_t n_labels);
 
 /**
  * Ends a transfer, in one datagram: p2p.transfers.active -= 1 and p2p.transfer.duration observes
@@ -333,6 +327,11 @@ p2pm_transfer p2pm_transfer_start_labels(p2pm_client *c, const p2pm_label *label
  * the -= 1 is kept and delivered later (see p2pm_transfer_start()).
  */
 int p2pm_transfer_end(p2pm_transfer *t);
+
+/** Like p2pm_transfer_end(), with labels (e.g. {"peer", "node-7"}; not "le") on the
+ *  p2p.transfer.duration observation. Invalid labels: the -= 1 is still sent, alone, and the
+ *  call returns -EINVAL. */
+int p2pm_transfer_end_labels(p2pm_transfer *t, const p2pm_label *labels, size_t n_labels);
 
 #ifdef __cplusplus
 }
