@@ -185,7 +185,22 @@ int main(int argc, char **argv)
             usleep(10000);
         }
         printf("applied_samples=%.0f\n", applied);
-        printf("reported_drops=%.0f\n", metric(body, "p2pmetricsd_client_dropped_datagrams_total"));
+        /* drops travel with the next datagram that gets through: send one, then read the count */
+        double reported = metric(body, "p2pmetricsd_client_dropped_datagrams_total");
+        if (st.dropped_datagrams) {
+            p2pm_gauge_set(client, "bench.final", 1, NULL, 0);
+            p2pm_flush(client);
+            p2pm_get_stats(client, &st);
+            for (uint64_t until = seed_now_ns() + 10000000000u; seed_now_ns() < until;) {
+                if (scrape(http, body, sizeof body) == 0 &&
+                    (reported = metric(body, "p2pmetricsd_client_dropped_datagrams_total")) >=
+                        (double)st.dropped_datagrams)
+                    break;
+                usleep(10000);
+            }
+        }
+        printf("reported_drops=%.0f\nclient_dropped_datagrams=%llu\n", reported,
+               (unsigned long long)st.dropped_datagrams);
         /* visibility: a fresh value each time, polled until it shows */
         uint64_t worst = 0, sum = 0;
         int seen = 0;
