@@ -126,10 +126,11 @@ typedef struct {
 /* ---- Clients ---------------------------------------------------------------------------- */
 
 /**
- * Opens a client for the socket at socket_path (NULL: $P2PM_SOCKET, else P2PM_DEFAULT_SOCKET).
- * Allocates the client once. An absent sidecar is not an error: the client connects when the
- * socket appears. Returns NULL with errno set on failure (ENOMEM, ENAMETOOLONG when the path
- * does not fit in a sockaddr_un, EINVAL for an empty path, or an error of socket()).
+ * Opens a client for the socket at socket_path (NULL: $P2PM_SOCKET, else P2PM_DEFAULT_SOCKET), in
+ * P2PM_BUFFERED mode. Allocates the client once and starts its flusher thread (all signals
+ * blocked in it). An absent sidecar is not an error: the client connects when the socket
+ * appears. Returns NULL with errno set on failure (ENOMEM, ENAMETOOLONG when the path does not
+ * fit in a sockaddr_un, EINVAL for an empty path, or an error of socket() or pthread_create()).
  */
 p2pm_client *p2pm_open(const char *socket_path);
 
@@ -145,9 +146,10 @@ size_t p2pm_client_size(void);
 p2pm_client *p2pm_open_in(void *mem, size_t size, const char *socket_path);
 
 /**
- * Sends what is pending (best effort), closes the socket and frees the client (if p2pm_open()
- * allocated it). No other thread may use the client during or after this call. NULL does
- * nothing: the default client lives until the process exits (use p2pm_flush(NULL)).
+ * Stops the flusher, sends what is pending (waiting for room like a call), closes the socket and
+ * frees the client (if p2pm_open() allocated it). No other thread may use the client during or
+ * after this call. NULL does nothing: the default client lives until the process exits, when the
+ * exit flush sends what it holds.
  */
 void p2pm_close(p2pm_client *c);
 
@@ -252,8 +254,9 @@ int p2pm_batch_begin(p2pm_client *c);
  *  the error of that send; -EINVAL without a matching p2pm_batch_begin(). */
 int p2pm_batch_end(p2pm_client *c);
 
-/** Sends the pending samples now, if any. Returns 0 (also when nothing was pending) or the
- *  send's error (the datagram was then dropped and counted). */
+/** Sends the pending samples now, if any (waiting for room like a call), and tries to deliver
+ *  kept transfer adds. Returns 0 (also when nothing was pending) or the send's error (the
+ *  datagram was then dropped and counted). */
 int p2pm_flush(p2pm_client *c);
 
 /* ---- P2P helpers (the seed's metrics_otel functions, one datagram each) ------------------ */
