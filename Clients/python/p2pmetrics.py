@@ -23,7 +23,8 @@ Delivery, the same guarantees as the C client's default mode (P2PM_BUFFERED):
 * A dropped datagram is counted (stats), and the count travels in-band in the next datagram
   (p2pmetricsd_client_dropped_datagrams_total). A transfer's +1/-1 on p2p.transfers.active is
   never lost: when its datagram is dropped it is kept and added to a later datagram.
-* Pending samples are sent by flush(), close(), and at normal interpreter exit (atexit); after
+* Pending samples are sent by flush(), close(), when the client is garbage-collected, and at
+  normal interpreter exit (atexit); after
   os.fork() the child starts with nothing pending (the parent sends its own).
 Modes: mode="immediate" sends each call as its own datagram without waiting (returns False when it
 was dropped); mode="blocking" sends each call at once, waiting up to `wait` for room.
@@ -347,6 +348,13 @@ class Client:
         self.flush()
         self._sock.close()
         _clients.discard(self)
+
+    def __del__(self):
+        # a client dropped without close() still sends what it holds
+        try:
+            self.close()
+        except Exception:   # interpreter shutdown: the exit flush has run already
+            pass
 
     def __enter__(self):
         return self

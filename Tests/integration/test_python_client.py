@@ -246,3 +246,17 @@ def test_stopped_sidecar_bounded_calls_exact_drops_and_transfer_that_cannot_stic
     print(f"python client, sidecar stopped: {int(delivered)} delivered, {st['dropped_samples']} "
           f"dropped and counted, slowest call {slowest * 1000:.1f} ms")
     c.close()
+
+
+def test_a_dropped_client_sends_what_it_holds(receiver):
+    c = p2pmetrics.Client(receiver.getsockname())
+    c._batch_depth += 1   # an open batch: neither the linger nor a batch end will send it
+    c.counter_add("py.dropped.total", 3)
+    receiver.settimeout(0.2)
+    with pytest.raises(socket.timeout):
+        receiver.recv(65536)
+    del c                 # garbage collection flushes
+    import gc
+    gc.collect()
+    receiver.settimeout(2)
+    assert receiver.recv(65536).hex().endswith("100003")
