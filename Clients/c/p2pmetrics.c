@@ -50,8 +50,7 @@ struct p2pm_client {
     pthread_t flusher;
     bool flusher_running;         /* the thread exists (in this process) */
     bool stopping;                /* p2pm_close(): the flusher must exit */
-    bool registered;              /* in the list of live clients (exit flush, fork) */
-    p2pm_client *next;            /* that list */
+    p2pm_client *next;            /* the list of open clients (exit flush, fork) */
     p2pm_mode mode;
     int wait_ms;                  /* longest wait for room in the sidecar's queue */
     bool stalled;                 /* a wait timed out: no waiting until a send gets through */
@@ -774,7 +773,6 @@ p2pm_client *p2pm_open_in(void *mem, size_t size, const char *socket_path)
     pthread_mutex_lock(&registry_lock);
     c->next = registry;
     registry = c;
-    c->registered = true;
     pthread_mutex_unlock(&registry_lock);
     return c;
 }
