@@ -35,6 +35,7 @@ enum {
     CAP = P2PM_MAX_DATAGRAM - HDR,     /* room for records */
     SLOTS = 64,                        /* series remembered for reuse within one datagram */
     MAX_SERIES = 4096,                 /* series records per datagram (PROTOCOL.md 1.5) */
+    DEBT_ROOM = 40,                    /* the fold of the transfer debt: series record + sample */
     MAX_NAME = 200, MAX_LABELS = 16, MAX_LABEL_NAME = 100, MAX_LABEL_VALUE = 1024,
 };
 
@@ -58,6 +59,7 @@ struct p2pm_client {
     struct timespec debt_try;     /* last debt-only send attempt */
     int64_t active_debt;          /* p2p.transfers.active adds dropped: resent in a later datagram */
     int64_t active_pending;       /* p2p.transfers.active adds in the pending datagram */
+    bool folding;                 /* appending the debt itself: may use the room kept for it */
     uint64_t pending_samples;     /* samples in the pending datagram */
     uint64_t kept_pending;        /* of which transfer adds (kept when the datagram is dropped) */
     p2pm_stats stats;
@@ -260,6 +262,14 @@ static bool same_series(const unsigned char *rec, const struct sample *s)
     return p != NULL;
 }
 
+/* Room left for records in the pending datagram. While transfer adds wait to be resent (the
+ * debt), room for their fold is kept, so that it always fits in the next datagram. */
+static size_t room(const p2pm_client *c)
+{
+    size_t keep = c->active_debt && !c->folding ? DEBT_ROOM : 0;
+    return CAP - c->len > keep ? CAP - c->len - keep : 0;
+}
+
 /* Appends one validated sample (and its series record unless reused) to the pending datagram.
  * -EMSGSIZE when it does not fit; nothing is changed then. */
 static int append(p2pm_client *c, const struct sample *s, unsigned *series_index)
@@ -283,7 +293,8 @@ static int append(p2pm_client *c, const struct sample *s, unsigned *series_index
     int form = value_form(s, &bits);
     need = rec_len + 1 + uvarint_len(index) +
            (form == FORM_F64 ? 8 : uvarint_len(bits) + (form == FORM_BYTES ? s->key_len : 0));
-    if (need > CAP - c->len || (rec_len && c->nseries >= MAX_SERIES))
+    unsigned max_series = c->active_debt && !c->folding ? MAX_SERIES - 1 : MAX_SERIES;
+    if (need > room(c) || (rec_len && c->nseries >= max_series))
         return -EMSGSIZE;
 
     unsigned char *p = c->buf + HDR + c->len;
@@ -322,7 +333,7 @@ static int append_indexed(p2pm_client *c, const struct sample *s, unsigned index
     uint64_t bits;
     int form = value_form(s, &bits);
     size_t need = 1 + uvarint_len(index) + (form == FORM_F64 ? 8 : uvarint_len(bits));
-    if (need > CAP - c->len)
+    if (need > room(c))
         return -EMSGSIZE;
     unsigned char *p = c->buf + HDR + c->len;
     *p++ = (unsigned char)(s->kind << 4 | form);
@@ -452,7 +463,8 @@ static void reset_pending(p2pm_client *c)
 }
 
 /* Sends the pending datagram, led by the pending drop report and followed by the undelivered
- * p2p.transfers.active adds (the debt) when they fit, then starts an empty one. With KEEP_*, a
+ * p2p.transfers.active adds (the debt, for which room is kept), then starts an empty one. The
+ * datagram is applied whole, so a -1 in it never meets a gauge still missing its kept +1. With KEEP_*, a
  * failed send (KEEP_IF_FULL: only a full queue) leaves everything as it was and is not counted;
  * otherwise a failure drops the datagram: counted, and its transfer adds become debt. */
 static int send_pending(p2pm_client *c, int wait_ms, enum keep keep)
@@ -464,7 +476,9 @@ static int send_pending(p2pm_client *c, int wait_ms, enum keep keep)
     unsigned nseries = c->nseries, nslots = c->nslots;
     struct sample fold = { KIND_GAUGE_ADD, "p2p.transfers.active", NULL, 0, false, 0, (double)debt,
                            NULL, 0 };
+    c->folding = true;   /* the room kept for it: the fold always fits */
     bool folded = debt != 0 && append(c, &fold, NULL) == 0;
+    c->folding = false;
     unsigned char hdr[HDR], *p = hdr;
     *p++ = MAGIC;
     if (c->pending_drops) {

@@ -900,6 +900,21 @@ static void test_transfer_cannot_stick(void)
     decoded_reset(&d);
     collect(&r, &d, 1000);
     CHECK(active_sum(&d, &count, &negative) == 0 && count == 2 && !negative);
+
+    /* A kept +1 is delivered before the -1 even when the next datagram is filled to the brim by
+     * a batch (room is kept for it; the flusher may also deliver it first on its own). */
+    receiver_unbind(&r);
+    t = p2pm_transfer_start(c);
+    receiver_bind(&r);
+    sleep_ms(P2PM_RECONNECT_MS + 20);
+    CHECK_EQ_INT(p2pm_batch_begin(c), 0);
+    for (int i = 0; i < 3000; i++)   /* more than one full datagram */
+        CHECK_EQ_INT(p2pm_counter_add(c, "same", 1, NULL, 0), 0);
+    CHECK_EQ_INT(p2pm_transfer_end(&t), 0);
+    CHECK_EQ_INT(p2pm_batch_end(c), 0);
+    decoded_reset(&d);
+    collect(&r, &d, 1000);
+    CHECK(active_sum(&d, &count, &negative) == 0 && count == 2 && !negative);
     p2pm_close(c);
     receiver_close(&r);
 }
