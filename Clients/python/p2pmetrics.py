@@ -60,6 +60,7 @@ _KINDS = {"counter": 1, "gauge_set": 2, "gauge_add": 3, "histogram": 4, "distinc
 _HDR = 12                # magic + dropped record (tag + 10-byte varint)
 _CAP = MAX_DATAGRAM - _HDR
 _MAX_SERIES = 4096
+_DEBT_ROOM = 40          # room kept for the fold of undelivered transfer adds
 _NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:.]{0,199}\Z")
 _LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}\Z")
 _ACTIVE = "p2p.transfers.active"
@@ -401,12 +402,15 @@ class Client:
                 _string(k) + _string(v) for k, v in labels)
         return rec + bytes([s.kind << 4 | s.form]) + uvarint(index) + s.payload
 
-    def _append(self, group: list[_Sample]) -> bool:
-        """Appends all samples of a group, or none (False: they do not fit)."""
+    def _append(self, group: list[_Sample], folding: bool = False) -> bool:
+        """Appends all samples of a group, or none (False: they do not fit). While transfer adds
+        wait to be resent, room for their fold is kept (`folding`: the fold itself)."""
         size, series = len(self._records), dict(self._series)
+        keep = 0 if folding or not self._debt else _DEBT_ROOM
         for s in group:
             enc = self._encode(s)
-            if len(self._records) + len(enc) > _CAP or len(self._series) >= _MAX_SERIES:
+            if (len(self._records) + len(enc) > _CAP - keep
+                    or len(self._series) >= _MAX_SERIES - (1 if keep else 0)):
                 self._records[size:] = b""
                 self._series = series
                 return False
@@ -486,7 +490,7 @@ class Client:
         if not self._records and not (self._debt and keep == "always"):
             return True
         size, series, debt = len(self._records), dict(self._series), self._debt
-        folded = bool(debt) and self._append([_Sample("gauge_add", _ACTIVE, None, debt)])
+        folded = bool(debt) and self._append([_Sample("gauge_add", _ACTIVE, None, debt)], folding=True)
         head = bytes([_MAGIC]) + (bytes([_DROPPED]) + uvarint(self._pending_drops)
                                   if self._pending_drops else b"")
         err = self._transmit(head + bytes(self._records), wait)
