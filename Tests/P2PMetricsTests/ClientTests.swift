@@ -490,6 +490,30 @@ struct SendingTests {
         #expect(client.statistics.sentDatagrams == UInt64(datagrams.count))
     }
 
+    /// The default (batched) client and a sidecar that stops reading: one call waits for room (up
+    /// to 50 ms), later ones do not wait; every sample is sent or counted as dropped, exactly.
+    @Test func stoppedSidecarOneBoundedWaitExactDrops() throws {
+        capture.bind()   // nobody reads: its queue fills
+        let client = P2PMetricsClient(configuration: .init(socketPath: capture.path))
+        let n = 100_000
+        var slowest = Duration.zero
+        for _ in 0..<n {
+            let t0 = ContinuousClock.now
+            client.counterAdd("stopped", 1)
+            slowest = max(slowest, ContinuousClock.now - t0)
+        }
+        client.flush()
+        let st = client.statistics
+        #expect(st.waits == 1)
+        #expect(slowest < .seconds(2))   // stated: < 2 x 50 ms; generous here
+        var delivered: UInt64 = 0
+        for d in capture.receiveAll(quietMs: 50) {
+            delivered += UInt64(try #require(decode(d)).samples.count)
+        }
+        #expect(delivered == st.sentSamples)
+        #expect(st.sentSamples + st.droppedSamples == UInt64(n))
+    }
+
     @Test func deinitFlushes() {
         capture.bind()
         do {
