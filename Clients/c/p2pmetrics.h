@@ -30,7 +30,9 @@
  * an absent sidecar never makes a call wait.
  *   P2PM_IMMEDIATE: every call is sent at once as its own datagram, never waiting (-EAGAIN when
  *   the queue is full: dropped and counted); the return value is the fate of the call's samples.
- *   P2PM_BLOCKING: every call is sent at once and waits up to the mode's timeout for room.
+ *   P2PM_BLOCKING: every call is sent at once and waits up to the mode's timeout for room (each
+ *   time: a stopped sidecar costs every call its timeout, plus the waits of the threads ahead of
+ *   it on the client's lock).
  * Between p2pm_batch_begin() and p2pm_batch_end() samples are packed into shared datagrams in
  * every mode and the flusher leaves them alone: full datagrams are sent, and p2pm_batch_end() or
  * p2pm_flush() send the rest. The helpers (p2pm_record_*, the transfer guard) always put all the
