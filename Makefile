@@ -2,7 +2,7 @@
 # each installs what it needs (Debian packages, Python packages) before doing its job.
 
 SHELL := /bin/bash
-APT_PACKAGES := pkg-config libuv1-dev libsystemd-dev zlib1g-dev prometheus systemd python3 curl
+APT_PACKAGES := pkg-config libuv1-dev libsystemd-dev zlib1g-dev prometheus systemd python3 curl iproute2 util-linux
 # Test-only: pytest runs the integration tests; statsd and datadog are the real third-party clients.
 PY_PACKAGES := pytest statsd datadog pyyaml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
