@@ -7,6 +7,7 @@ sender losing nothing; counters kept in the StateDirectory; the watchdog; the jo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -55,7 +56,8 @@ def facts(results: dict, step: str) -> dict:
     return r
 
 
-pytestmark = pytest.mark.skipif(bool(NEEDS), reason=f"missing {NEEDS} (make deps installs them)")
+pytestmark = [pytest.mark.skipif(bool(NEEDS), reason=f"missing {NEEDS} (make deps installs them)"),
+              pytest.mark.skipif(os.geteuid() != 0, reason="booting a node needs root")]
 
 
 def test_node_is_debian_under_systemd_without_swift(node_results):
