@@ -243,6 +243,20 @@ def state():
             sh("journalctl", "-u", SERVICE, "-o", "cat", "--no-pager").stdout}
 
 
+@step("upgrade")
+def upgrade():
+    """Installing the package over itself (an upgrade): the sockets stay, the running service is
+    restarted with the new binary, counters come back through the state file."""
+    pid = int(prop(SERVICE, "MainPID"))
+    downloads = value("p2p_image_downloads_total")
+    r = sh("dpkg", "-i", "/root/p2pmetricsd.deb")
+    active = wait_until(lambda: sh("systemctl", "is-active", SERVICE).stdout.strip() == "active", 30)
+    return {"rc": r.returncode, "output": r.stdout + r.stderr, "active": active,
+            "sockets": [sh("systemctl", "is-active", u).stdout.strip() for u in SOCKETS],
+            "pid_before": pid, "pid_after": int(prop(SERVICE, "MainPID")),
+            "downloads_before": downloads, "downloads_after": wait_value("p2p_image_downloads_total", downloads)}
+
+
 @step("watchdog")
 def watchdog():
     """A hung daemon (SIGSTOP) stops pinging; after WatchdogSec=30s systemd kills and restarts it."""

@@ -126,6 +126,14 @@ def test_counters_survive_a_stop_through_the_state_directory(node_results):
     assert s["journal_restored"]
 
 
+def test_upgrade_restarts_the_service_and_keeps_the_counters(node_results):
+    u = facts(node_results, "upgrade")
+    assert u["rc"] == 0, u["output"]
+    assert u["active"] and u["sockets"] == ["active", "active"]
+    assert u["pid_after"] != u["pid_before"]
+    assert u["downloads_before"] == 2 and u["downloads_after"] == 2
+
+
 def test_a_hung_daemon_is_killed_by_the_watchdog_and_restarted(node_results):
     w = facts(node_results, "watchdog")
     assert w["replaced"] and w["active"] and w["old_pid_gone"], w
