@@ -1,6 +1,6 @@
 """Runs INSIDE a booted Debian 12 node (test_node.py), as a oneshot unit under systemd as PID 1.
 
-Installs /root/p2pmetricsd.deb with dpkg and records what real systemd does with it into
+Installs /root/p2pmetricsd.deb with apt and records what real systemd does with it into
 /root/results.json (each step's facts, or its error); test_node.py asserts on them. Standard
 library only: the node has Debian's python3 and no Swift toolchain.
 """
@@ -100,7 +100,10 @@ def snapshot() -> set[str]:
 def step(name: str):
     def wrap(fn):
         started = time.monotonic()
+        install = RESULTS.get("install", {})
         try:
+            if "error" in install or install.get("rc", 0) != 0:  # nothing to check: fail fast
+                raise RuntimeError(f"skipped: the package did not install: {install}")
             RESULTS[name] = fn()
         except Exception:  # recorded: test_node.py fails with this traceback
             RESULTS[name] = {"error": traceback.format_exc()}
@@ -148,7 +151,9 @@ def environment():
 
 @step("install")
 def install():
-    r = sh("dpkg", "-i", "/root/p2pmetricsd.deb")
+    # The README's command (apt resolves Depends: against the Debian archive index; the node has no network, nothing is fetched).
+    r = subprocess.run(["apt", "install", "-y", "/root/p2pmetricsd.deb"], capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
     ldd = sh("ldd", "/usr/bin/p2pmetricsd").stdout
     return {"rc": r.returncode, "output": r.stdout + r.stderr, "ldd": ldd,
             "ldconfig": "libp2pmetrics.so.1" in sh("ldconfig", "-p").stdout,

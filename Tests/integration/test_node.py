@@ -68,7 +68,7 @@ def test_node_is_debian_under_systemd_without_swift(node_results):
     assert env["swift"] == "" and env["swift_runtime"] == []
 
 
-def test_dpkg_installs_and_the_daemon_runs_with_debian_libraries_only(node_results):
+def test_apt_installs_and_the_daemon_runs_with_debian_libraries_only(node_results):
     r = facts(node_results, "install")
     assert r["rc"] == 0, r["output"]
     assert r["version"] == VERSION
