@@ -148,7 +148,7 @@ uninstall:
 # ---- Debian package ----------------------------------------------------------------------------
 # make deb: dist/p2pmetricsd_$(VERSION)_$(ARCH).deb, built with dpkg-deb from `make install
 # PREFIX=/usr` into a staging tree plus contrib/debian/ (maintainer scripts, copyright); Depends:
-# from dpkg-shlibdeps on the binaries. See contrib/debian/README.md.
+# from dpkg-shlibdeps on the binaries. See README.md, "Install on a node".
 DEB_ARCH := $(shell dpkg --print-architecture)
 DEB_FILE := dist/p2pmetricsd_$(VERSION)_$(DEB_ARCH).deb
 DEB_ROOT := .build/deb/root

@@ -206,8 +206,13 @@ def group():
     member = sh(*common, "-p", "SupplementaryGroups=p2pmetrics", "/usr/local/bin/p2p-send",
                 "p2p.cache.hits", "member", "5")
     outsider = sh(*common, "/usr/local/bin/p2p-send", "p2p.cache.hits", "outsider", "1")
+    # ... and a plain user outside the group, from a login shell's point of view.
+    nobody = sh("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/local/bin/p2p-send",
+                "p2p.cache.hits", "nobody", "1")
     return {"member_rc": member.returncode, "member_out": member.stdout + member.stderr,
             "outsider_rc": outsider.returncode, "outsider_out": outsider.stdout + outsider.stderr,
+            "nobody_rc": nobody.returncode, "nobody_out": nobody.stdout + nobody.stderr,
+            "nobody_hits": value("p2p_cache_hits", '{cache_type="nobody"}'),
             "member_hits": wait_value("p2p_cache_hits", 5, '{cache_type="member"}'),
             "outsider_hits": value("p2p_cache_hits", '{cache_type="outsider"}')}
 

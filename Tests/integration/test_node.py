@@ -105,7 +105,8 @@ def test_only_the_p2pmetrics_group_can_send(node_results):
     g = facts(node_results, "group")
     assert g["member_rc"] == 0, g["member_out"]
     assert g["outsider_rc"] != 0 and "refused" in g["outsider_out"], g["outsider_out"]
-    assert g["member_hits"] == 5 and g["outsider_hits"] is None
+    assert g["nobody_rc"] == 13 and "refused" in g["nobody_out"], g["nobody_out"]
+    assert g["member_hits"] == 5 and g["outsider_hits"] is None and g["nobody_hits"] is None
 
 
 def test_systemctl_restart_under_a_blocking_sender_loses_nothing(node_results):
