@@ -8,6 +8,7 @@ file in the copied tree.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -39,13 +40,21 @@ def debian_mirror() -> str:
 
 
 def rootfs() -> Path:
-    """The cached Debian 12 tree, made with debootstrap on first use (about a minute)."""
+    """The cached Debian 12 tree, made with debootstrap on first use (2-3 minutes)."""
     mirror = debian_mirror()
     key = hashlib.sha256(" ".join([SUITE, mirror, *PACKAGES]).encode()).hexdigest()[:12]
     tree = CACHE / f"{SUITE}-{key}"
     if (tree / ".complete").exists():
         return tree
     CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{SUITE}-{key}.lock", "w") as lock:  # one debootstrap at a time per key
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (tree / ".complete").exists():
+            _debootstrap(tree, key, mirror)
+    return tree
+
+
+def _debootstrap(tree: Path, key: str, mirror: str) -> None:
     partial = CACHE / f"{SUITE}-{key}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     r = subprocess.run(["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES),
@@ -60,7 +69,6 @@ def rootfs() -> Path:
     (partial / ".complete").write_text(key + "\n")
     shutil.rmtree(tree, ignore_errors=True)
     partial.rename(tree)
-    return tree
 
 
 RUNNER_UNIT = """[Unit]
@@ -82,7 +90,7 @@ class Node:
     """A copy of the cached tree, booted by systemd-nspawn; `run` boots it until the script ends."""
 
     def __init__(self, work: Path, name: str = "p2pnode"):
-        self.name = name
+        self.name = f"{name}-{os.getpid()}"  # machine names must not collide between test runs
         self.root = work / name
         # cp -a keeps owners, modes and links; reflinks where the file system has them.
         subprocess.run(["cp", "-a", "--reflink=auto", str(rootfs()), str(self.root)], check=True)
