@@ -120,7 +120,7 @@ install: release
 	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(BINDIR)/p2pmetricsd
 	install -d $(DESTDIR)$(UNITDIR)
 	for u in $(UNITS); do \
-	  sed 's|^ExecStart=/usr/local/bin/p2pmetricsd |ExecStart=$(BINDIR)/p2pmetricsd |' contrib/systemd/$$u \
+	  sed 's|/usr/local/bin/p2pmetricsd |$(BINDIR)/p2pmetricsd |g' contrib/systemd/$$u \
 	    > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; done
 	grep -q '^ExecStart=$(BINDIR)/p2pmetricsd ' $(DESTDIR)$(UNITDIR)/p2pmetricsd.service
 	install -D -m 0644 contrib/sysctl.d/60-p2pmetricsd.conf $(DESTDIR)$(SYSCTLDIR)/60-p2pmetricsd.conf
