@@ -6,7 +6,8 @@ same samples from a Prometheus agent on every node (contrib/prometheus/agent.yml
 
 Proven on both: every seed query, recording rule, alert expression and dashboard panel evaluates,
 summed across nodes, to exactly the totals the workloads sent (check_scenario_everywhere); a
-daemon restarting with its state file produces no counter reset and no increase; a node taken
+daemon restarting with its state file produces no counter reset and no increase (without it, the
+same query sees the reset); a node taken
 down makes its P2PMetricsdDown alert fire (the test copy of the alert rules has `for: 5s`
 instead of 5m, nothing else changed).
 """
@@ -256,6 +257,16 @@ def test_three_node_cluster_direct_and_through_agents(tmp_path, c_build):
                 increase = scalar(prom.query(f'sum(increase({c}{{instance="{node2}"}}[5s]))'))
                 assert (resets, increase) == (0, 0), f"{c} across a restart with state: resets {resets}, increase {increase}"
                 assert scalar(prom.query(f"sum({c})")) == totals[c], c
+
+        # Control: the same restart without the state file is a reset that the same query sees.
+        node1 = nets.node_address(1)
+        daemons[0].stop()
+        os.unlink(daemons[0].state)
+        restart_at = time.time()
+        daemons[0].start()
+        send_datagram(daemons[0].socket_path, pre_create_series())
+        direct.wait(f'timestamp(up{{instance="{node1}"}}) > {restart_at + 3}', lambda r: bool(r), 30)
+        assert scalar(direct.query(f'sum(resets(p2p_image_downloads_total{{instance="{node1}"}}[1m]))')) == 1
 
         # A node taken down: its P2PMetricsdDown fires, for that node only.
         node3 = nets.node_address(3)
