@@ -84,6 +84,7 @@ def test_pid1_creates_the_sockets_with_the_documented_owner_group_and_mode(node_
                            "p2pmetricsd.service": "inactive"}
     assert s["enabled"] == {"p2pmetricsd.socket": "enabled", "p2pmetricsd-http.socket": "enabled"}
     assert (s["owner"], s["group"], s["mode"], s["is_socket"]) == ("root", "p2pmetrics", "0o660", True)
+    assert s["http_listen"], "nothing listens on 127.0.0.1:9478"
     assert s["qlen"] == 1024  # the sysctl.d drop-in, applied by postinst before the socket existed
     assert s["group_line"].startswith("p2pmetrics:x:")
 
