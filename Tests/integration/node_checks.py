@@ -170,7 +170,7 @@ def sockets():
             "qlen": int(open("/proc/sys/net/unix/max_dgram_qlen").read()),
             "group_line": sh("getent", "group", "p2pmetrics").stdout.strip(),
             # 127.0.0.1:9478 listening (state 0A) while the service has never run: PID 1's socket.
-            "http_listen": any(line.split()[1:4:2] == ["0100007F:24F6", "0A"]
+            "http_listen": any(line.split()[1:4:2] == ["0100007F:%04X" % 9478, "0A"]
                                for line in open("/proc/net/tcp").read().splitlines()[1:])}
 
 
