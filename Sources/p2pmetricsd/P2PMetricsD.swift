@@ -5,7 +5,7 @@ import P2PMetricsServer
 /// `p2pmetricsd`: the metrics sidecar's command line.
 @main
 struct P2PMetricsD: ParsableCommand {
-    static let version = "0.1.0"
+    static let version = p2pmetricsdVersion
 
     static let configuration = CommandConfiguration(
         commandName: "p2pmetricsd",

@@ -251,7 +251,7 @@ def test_cli_errors_are_one_clear_line_and_nonzero(tmp_path):
     r = run_cli("--bogus")
     assert r.returncode != 0 and r.stderr.strip().splitlines() == ["p2pmetricsd: Unknown option '--bogus' (see p2pmetricsd --help)"]
     r = run_cli("--version")
-    assert r.returncode == 0 and r.stdout.strip() == "0.1.0"
+    assert r.returncode == 0 and r.stdout.strip() == (ROOT / "VERSION").read_text().strip()
     r = run_cli("--help")
     assert r.returncode == 0 and "--socket" in r.stdout and "--listen" in r.stdout and "--config" in r.stdout
 
