@@ -8,6 +8,8 @@ let package = Package(
         .library(name: "P2PMetricsWire", targets: ["P2PMetricsWire"]),
         // The core modules, for the fuzzers (Tests/Fuzz) and the benchmarks (Benchmarks/).
         .library(name: "P2PMetricsStore", targets: ["P2PMetricsStore"]),
+        .library(name: "P2PMetricsInputStatsD", targets: ["P2PMetricsInputStatsD"]),
+        .library(name: "P2PMetricsInputDatagram", targets: ["P2PMetricsInputDatagram"]),
         .library(name: "P2PMetricsExposition", targets: ["P2PMetricsExposition"]),
         .library(name: "P2PMetricsHTTP", targets: ["P2PMetricsHTTP"]),
         .library(name: "P2PMetrics", targets: ["P2PMetrics"]),
@@ -17,14 +19,21 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
     ],
     targets: [
-        // Core: plain Swift, no C dependency, testable without sockets.
-        // wire codec ← store/aggregation ← exposition; HTTP parsing beside them.
-        // libm: rounding of doubles (canonical value forms, sketches), for every consumer.
+        // Core: plain Swift, no C dependency, testable without sockets. The flow (README,
+        // "Architecture"): inputs → store → exposition.
+        //   wire codec: the protocol's sample records, the store's one sample form (and the clients');
+        //   inputs (Sources/Inputs): each turns its bytes into sample records and counts its own
+        //     traffic and refusals: the ingest socket's datagrams (binary applied as they are, text
+        //     handed to StatsD), text StatsD / DogStatsD;
+        //   store: aggregation of sample records, knowing no input format;
+        //   exposition: the store rendered (it reads the inputs' counters as plain values).
+        // HTTP parsing beside them. libm: rounding of doubles (canonical value forms, sketches).
         .target(name: "P2PMetricsWire", linkerSettings: [.linkedLibrary("m")]),
-        .target(name: "P2PMetricsStatsD", dependencies: ["P2PMetricsWire"]),
-        .target(name: "P2PMetricsStore", dependencies: ["P2PMetricsWire", "P2PMetricsStatsD"],
-                linkerSettings: [.linkedLibrary("m")]),
-        .target(name: "P2PMetricsExposition", dependencies: ["P2PMetricsStore", "P2PMetricsStatsD"]),
+        .target(name: "P2PMetricsStore", dependencies: ["P2PMetricsWire"], linkerSettings: [.linkedLibrary("m")]),
+        .target(name: "P2PMetricsInputStatsD", dependencies: ["P2PMetricsStore", "P2PMetricsWire"], path: "Sources/Inputs/StatsD"),
+        .target(name: "P2PMetricsInputDatagram", dependencies: ["P2PMetricsInputStatsD", "P2PMetricsStore", "P2PMetricsWire"],
+                path: "Sources/Inputs/Datagram"),
+        .target(name: "P2PMetricsExposition", dependencies: ["P2PMetricsStore"]),
         .target(name: "P2PMetricsHTTP"),
 
         // Edge: libuv and systemd.
@@ -34,7 +43,7 @@ let package = Package(
         .target(name: "CDatagramSocket"),
         .target(
             name: "P2PMetricsServer",
-            dependencies: ["P2PMetricsStore", "P2PMetricsExposition", "P2PMetricsHTTP", "CLibUV", "CSystemd", "CDatagramSocket", "CZlib"]
+            dependencies: ["P2PMetricsStore", "P2PMetricsInputDatagram", "P2PMetricsExposition", "P2PMetricsHTTP", "CLibUV", "CSystemd", "CDatagramSocket", "CZlib"]
         ),
         .executableTarget(
             name: "p2pmetricsd",
@@ -56,12 +65,12 @@ let package = Package(
 
         // Shared test inputs: the wire test vectors' parser and the committed fuzz inputs.
         .target(name: "P2PMetricsTestVectors", dependencies: ["P2PMetricsWire"], path: "Tests/TestVectors"),
-        .testTarget(name: "P2PMetricsWireTests", dependencies: ["P2PMetricsWire", "P2PMetricsStore", "P2PMetricsTestVectors"]),
+        .testTarget(name: "P2PMetricsWireTests", dependencies: ["P2PMetricsWire", "P2PMetricsStore", "P2PMetricsInputDatagram", "P2PMetricsTestVectors"]),
         .testTarget(name: "P2PMetricsStoreTests", dependencies: ["P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(name: "P2PMetricsExpositionTests", dependencies: ["P2PMetricsExposition", "P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(name: "P2PMetricsHTTPTests", dependencies: ["P2PMetricsHTTP", "P2PMetricsTestVectors"]),
         .testTarget(name: "P2PMetricsServerTests", dependencies: ["P2PMetricsServer", "P2PMetricsStore"]),
-        .testTarget(name: "P2PMetricsStatsDTests", dependencies: ["P2PMetricsStatsD", "P2PMetricsStore", "P2PMetricsWire"]),
+        .testTarget(name: "P2PMetricsInputTests", dependencies: ["P2PMetricsInputStatsD", "P2PMetricsInputDatagram", "P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(
             name: "P2PMetricsTests",
             dependencies: ["P2PMetrics", "P2PMetricsWire", "P2PMetricsTestVectors", .product(name: "Metrics", package: "swift-metrics")]

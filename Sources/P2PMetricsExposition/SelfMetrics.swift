@@ -1,11 +1,12 @@
-import P2PMetricsStatsD
 import P2PMetricsStore
 import P2PMetricsWire
 
 /// The daemon's own health, exposed under the reserved `p2pmetricsd_` prefix.
 public struct SelfMetrics: Sendable {
     public var version: String
-    public var statistics: IngestStatistics
+    public var statistics: StoreStatistics
+    /// The inputs' counters (each input counts its own; plain values here).
+    public var inputs: InputCounters
     public var liveSeries: Int
     public var seriesMemoryBytes: Int
     /// How long the previous complete scrape took to render and send, in seconds.
@@ -25,13 +26,14 @@ public struct SelfMetrics: Sendable {
     public var seriesMemoryLimitBytes: Int?
 
     public init(
-        version: String, statistics: IngestStatistics, liveSeries: Int, seriesMemoryBytes: Int,
+        version: String, statistics: StoreStatistics, inputs: InputCounters, liveSeries: Int, seriesMemoryBytes: Int,
         lastScrapeDurationSeconds: Double, trackedProcesses: Int = 0, scrapesTotal: (text: UInt64, openMetrics: UInt64),
         httpResponses: [(code: Int, count: UInt64)], startTimeSeconds: Double
     ) {
         self.trackedProcesses = trackedProcesses
         self.version = version
         self.statistics = statistics
+        self.inputs = inputs
         self.liveSeries = liveSeries
         self.seriesMemoryBytes = seriesMemoryBytes
         self.lastScrapeDurationSeconds = lastScrapeDurationSeconds
@@ -49,9 +51,9 @@ public struct SelfMetrics: Sendable {
         line("p2pmetricsd_build_info{version=\"\(version)\",protocol=\"1\"}", 1, &out)
 
         counter("p2pmetricsd_datagrams_received_total", "Datagrams read from the ingest socket, valid or not.",
-                statistics.datagramsReceived, &out)
+                inputs.datagramsReceived, &out)
         counter("p2pmetricsd_bytes_received_total", "Bytes of all datagrams read from the ingest socket.",
-                statistics.bytesReceived, &out)
+                inputs.bytesReceived, &out)
         counter("p2pmetricsd_samples_applied_total", "Samples applied to series.", statistics.samplesApplied, &out)
         counter("p2pmetricsd_client_dropped_datagrams_total",
                 "Datagrams clients reported in-band that they had to drop (socket full or sidecar absent).",
@@ -59,9 +61,8 @@ public struct SelfMetrics: Sendable {
 
         family("p2pmetricsd_datagrams_rejected_total", "counter",
                "Datagrams refused whole, nothing of them applied, by reason.", &out)
-        for (i, reason) in DatagramRejection.allCases.enumerated() {
-            line("p2pmetricsd_datagrams_rejected_total{reason=\"\(reason.rawValue)\"}",
-                 Double(statistics.datagramsRejected[i]), &out)
+        for (reason, count) in inputs.datagramsRejected {
+            line("p2pmetricsd_datagrams_rejected_total{reason=\"\(reason)\"}", Double(count), &out)
         }
         family("p2pmetricsd_samples_rejected_total", "counter",
                "Samples of valid datagrams refused because of the store's state, by reason.", &out)
@@ -71,12 +72,11 @@ public struct SelfMetrics: Sendable {
         }
 
         counter("p2pmetricsd_text_lines_received_total", "Non-empty text StatsD / DogStatsD lines read.",
-                statistics.textLinesReceived, &out)
+                inputs.textLinesReceived, &out)
         family("p2pmetricsd_text_lines_rejected_total", "counter",
                "Text lines refused (the other lines of their datagram still apply), by reason.", &out)
-        for (i, reason) in TextLineRejection.allCases.enumerated() {
-            line("p2pmetricsd_text_lines_rejected_total{reason=\"\(reason.rawValue)\"}",
-                 Double(statistics.textLinesRejected[i]), &out)
+        for (reason, count) in inputs.textLinesRejected {
+            line("p2pmetricsd_text_lines_rejected_total{reason=\"\(reason)\"}", Double(count), &out)
         }
 
         counter("p2pmetricsd_series_expired_total", "Series removed after their metric's TTL passed without an update.",
@@ -145,6 +145,28 @@ public struct SelfMetrics: Sendable {
     private func gauge(_ name: String, _ help: String, _ value: Double, _ out: inout [UInt8]) {
         family(name, "gauge", help, &out)
         line(name, value, &out)
+    }
+}
+
+/// What the inputs counted, as their self-metrics show it. The inputs own these counters; the
+/// exposition reads them as plain values, so that it depends on no input format.
+public struct InputCounters: Sendable {
+    public var datagramsReceived: UInt64
+    public var bytesReceived: UInt64
+    /// Datagrams refused whole, by reason (the `reason` label), every reason listed.
+    public var datagramsRejected: [(reason: String, count: UInt64)]
+    /// Non-empty text StatsD / DogStatsD lines read.
+    public var textLinesReceived: UInt64
+    /// Text lines refused, by reason, every reason listed.
+    public var textLinesRejected: [(reason: String, count: UInt64)]
+
+    public init(datagramsReceived: UInt64, bytesReceived: UInt64, datagramsRejected: [(reason: String, count: UInt64)],
+                textLinesReceived: UInt64, textLinesRejected: [(reason: String, count: UInt64)]) {
+        self.datagramsReceived = datagramsReceived
+        self.bytesReceived = bytesReceived
+        self.datagramsRejected = datagramsRejected
+        self.textLinesReceived = textLinesReceived
+        self.textLinesRejected = textLinesRejected
     }
 }
 

@@ -3,6 +3,7 @@ import CLibUV
 import Glibc
 import P2PMetricsExposition
 import P2PMetricsHTTP
+import P2PMetricsInputDatagram
 import P2PMetricsStore
 import P2PMetricsWire
 
@@ -14,6 +15,9 @@ public final class Daemon: ExpositionSource {
     private let reloadConfiguration: (() throws -> ServerConfiguration)?
     private let loop: UnsafeMutablePointer<uv_loop_t>
     private var store: MetricStore
+    /// The ingest sockets' input (Unix and UDP): it turns datagrams into the store's samples and
+    /// counts them.
+    private var input = DatagramInput()
     private var receiver: IngestReceiver?
     private var udpReceiver: IngestReceiver?
     private var processWatcher: ProcessWatcher?
@@ -102,8 +106,11 @@ public final class Daemon: ExpositionSource {
         let wantCredentials = configuration.store.requiresCredentials || configuration.store.trackProcessGauges
         let receiver = try IngestReceiver(
             loop: loop, fd: ingestFD, credentials: wantCredentials,
-            apply: { [unowned self] bytes, sender in self.store.ingest(bytes, from: self.withSupplementaryGroups(sender)) },
-            refuseTruncated: { [unowned self] length in self.store.countRejected(.oversized, bytes: length) })
+            apply: { [unowned self] bytes, sender in
+                let sender = self.withSupplementaryGroups(sender)
+                self.input.ingest(bytes, into: &self.store, from: sender)
+            },
+            refuseTruncated: { [unowned self] length in self.input.countRejected(.oversized, bytes: length) })
         self.receiver = receiver
         if configuration.store.trackProcessGauges {
             let watcher = ProcessWatcher(loop: loop) { [unowned self] pid in self.store.processExited(pid) }
@@ -118,8 +125,8 @@ public final class Daemon: ExpositionSource {
             _ = p2pmd_set_receive_buffer(fd, configuration.receiveBufferBytes)
             udpReceiver = try IngestReceiver(
                 loop: loop, fd: fd, credentials: false,
-                apply: { [unowned self] bytes, _ in self.store.ingest(bytes) },
-                refuseTruncated: { [unowned self] length in self.store.countRejected(.oversized, bytes: length) })
+                apply: { [unowned self] bytes, _ in self.input.ingest(bytes, into: &self.store) },
+                refuseTruncated: { [unowned self] length in self.input.countRejected(.oversized, bytes: length) })
             socketOrigin += ", udp bound at \(address)"
         }
         http = try HTTPServer(loop: loop, configuration: configuration, source: self, inheritedFD: activated.http)
@@ -149,8 +156,8 @@ public final class Daemon: ExpositionSource {
             writeStandardError("p2pmetricsd: could not save counters: \(error)")
         }
         boundSocket?.remove()
-        let s = store.statistics
-        writeStandardError("p2pmetricsd: shutdown: datagrams_received=\(s.datagramsReceived) samples_applied=\(s.samplesApplied)")
+        writeStandardError(
+            "p2pmetricsd: shutdown: datagrams_received=\(input.statistics.datagramsReceived) samples_applied=\(store.statistics.samplesApplied)")
         return 0
     }
 
@@ -272,9 +279,8 @@ public final class Daemon: ExpositionSource {
     }
 
     private func notifyStatus() {
-        let s = store.statistics
         ServiceManager.notify(
-            "STATUS=\(store.seriesCount) series, \(s.samplesApplied) samples applied, \(s.datagramsReceived) datagrams received")
+            "STATUS=\(store.seriesCount) series, \(store.statistics.samplesApplied) samples applied, \(input.statistics.datagramsReceived) datagrams received")
     }
 
     // MARK: ExpositionSource
@@ -282,7 +288,7 @@ public final class Daemon: ExpositionSource {
     func beginScrape(into out: inout [UInt8], format: ExpositionFormat) {
         activeRenderings += 1
         var selfMetrics = SelfMetrics(
-            version: configuration.version, statistics: store.statistics, liveSeries: store.seriesCount,
+            version: configuration.version, statistics: store.statistics, inputs: InputCounters(input), liveSeries: store.seriesCount,
             seriesMemoryBytes: store.memoryFootprint, lastScrapeDurationSeconds: lastScrapeDuration,
             trackedProcesses: processWatcher?.count ?? 0,
             scrapesTotal: scrapes,
@@ -326,5 +332,14 @@ public func writeStandardError(_ line: String) {
         let n = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress! + offset, $0.count - offset) }
         if n <= 0 { break }
         offset += n
+    }
+}
+
+extension InputCounters {
+    /// The counters of the ingest sockets' input and of the text input behind it.
+    init(_ input: DatagramInput) {
+        self.init(datagramsReceived: input.statistics.datagramsReceived, bytesReceived: input.statistics.bytesReceived,
+                  datagramsRejected: input.statistics.rejected.byReason,
+                  textLinesReceived: input.text.statistics.linesReceived, textLinesRejected: input.text.statistics.rejected.byReason)
     }
 }

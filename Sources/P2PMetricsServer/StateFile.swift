@@ -121,7 +121,7 @@ enum StateFile {
         // Validate everything before applying anything: restore all or nothing. The probe also
         // counts what the current configuration refuses (a stricter limit, a changed type).
         var probe = MetricStore(configuration: store.configuration)
-        for d in datagrams where d.withUnsafeBytes({ probe.ingest($0) }) != nil {
+        for d in datagrams where d.withUnsafeBytes({ probe.apply($0) }) != nil {
             rename(path, path + ".corrupt")
             return .refused("holds an invalid datagram (set aside as \(path).corrupt)")
         }

@@ -1,4 +1,3 @@
-import P2PMetricsStatsD
 import P2PMetricsWire
 
 /// Identifies a series for the life of the store.
@@ -24,12 +23,14 @@ public struct MetricFamily: Sendable {
 
 /// The aggregation store: every series' current value, keyed by metric and label set.
 ///
-/// Plain Swift with value semantics, owned by one thread (the daemon's loop). `ingest` applies a
-/// datagram exactly as PROTOCOL.md §2 says: validated whole first, then applied sample by sample,
-/// with state-dependent refusals (type clash, limits) counted per sample.
+/// Plain Swift with value semantics, owned by one thread (the daemon's loop). It knows no input
+/// format: every input turns its bytes into the protocol's sample records (binary datagrams are
+/// them already; text StatsD is transcoded), and `apply` applies a batch of them exactly as
+/// PROTOCOL.md §2 says: validated whole first, then applied sample by sample, with
+/// state-dependent refusals (type clash, limits) counted per sample.
 public struct MetricStore {
     public private(set) var configuration: StoreConfiguration
-    public private(set) var statistics = IngestStatistics()
+    public private(set) var statistics = StoreStatistics()
     /// Every metric by family id. A family whose series all expired is released: its slot keeps
     /// an empty name and no series until a new family reuses it.
     public private(set) var families: [MetricFamily] = []
@@ -95,7 +96,6 @@ public struct MetricStore {
     // Scratch reused across datagrams.
     private var decoder = DatagramDecoder()
     private var currentSender: Int32?
-    private let transcoder = StatsDTranscoder()
     private var resolved: [SeriesID] = []
     private var keyScratch: [UInt8] = []
     private var labelScratch: [(name: Range<Int>, value: Range<Int>)] = []
@@ -142,53 +142,19 @@ public struct MetricStore {
 
     // MARK: Ingest
 
-    /// Applies one datagram: binary (first byte `0xF5`) or text StatsD lines (first byte ASCII).
-    /// Returns the reason when a binary datagram was refused whole; text is refused line by line.
+    /// Applies one batch of sample records (a binary protocol datagram, PROTOCOL.md §2): validated
+    /// whole, then applied. Returns the reason when the batch was refused whole (nothing applied);
+    /// the caller, the input it came from, counts it.
     ///
-    /// `sender` carries the kernel-verified credentials when the transport has them; they decide
-    /// the allow-list and whose gauge adds are withdrawn when a process exits.
+    /// `weights`, when given, holds the weight of each sample in order (text StatsD: a sampled
+    /// histogram observation counts round(1/rate) times, in O(1)). `sender` carries the
+    /// kernel-verified credentials when the transport has them: whose gauge adds are withdrawn
+    /// when a process exits.
     @discardableResult
-    public mutating func ingest(_ bytes: UnsafeRawBufferPointer, from sender: SenderCredentials? = nil) -> DatagramRejection? {
-        statistics.datagramsReceived &+= 1
-        statistics.bytesReceived &+= UInt64(bytes.count)
-        if configuration.requiresCredentials {
-            guard let sender, configuration.admits(sender) else {
-                statistics.count(.unauthorized)
-                return .unauthorized
-            }
-        }
+    public mutating func apply(
+        _ bytes: UnsafeRawBufferPointer, weights: UnsafeBufferPointer<UInt32>? = nil, from sender: SenderCredentials? = nil
+    ) -> DatagramRejection? {
         currentSender = configuration.trackProcessGauges ? sender.flatMap { $0.pid > 0 ? $0.pid : nil } : nil
-        if let first = bytes.first, first < 0x80 {
-            ingestText(bytes)
-            return nil
-        }
-        return ingestBinary(bytes)
-    }
-
-    /// Transcodes text lines into binary datagrams and applies those, so both formats share one
-    /// validation and aggregation path (and the same series for the same name and labels).
-    private mutating func ingestText(_ bytes: UnsafeRawBufferPointer) {
-        var output = StatsDTranscoder.Output(encoder: DatagramEncoder(maxSize: WireFormat.maxDatagramSize))
-        var refused: [TextLineRejection] = []
-        let lines = transcoder.transcode(bytes, into: &output, flush: { full in
-            self.applyTranscoded(full)
-            full.reset()
-        }, reject: { refused.append($0) })
-        applyTranscoded(output)
-        statistics.textLinesReceived &+= UInt64(lines)
-        for reason in refused { statistics.count(reason) }
-    }
-
-    private mutating func applyTranscoded(_ output: StatsDTranscoder.Output) {
-        guard !output.encoder.isEmpty else { return }
-        output.weights.withUnsafeBufferPointer { weights in
-            output.encoder.bytes.withUnsafeBytes { _ = ingestBinary($0, weights: weights) }
-        }
-    }
-
-    /// Applies a binary datagram. `weights`, when given, holds the weight of each sample in order
-    /// (transcoded text: a sampled histogram observation counts round(1/rate) times, in O(1)).
-    private mutating func ingestBinary(_ bytes: UnsafeRawBufferPointer, weights: UnsafeBufferPointer<UInt32>? = nil) -> DatagramRejection? {
         // Validation asks the wire cache about every series record: bytes seen and validated
         // before skip the character checks, and their series id is known at once.
         var known: [SeriesID] = []
@@ -201,10 +167,7 @@ public struct MetricStore {
             return id != nil
         }
         swap(&known, &resolved)
-        if let reason = rejection {
-            statistics.count(reason)
-            return reason
-        }
+        if let reason = rejection { return reason }
         statistics.clientDroppedDatagrams &+= decoder.droppedReported
         for id in resolved where id >= 0 { lastSeen[Int(id)] = now }
 
@@ -310,16 +273,8 @@ public struct MetricStore {
     }
 
     /// Puts back statistics saved before a restore (see `restore(_:)`).
-    mutating func restoreStatistics(_ saved: IngestStatistics) {
+    mutating func restoreStatistics(_ saved: StoreStatistics) {
         statistics = saved
-    }
-
-    /// Records a datagram refused before decoding (e.g. by the transport: truncated by the kernel,
-    /// or from a sender that is not allowed).
-    public mutating func countRejected(_ reason: DatagramRejection, bytes: Int) {
-        statistics.datagramsReceived &+= 1
-        statistics.bytesReceived &+= UInt64(bytes)
-        statistics.count(reason)
     }
 
     /// The numeric value of a sample of form 0, 1 or 2.

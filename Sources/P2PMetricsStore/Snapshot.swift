@@ -41,12 +41,12 @@ extension MetricStore {
         return datagrams
     }
 
-    /// Applies one snapshot datagram like `ingest`, but leaves the ingest statistics alone: restored
-    /// totals were counted by the process that wrote them.
+    /// Applies one snapshot datagram like `apply`, but leaves the statistics alone: restored totals
+    /// were counted by the process that wrote them.
     @discardableResult
     public mutating func restore(_ datagram: UnsafeRawBufferPointer) -> DatagramRejection? {
         let saved = statistics
-        let rejection = ingest(datagram)
+        let rejection = apply(datagram)
         restoreStatistics(saved)
         return rejection
     }

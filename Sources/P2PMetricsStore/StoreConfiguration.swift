@@ -1,4 +1,3 @@
-import P2PMetricsStatsD
 import P2PMetricsWire
 
 /// Limits and metric knowledge of a store. Defaults are safe for a node sidecar.
@@ -72,16 +71,13 @@ public enum SampleRejection: String, Sendable, CaseIterable {
     case nameClash = "name_clash"
 }
 
-/// The daemon's own ingest counters, exposed as `p2pmetricsd_*` self-metrics.
-public struct IngestStatistics: Sendable, Equatable {
-    public var datagramsReceived: UInt64 = 0
-    public var bytesReceived: UInt64 = 0
+/// What the store counted while applying samples, exposed as `p2pmetricsd_*` self-metrics. The
+/// inputs count their own traffic and refusals (datagrams, bytes, text lines).
+public struct StoreStatistics: Sendable, Equatable {
     public var samplesApplied: UInt64 = 0
     /// Datagrams clients reported in-band that they could not send. 128 bits: any client may
     /// report up to 2^64 − 1 per record, and a counter must never wrap (go down).
     public var clientDroppedDatagrams: UInt128 = 0
-    /// Indexed like `DatagramRejection.allCases`.
-    public var datagramsRejected = [UInt64](repeating: 0, count: DatagramRejection.allCases.count)
     /// Indexed like `SampleRejection.allCases`.
     public var samplesRejected = [UInt64](repeating: 0, count: SampleRejection.allCases.count)
     /// Processes that exited with gauge adds outstanding, which were then withdrawn.
@@ -90,30 +86,10 @@ public struct IngestStatistics: Sendable, Equatable {
     public var gaugeAddsUntracked: UInt64 = 0
     /// Series removed because their metric's TTL passed without an update.
     public var seriesExpired: UInt64 = 0
-    /// Non-empty text (StatsD / DogStatsD) lines read.
-    public var textLinesReceived: UInt64 = 0
-    /// Indexed like `TextLineRejection.allCases`.
-    public var textLinesRejected = [UInt64](repeating: 0, count: TextLineRejection.allCases.count)
 
     public init() {}
 
-    public func rejected(_ reason: DatagramRejection) -> UInt64 {
-        datagramsRejected[DatagramRejection.allCases.firstIndex(of: reason) ?? 0]
-    }
-
     public func rejected(_ reason: SampleRejection) -> UInt64 {
         samplesRejected[SampleRejection.allCases.firstIndex(of: reason) ?? 0]
-    }
-
-    public func rejected(_ reason: TextLineRejection) -> UInt64 {
-        textLinesRejected[TextLineRejection.allCases.firstIndex(of: reason) ?? 0]
-    }
-
-    mutating func count(_ reason: TextLineRejection) {
-        textLinesRejected[TextLineRejection.allCases.firstIndex(of: reason) ?? 0] += 1
-    }
-
-    mutating func count(_ reason: DatagramRejection) {
-        datagramsRejected[DatagramRejection.allCases.firstIndex(of: reason) ?? 0] += 1
     }
 }

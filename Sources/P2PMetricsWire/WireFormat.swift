@@ -66,24 +66,6 @@ public enum MetricType: UInt8, Sendable, CaseIterable {
     /// The K most frequent keys with their counts (a Space-Saving sketch), exposed as gauges
     /// labelled `key`.
     case topK
-
-    /// The word used on `# TYPE` lines.
-    public var exposedName: String {
-        switch self {
-        case .counter: return "counter"
-        case .gauge, .distinct, .topK: return "gauge"
-        case .histogram: return "histogram"
-        }
-    }
-
-    /// The word used in configuration files.
-    public var configurationName: String {
-        switch self {
-        case .distinct: return "distinct"
-        case .topK: return "topk"
-        default: return exposedName
-        }
-    }
 }
 
 /// How a sample value travels on the wire. The raw value is the low nibble of the sample tag.

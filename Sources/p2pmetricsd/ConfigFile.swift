@@ -261,3 +261,16 @@ enum JSONValue: Decodable {
         return bounds
     }
 }
+
+extension MetricType {
+    /// The word used for the type in configuration files (`metrics.<name>.type`).
+    var configurationName: String {
+        switch self {
+        case .counter: return "counter"
+        case .gauge: return "gauge"
+        case .histogram: return "histogram"
+        case .distinct: return "distinct"
+        case .topK: return "topk"
+        }
+    }
+}

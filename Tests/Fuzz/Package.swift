@@ -11,12 +11,14 @@ let package = Package(
     targets: [
         // The invariant check both targets use.
         .target(name: "FuzzSupport"),
-        // Wire decoder + aggregation store: MetricStore.ingest with invariant and round-trip oracles.
+        // Wire decoder + datagram input + aggregation store: DatagramInput.ingest with invariant and
+        // round-trip oracles.
         .executableTarget(
             name: "FuzzDecoder",
             dependencies: [
                 .product(name: "P2PMetricsWire", package: "p2pmetricsd"),
                 .product(name: "P2PMetricsStore", package: "p2pmetricsd"),
+                .product(name: "P2PMetricsInputDatagram", package: "p2pmetricsd"),
                 "FuzzSupport",
             ]
         ),

@@ -34,7 +34,7 @@ struct CounterValueTests {
     func snapshotKeepsWraps() {
         var store = MetricStore()
         for value in [SampleValue.unsigned(.max), .unsigned(.max), .unsigned(9), .double(0.25)] {
-            _ = datagram([(.counterAdd, "w", [("a", "1")], value)]).withUnsafeBytes { store.ingest($0) }
+            _ = datagram([(.counterAdd, "w", [("a", "1")], value)]).withUnsafeBytes { store.apply($0) }
         }
         var restored = MetricStore()
         for d in store.counterSnapshot() { _ = d.withUnsafeBytes { restored.restore($0) } }
@@ -60,18 +60,18 @@ struct CounterValueTests {
     func storeCounterPastTwoToThe64() {
         var store = MetricStore()
         for value in [SampleValue.unsigned(.max), .unsigned(5), .double(0.5)] {
-            _ = datagram([(.counterAdd, "big", [], value)]).withUnsafeBytes { store.ingest($0) }
+            _ = datagram([(.counterAdd, "big", [], value)]).withUnsafeBytes { store.apply($0) }
         }
         #expect(render(store).contains("\nbig 18446744073709551620.5\n"))
         // Reported: fractional adds, then a small add that wraps the integer part: never down.
         var wrap = MetricStore()
         for value in [SampleValue.unsigned(.max), .double(2000.5), .unsigned(1)] {
-            _ = datagram([(.counterAdd, "w", [], value)]).withUnsafeBytes { wrap.ingest($0) }
+            _ = datagram([(.counterAdd, "w", [], value)]).withUnsafeBytes { wrap.apply($0) }
         }
         #expect(render(wrap).contains("\nw 18446744073709553616.5\n"))
         var small = MetricStore()
         for value in [SampleValue.unsigned(1 << 60 + 3), .double(0.1)] {
-            _ = datagram([(.counterAdd, "mixed", [], value)]).withUnsafeBytes { small.ingest($0) }
+            _ = datagram([(.counterAdd, "mixed", [], value)]).withUnsafeBytes { small.apply($0) }
         }
         #expect(render(small).contains("\nmixed 1152921504606846979.1\n"))
     }
@@ -82,10 +82,10 @@ struct CounterValueTests {
         for drops in [UInt64.max, 5] {
             var encoder = DatagramEncoder(maxSize: 100)
             encoder.appendDropped(drops)
-            _ = encoder.bytes.withUnsafeBytes { store.ingest($0) }
+            _ = encoder.bytes.withUnsafeBytes { store.apply($0) }
         }
         #expect(store.statistics.clientDroppedDatagrams == UInt128(UInt64.max) + 5)
-        var metrics = SelfMetrics(version: "t", statistics: store.statistics, liveSeries: 0, seriesMemoryBytes: 0,
+        var metrics = SelfMetrics(version: "t", statistics: store.statistics, inputs: noInput, liveSeries: 0, seriesMemoryBytes: 0,
                                   lastScrapeDurationSeconds: 0, scrapesTotal: (0, 0), httpResponses: [], startTimeSeconds: 0)
         metrics.format = .openMetrics
         var out: [UInt8] = []

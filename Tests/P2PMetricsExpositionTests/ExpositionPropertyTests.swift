@@ -65,7 +65,7 @@ struct ExpositionPropertyTests {
                 default: try encoder.appendTopK(name: name, labels: labels, key: "k\(Int.random(in: 0..<3, using: &rng))")
                 }
             }
-            let rejection = encoder.bytes.withUnsafeBytes { store.ingest($0) }
+            let rejection = encoder.bytes.withUnsafeBytes { store.apply($0) }
             #expect(rejection == nil)
         }
         #expect(store.statistics.rejected(SampleRejection.nameClash) > 0)

@@ -31,7 +31,7 @@ struct ExpositionTests {
             (.gaugeSet, "zeta", [("b", "2"), ("a", "1")], .double(-.infinity)),
             (.gaugeSet, "other", [], .double(1e-7)),
         ])
-        _ = bytes.withUnsafeBytes { store.ingest($0) }
+        _ = bytes.withUnsafeBytes { store.apply($0) }
         let expected = """
         # HELP job_seconds Job time.\\nIn \\\\seconds\\\\.
         # TYPE job_seconds histogram
@@ -63,7 +63,7 @@ struct ExpositionTests {
     @Test("a histogram without labels opens its le label itself")
     func unlabelledHistogram() {
         var store = MetricStore()
-        _ = datagram([(.histogramObserve, "p2p.transfer.duration", [], .double(0.3))]).withUnsafeBytes { store.ingest($0) }
+        _ = datagram([(.histogramObserve, "p2p.transfer.duration", [], .double(0.3))]).withUnsafeBytes { store.apply($0) }
         let text = render(store)
         #expect(text.contains("p2p_transfer_duration_bucket{le=\"0.01\"} 0\n"))
         #expect(text.contains("p2p_transfer_duration_bucket{le=\"0.5\"} 1\n"))
@@ -95,7 +95,7 @@ struct ExpositionTests {
     func slicedRendering() {
         var store = MetricStore()
         for i in 0..<3_000 {
-            _ = datagram([(.counterAdd, "s\(i % 5)", [("i", "\(i)")], .unsigned(UInt64(i)))]).withUnsafeBytes { store.ingest($0) }
+            _ = datagram([(.counterAdd, "s\(i % 5)", [("i", "\(i)")], .unsigned(UInt64(i)))]).withUnsafeBytes { store.apply($0) }
         }
         let whole = ExpositionRenderer.renderAll(store)
         var renderer = ExpositionRenderer()
@@ -108,10 +108,10 @@ struct ExpositionTests {
 
     @Test("self-metrics list every rejection reason, zero or not")
     func selfMetrics() {
-        var store = MetricStore()
-        _ = [WireFormat.magic].withUnsafeBytes { store.ingest($0) }
+        var inputs = noInput
+        inputs.datagramsRejected = DatagramRejection.allCases.map { ($0.rawValue, $0 == .empty ? 1 : 0) }
         var out: [UInt8] = []
-        SelfMetrics(version: "1.2.3", statistics: store.statistics, liveSeries: 0, seriesMemoryBytes: 0,
+        SelfMetrics(version: "1.2.3", statistics: StoreStatistics(), inputs: inputs, liveSeries: 0, seriesMemoryBytes: 0,
                     lastScrapeDurationSeconds: 0.25, scrapesTotal: (2, 1), httpResponses: [(200, 2)],
                     startTimeSeconds: 1).render(into: &out)
         let text = String(decoding: out, as: UTF8.self)
@@ -125,6 +125,9 @@ struct ExpositionTests {
     }
 }
 
+/// Inputs that counted nothing.
+let noInput = InputCounters(datagramsReceived: 0, bytesReceived: 0, datagramsRejected: [], textLinesReceived: 0, textLinesRejected: [])
+
 @Suite("OpenMetrics and sketches in the exposition")
 struct OpenMetricsTests {
     @Test("golden: counters keep their sample names, _total families are declared without it, # EOF ends it")
@@ -137,7 +140,7 @@ struct OpenMetricsTests {
         try encoder.appendDistinct(name: "p2p.chunks.unique", key: Array("b".utf8))
         try encoder.appendDistinct(name: "p2p.chunks.unique", key: Array("a".utf8))
         for key in ["x", "y", "x"] { try encoder.appendTopK(name: "p2p.chunks.requested", key: key) }
-        _ = encoder.bytes.withUnsafeBytes { store.ingest($0) }
+        _ = encoder.bytes.withUnsafeBytes { store.apply($0) }
         let text = String(decoding: ExpositionRenderer.renderAll(store, format: .openMetrics), as: UTF8.self)
         let expected = """
         # HELP p2p_cache_hits Number of P2P cache hits.

@@ -19,7 +19,7 @@ struct NameClashTests {
             case .distinctAdd: _ = try! encoder.appendDistinct(name: name, labels: [], key: [1])
             default: _ = try! encoder.append(kind, name: name, labels: [], value: value)
             }
-            _ = encoder.bytes.withUnsafeBytes { store.ingest($0) }
+            _ = encoder.bytes.withUnsafeBytes { store.apply($0) }
         }
         return store
     }

@@ -20,7 +20,7 @@ struct OpenMetricsValueTests {
             (.histogramObserve, "temp", [("s", "ninf")], .double(-1e308)),
             (.histogramObserve, "temp", [("s", "ninf")], .double(-1e308)),
         ]
-        _ = datagram(samples).withUnsafeBytes { store.ingest($0) }
+        _ = datagram(samples).withUnsafeBytes { store.apply($0) }
         let om = String(decoding: ExpositionRenderer.renderAll(store, format: .openMetrics), as: UTF8.self)
         let text = render(store)
         #expect(om.contains("temp_sum{s=\"pos\"} 2\n"))

@@ -3,6 +3,7 @@ import P2PMetricsTestVectors
 import Testing
 @testable import P2PMetricsWire
 #if canImport(P2PMetricsStore)
+import P2PMetricsInputDatagram
 import P2PMetricsStore
 #endif
 
@@ -152,14 +153,16 @@ enum StoreReplay {
             let sampleCount = rejection == nil ? decoder.sampleCount : 0
             let isText = raw.first.map { $0 < 0x80 } ?? false
             var store = MetricStore(configuration: configuration)
+            var input = DatagramInput()
             var outcomes: [(series: Int, applied: UInt64, refused: [UInt64])] = []
             for _ in 0..<2 {
                 let before = store.statistics
+                let received = input.statistics.datagramsReceived
                 let seriesBefore = store.seriesCount
-                let result = store.ingest(raw)
+                let result = input.ingest(raw, into: &store)
                 let after = store.statistics
                 #expect(result == (isText ? nil : rejection), "\(id): store and decoder disagree")
-                #expect(after.datagramsReceived == before.datagramsReceived + 1, "\(id)")
+                #expect(input.statistics.datagramsReceived == received + 1, "\(id)")
                 let applied = after.samplesApplied - before.samplesApplied
                 let refused = zip(after.samplesRejected, before.samplesRejected).map { $0 - $1 }
                 let newSeries = store.seriesCount - seriesBefore

@@ -5,7 +5,7 @@ import P2PMetricsWire
 
 // In-process throughput and allocations of the three stages of the daemon:
 //   Decode     DatagramDecoder.validate + walking every sample (what ingest does before applying)
-//   Aggregate  MetricStore.ingest of realistic datagrams into a warm store (all series exist)
+//   Aggregate  MetricStore.apply of realistic datagrams into a warm store (all series exist)
 //   Render     ExpositionRenderer over N counter series with two labels, in the daemon's 256 KiB
 //              slices into a reused buffer
 // Names carry the unit of one scaled iteration, so `throughput` reads as datagrams/s or series/s.
@@ -19,7 +19,7 @@ final class Fixtures: @unchecked Sendable {
 
     func warmStore(_ datagrams: [[UInt8]]) -> StoreBox {
         let box = StoreBox()
-        for d in datagrams { d.withUnsafeBytes { _ = box.store.ingest($0) } }
+        for d in datagrams { d.withUnsafeBytes { _ = box.store.apply($0) } }
         return box
     }
 
@@ -37,7 +37,7 @@ final class StoreBox: @unchecked Sendable {
     var store = MetricStore()
 }
 
-/// Validates a datagram and walks its samples, as `MetricStore.ingest` does before applying.
+/// Validates a datagram and walks its samples, as `MetricStore.apply` does before applying.
 @inline(__always)
 func decode(_ decoder: inout DatagramDecoder, _ bytes: UnsafeRawBufferPointer) -> UInt64 {
     guard decoder.validate(bytes) == nil else { fatalError("invalid benchmark datagram") }
@@ -95,7 +95,7 @@ let benchmarks: @Sendable () -> Void = {
         var j = benchmark.currentIteration * 1000 % pool.count
         benchmark.startMeasurement()
         for _ in benchmark.scaledIterations {
-            pool[j].withUnsafeBytes { _ = store.store.ingest($0) }
+            pool[j].withUnsafeBytes { _ = store.store.apply($0) }
             j = j + 1 == pool.count ? 0 : j + 1
         }
         benchmark.stopMeasurement()
@@ -108,7 +108,7 @@ let benchmarks: @Sendable () -> Void = {
         let pool = fixtures.batched.datagrams
         let d = pool[benchmark.currentIteration % pool.count]
         benchmark.startMeasurement()
-        d.withUnsafeBytes { _ = store.store.ingest($0) }
+        d.withUnsafeBytes { _ = store.store.apply($0) }
         benchmark.stopMeasurement()
         blackHole(store.store.statistics.samplesApplied)
     } setup: {
@@ -119,7 +119,7 @@ let benchmarks: @Sendable () -> Void = {
               configuration: .init(maxDuration: .seconds(2), maxIterations: 10)) { benchmark, datagrams in
         var store = MetricStore()
         benchmark.startMeasurement()
-        for d in datagrams { d.withUnsafeBytes { _ = store.ingest($0) } }
+        for d in datagrams { d.withUnsafeBytes { _ = store.apply($0) } }
         benchmark.stopMeasurement()
         precondition(store.seriesCount == 100_000)
         blackHole(store)

@@ -129,7 +129,7 @@ enum Workload {
         configuration.maxSeriesPerMetric = max(count, configuration.maxSeriesPerMetric)
         var store = MetricStore(configuration: configuration)
         for d in fillDatagrams(series: count) {
-            d.withUnsafeBytes { _ = store.ingest($0) }
+            d.withUnsafeBytes { _ = store.apply($0) }
         }
         precondition(store.seriesCount == count, "filled \(store.seriesCount) of \(count) series")
         return store

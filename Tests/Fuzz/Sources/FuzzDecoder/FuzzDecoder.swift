@@ -2,11 +2,12 @@
 //
 // It goes through `DatagramDecoder.validate` and the sample/label cursors, through a round trip
 // with `DatagramEncoder` (exact values and canonical values), and twice through
-// `MetricStore.ingest` on a fresh, small store, checking the invariants below after each step.
+// `DatagramInput.ingest` into a fresh, small store, checking the invariants below after each step.
 // A violated invariant prints `INVARIANT VIOLATED [name]` and aborts, so libFuzzer saves the input.
 //
 // While a reported bug is being fixed its check can be skipped: FUZZ_SKIP_CHECKS=name,name.
 
+import P2PMetricsInputDatagram
 import P2PMetricsStore
 import FuzzSupport
 import P2PMetricsWire
@@ -268,20 +269,24 @@ func textLineCount(_ raw: UnsafeRawBufferPointer) -> Int {
 
 /// One `ingest`, with the statistics invariants of PROTOCOL.md §2. A datagram whose first byte is
 /// ASCII is text StatsD: transcoded line by line, never refused whole.
-func ingest(_ store: inout MetricStore, _ raw: UnsafeRawBufferPointer, expected: DatagramRejection?,
-            sampleCount: Int, dropped: UInt128) -> IngestDelta {
+func ingest(_ store: inout MetricStore, through input: inout DatagramInput, _ raw: UnsafeRawBufferPointer,
+            expected: DatagramRejection?, sampleCount: Int, dropped: UInt128) -> IngestDelta {
     let isText = raw.first.map { $0 < 0x80 } ?? false
     let before = store.statistics
+    let inputBefore = input.statistics
+    let textBefore = input.text.statistics
     let seriesBefore = store.seriesCount
     let familiesBefore = store.families.count
-    let result = store.ingest(raw)
+    let result = input.ingest(raw, into: &store)
     let after = store.statistics
+    let inputAfter = input.statistics
+    let textAfter = input.text.statistics
     check(result == (isText ? nil : expected), "store_agrees_with_decoder",
           "store: \(String(describing: result)), decoder: \(String(describing: expected))")
-    check(after.datagramsReceived == before.datagramsReceived &+ 1, "datagrams_received",
-          "datagramsReceived \(before.datagramsReceived) → \(after.datagramsReceived)")
-    check(after.bytesReceived == before.bytesReceived &+ UInt64(raw.count), "bytes_received",
-          "bytesReceived \(before.bytesReceived) → \(after.bytesReceived) for \(raw.count) bytes")
+    check(inputAfter.datagramsReceived == inputBefore.datagramsReceived &+ 1, "datagrams_received",
+          "datagramsReceived \(inputBefore.datagramsReceived) → \(inputAfter.datagramsReceived)")
+    check(inputAfter.bytesReceived == inputBefore.bytesReceived &+ UInt64(raw.count), "bytes_received",
+          "bytesReceived \(inputBefore.bytesReceived) → \(inputAfter.bytesReceived) for \(raw.count) bytes")
     let applied = after.samplesApplied &- before.samplesApplied
     let newSeries = store.seriesCount - seriesBefore
     let rejectedDelta = zip(after.samplesRejected, before.samplesRejected).map { $0 &- $1 }
@@ -296,27 +301,27 @@ func ingest(_ store: inout MetricStore, _ raw: UnsafeRawBufferPointer, expected:
         check(after.clientDroppedDatagrams == before.clientDroppedDatagrams, "rejected_no_drops",
               "rejected datagram added client drops")
         let index = DatagramRejection.allCases.firstIndex(of: reason)!
-        for (i, (a, b)) in zip(after.datagramsRejected, before.datagramsRejected).enumerated() {
+        for (i, (a, b)) in zip(inputAfter.rejected.counts, inputBefore.rejected.counts).enumerated() {
             check(a == b &+ (i == index ? 1 : 0), "rejection_counted_once",
                   "datagramsRejected[\(DatagramRejection.allCases[i])] \(b) → \(a) for \(reason)")
         }
     } else if isText {
         // The transcoder only emits valid binary datagrams.
-        check(after.datagramsRejected == before.datagramsRejected, "text_transcodes_valid",
-              "text datagram produced a refused binary datagram: \(after.datagramsRejected)")
+        check(inputAfter.rejected.counts == inputBefore.rejected.counts, "text_transcodes_valid",
+              "text datagram produced a refused binary datagram: \(inputAfter.rejected.counts)")
         let lines = textLineCount(raw)
-        check(after.textLinesReceived == before.textLinesReceived &+ UInt64(lines), "text_lines_counted",
-              "\(lines) non-empty lines, textLinesReceived \(before.textLinesReceived) → \(after.textLinesReceived)")
-        let refusedLines = zip(after.textLinesRejected, before.textLinesRejected).map { $0 &- $1 }.reduce(0, &+)
+        check(textAfter.linesReceived == textBefore.linesReceived &+ UInt64(lines), "text_lines_counted",
+              "\(lines) non-empty lines, linesReceived \(textBefore.linesReceived) → \(textAfter.linesReceived)")
+        let refusedLines = zip(textAfter.rejected.counts, textBefore.rejected.counts).map { $0 &- $1 }.reduce(0, &+)
         check(refusedLines <= UInt64(lines), "text_lines_refused", "\(refusedLines) of \(lines) lines refused")
         check(after.clientDroppedDatagrams == before.clientDroppedDatagrams, "text_no_drops",
               "text datagram added client drops")
         check(UInt64(newSeries) <= applied, "phantom_series",
               "\(newSeries) series created but only \(applied) samples applied")
     } else {
-        check(after.datagramsRejected == before.datagramsRejected, "accepted_not_rejected",
+        check(inputAfter.rejected.counts == inputBefore.rejected.counts, "accepted_not_rejected",
               "accepted datagram counted as rejected")
-        check(after.textLinesReceived == before.textLinesReceived, "binary_not_text", "binary datagram counted text lines")
+        check(textAfter.linesReceived == textBefore.linesReceived, "binary_not_text", "binary datagram counted text lines")
         let refused = rejectedDelta.reduce(0, &+)
         check(applied &+ refused == UInt64(sampleCount), "samples_accounted",
               "\(sampleCount) samples: \(applied) applied + \(refused) refused")
@@ -358,9 +363,10 @@ public func fuzzDecoder(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     // Fresh store per input so that every finding reproduces from its input alone; the datagram
     // is ingested twice to exercise the wire cache and existing families.
     var store = MetricStore(configuration: configuration)
-    let first = ingest(&store, raw, expected: rejection, sampleCount: sampleCount, dropped: dropped)
+    var input = DatagramInput()
+    let first = ingest(&store, through: &input, raw, expected: rejection, sampleCount: sampleCount, dropped: dropped)
     checkStoreState(store)
-    let again = ingest(&store, raw, expected: rejection, sampleCount: sampleCount, dropped: dropped)
+    let again = ingest(&store, through: &input, raw, expected: rejection, sampleCount: sampleCount, dropped: dropped)
     check(again.newSeries == 0, "reingest_creates_no_series",
           "ingesting the same datagram again created \(again.newSeries) series")
     check(again.applied == first.applied && again.samplesRejected == first.samplesRejected, "reingest_same_outcome",

@@ -1,5 +1,5 @@
 import Testing
-import P2PMetricsStatsD
+import P2PMetricsInputStatsD
 import P2PMetricsWire
 @testable import P2PMetricsStore
 
@@ -9,7 +9,7 @@ import P2PMetricsWire
 struct TagRulesTests {
     @Test("__x tags become _x, le on timers and histograms becomes _le, le on gauges and counters stays")
     func reservedTagNames() {
-        var store = MetricStore()
+        var store = FedStore()
         store.ingestText("""
         x:1|c|#__reserved:1
         y:1|c|#___triple:2,__:3
@@ -18,7 +18,7 @@ struct TagRulesTests {
         dist:5|d|#le:3
         g:1|g|#le:4
         """)
-        #expect(store.statistics.textLinesRejected.allSatisfy { $0 == 0 })
+        #expect(store.text.rejected.counts.allSatisfy { $0 == 0 })
         #expect(store.value("x", ["_reserved": "1"]) == 1)
         #expect(store.value("y", ["_triple": "2", "_": "3"]) == 1)
         #expect(store.value("lat", ["_le": "1"]) == 1)
@@ -29,7 +29,7 @@ struct TagRulesTests {
 
     @Test("of two |# sections the last wins, as does the last of two @rates (datadog-agent's parser)")
     func repeatedSections() {
-        var store = MetricStore()
+        var store = FedStore()
         store.ingestText("""
         t:1|c|#a:1|#b:2
         r:1|c|@0.5|@0.25

@@ -1,41 +1,14 @@
 import Testing
-import P2PMetricsStatsD
+import P2PMetricsInputStatsD
 import P2PMetricsWire
 @testable import P2PMetricsStore
-
-extension MetricStore {
-    mutating func ingestText(_ text: String) {
-        _ = Array(text.utf8).withUnsafeBytes { ingest($0) }
-    }
-
-    func value(_ name: String, _ labels: [String: String] = [:]) -> Double? {
-        guard let family = families.first(where: { $0.name == name }) else { return nil }
-        guard let id = family.series.first(where: { id in
-            var found: [String: String] = [:]
-            forEachLabel(of: id) { n, v in found[String(decoding: n, as: UTF8.self)] = String(decoding: v, as: UTF8.self) }
-            return found == labels
-        }) else { return nil }
-        switch family.type {
-        case .counter: let (i, f) = counterValue(id); return Double(i) + f
-        case .gauge: return gaugeValue(id)
-        case .distinct: return distinctEstimate(id)
-        case .topK: return Double(topKEntries(id).total)
-        case .histogram: return withHistogram(id) { _, _, count in Double(count) }
-        }
-    }
-
-    func histogramSum(_ name: String) -> Double? {
-        guard let id = families.first(where: { $0.name == name })?.series.first else { return nil }
-        return withHistogram(id) { _, sum, _ in sum }
-    }
-}
 
 @Suite("Text StatsD and DogStatsD")
 struct StatsDTests {
     /// Lines as the StatsD and DogStatsD documentation writes them, with what each must do.
     @Test("documented lines aggregate as documented")
     func documentedLines() {
-        var store = MetricStore()
+        var store = FedStore()
         store.ingestText("""
         gorets:1|c
         gorets:1|c|@0.1
@@ -67,13 +40,13 @@ struct StatsDTests {
         #expect(store.value("request_latency") == 3)
         #expect(store.histogramSum("request_latency") == 60)
         #expect(store.value("historic_value") == 1)
-        #expect(store.statistics.textLinesReceived == 17)
-        #expect(store.statistics.textLinesRejected.allSatisfy { $0 == 0 })
+        #expect(store.text.linesReceived == 17)
+        #expect(store.text.rejected.counts.allSatisfy { $0 == 0 })
     }
 
     @Test("a bad line refuses that line only, with its reason")
     func badLines() {
-        var store = MetricStore()
+        var store = FedStore()
         let lines: [(String, TextLineRejection)] = [
             ("nocolon", .malformed),
             ("novalue:|c", .malformed),
@@ -98,26 +71,26 @@ struct StatsDTests {
         ]
         store.ingestText((lines.map(\.0) + ["good:1|c"]).joined(separator: "\n"))
         #expect(store.value("good") == 1)
-        #expect(store.statistics.textLinesReceived == UInt64(lines.count + 1))
+        #expect(store.text.linesReceived == UInt64(lines.count + 1))
         for reason in TextLineRejection.allCases {
             let expected = lines.filter { $0.1 == reason }.count
-            #expect(store.statistics.rejected(reason) == UInt64(expected), "\(reason)")
+            #expect(store.text.rejected[reason] == UInt64(expected), "\(reason)")
         }
         #expect(store.families.map(\.name) == ["good"])
     }
 
     @Test("names and tags are sanitized like statsd_exporter; CRLF and blank lines are fine")
     func sanitizing() {
-        var store = MetricStore()
+        var store = FedStore()
         store.ingestText("my-app/requests:1|c|#http-method:GET,1st:a,bare\r\n\n\n9lives:2|g\n")
         #expect(store.value("my_app_requests", ["http_method": "GET", "_1st": "a"]) == 1)
         #expect(store.value("_9lives") == 2)
-        #expect(store.statistics.textLinesReceived == 2)
+        #expect(store.text.linesReceived == 2)
     }
 
     @Test("text and binary samples meet in the same series")
     func mixedWithBinary() throws {
-        var store = MetricStore()
+        var store = FedStore()
         store.ingestText("p2p.cache.hits:2|c|#cache_type:chunk")
         var encoder = DatagramEncoder()
         try encoder.append(.counterAdd, name: "p2p.cache.hits", labels: [("cache_type", "chunk")], value: .unsigned(3))
@@ -131,7 +104,7 @@ struct StatsDTests {
 
     @Test("distinct counts stay within the documented error and bounded memory")
     func distinctAccuracy() {
-        var store = MetricStore()
+        var store = FedStore()
         for n in [1, 10, 1_000, 50_000] {
             let name = "set\(n)"
             var batch: [String] = []
@@ -156,7 +129,7 @@ struct StatsDTests {
 struct StatsDBoundsTests {
     @Test("a sample rate is a weight: one histogram observation counts round(1/rate) times, applied once")
     func sampleRateIsAWeight() {
-        var store = MetricStore()
+        var store = FedStore()
         store.ingestText("amp:2|h|@0.01\namp:1|h\namp:5|h|@0.5\nlat:250|ms|@0.1")
         #expect(store.value("amp") == 103.0)  // 100 + 1 + 2
         #expect(store.histogramSum("amp") == 211.0)  // 2 × 100 + 1 + 5 × 2
@@ -164,47 +137,47 @@ struct StatsDBoundsTests {
         #expect(store.histogramSum("lat") == 2.5)
         #expect(store.statistics.samplesApplied == 4)  // one sample per observation line, no replay
         let id = store.families.first { $0.name == "amp" }!.series[0]
-        store.withHistogram(id) { counts, _, count in
+        store.store.withHistogram(id) { counts, _, count in
             #expect(counts.reduce(0, +) == count)  // buckets carry the weight too
         }
     }
 
     @Test("weights stay aligned with their samples across datagrams the transcoder has to split")
     func weightsAcrossFlushes() {
-        var store = MetricStore()
+        var store = FedStore()
         let label = String(repeating: "l", count: 900)
         var lines: [String] = []
         for i in 0..<400 { lines.append("split:\(i % 7)|h|@\(i % 2 == 0 ? "0.25" : "1")|#k:\(label)\(i % 50)") }
         store.ingestText(lines.joined(separator: "\n"))
         var count = 0.0
         for family in store.families where family.name == "split" {
-            for id in family.series { count += store.withHistogram(id) { _, _, c in Double(c) } }
+            for id in family.series { count += store.store.withHistogram(id) { _, _, c in Double(c) } }
         }
         #expect(count == 200 * 4 + 200)
-        #expect(store.statistics.textLinesRejected.allSatisfy { $0 == 0 })
+        #expect(store.text.rejected.counts.allSatisfy { $0 == 0 })
     }
 
     @Test("the amplification datagram is refused whole in O(size), with too_many_values")
     func amplificationLine() {
-        var store = MetricStore()
+        var store = FedStore()
         let tags = (0..<16).map { "t\($0 < 10 ? "0" : "")\($0):" + String(repeating: "v", count: 1_000) }.joined(separator: ",")
         let values = Array(repeating: "1", count: 24_000).joined(separator: ":")
         let line = "amp.c:\(values)|h|@0.01|#\(tags)"
         #expect(line.utf8.count < 65_536)
         store.ingestText(line)
-        #expect(store.statistics.rejected(TextLineRejection.tooManyValues) == 1)
+        #expect(store.text.rejected[.tooManyValues] == 1)
         #expect(store.statistics.samplesApplied == 0 && store.seriesCount == 0)
     }
 
     @Test("values per line and per datagram are capped, each with its reason")
     func valueCaps() {
-        var store = MetricStore()
+        var store = FedStore()
         let limit = StatsDTranscoder.maxValuesPerLine
         let full = Array(repeating: "1", count: limit).joined(separator: ":")
         store.ingestText("ok:\(full)|h\nover:\(full):1|h")
         #expect(store.value("ok") == Double(limit))
         #expect(store.value("over") == nil)
-        #expect(store.statistics.rejected(TextLineRejection.tooManyValues) == 1)
+        #expect(store.text.rejected[.tooManyValues] == 1)
         // 64 full lines use the datagram's 16,384 values; the next line is refused.
         let perDatagram = StatsDTranscoder.maxValuesPerDatagram / limit
         let lines = (0...perDatagram).map { "d\($0):\(full)|c" }
@@ -212,28 +185,28 @@ struct StatsDBoundsTests {
         #expect(store.value("d0") == Double(limit))
         #expect(store.value("d\(perDatagram - 1)") == Double(limit))
         #expect(store.value("d\(perDatagram)") == nil)
-        #expect(store.statistics.rejected(TextLineRejection.datagramValueLimit) == 1)
+        #expect(store.text.rejected[.datagramValueLimit] == 1)
     }
 
     @Test("tags are capped per line, before any quadratic de-duplication")
     func tagCaps() {
-        var store = MetricStore()
+        var store = FedStore()
         let many = (0...StatsDTranscoder.maxTagsPerLine).map { "t\($0):v" }.joined(separator: ",")
         let seventeen = (0..<17).map { "t\($0):v" }.joined(separator: ",")
         let sixteen = (0..<16).map { "t\($0):v" }.joined(separator: ",")
         let hostile = Array(repeating: "a:b", count: 16_000).joined(separator: ",")
         store.ingestText("x:1|c|#\(many)\nx:1|c|#\(seventeen)\nx:1|c|#\(hostile)\nx:1|c|#\(sixteen)")
-        #expect(store.statistics.rejected(TextLineRejection.tooManyTags) == 3)
+        #expect(store.text.rejected[.tooManyTags] == 3)
         #expect(store.seriesCount == 1)
     }
 
     @Test("out-of-range values and over-long set keys get their own reasons, not bad_tag")
     func rightReasons() {
-        var store = MetricStore()
+        var store = FedStore()
         store.ingestText("x:1e308|c|@0.01\nh:1e308|h|@0.01\nu:\(String(repeating: "k", count: 2_048))|s\nu:ok|s")
-        #expect(store.statistics.rejected(TextLineRejection.badValue) == 2)
-        #expect(store.statistics.rejected(TextLineRejection.keyTooLong) == 1)
-        #expect(store.statistics.rejected(TextLineRejection.badTag) == 0)
+        #expect(store.text.rejected[.badValue] == 2)
+        #expect(store.text.rejected[.keyTooLong] == 1)
+        #expect(store.text.rejected[.badTag] == 0)
         #expect(store.value("u") == 1)
     }
 }
