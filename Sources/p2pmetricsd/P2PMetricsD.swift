@@ -67,7 +67,8 @@ struct P2PMetricsD: ParsableCommand {
             socketPath: defaultPath, listenAddress: try Self.address("127.0.0.1:9478", flag: "--listen"), version: Self.version)
         configuration.privateSocketDirectory = defaultIsPrivate
         if let config {
-            let file = try ConfigFile.load(path: config, into: &configuration)
+            let file = try ConfigurationFile.load(path: config, onto: configuration)
+            configuration = file.configuration
             if let path = file.socket { configuration.socketPath = path }
             if let address = file.listen { configuration.listenAddress = address }
             if let address = file.udp { configuration.udpAddress = address }
