@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "P2PMetricsStore", targets: ["P2PMetricsStore"]),
         .library(name: "P2PMetricsInputStatsD", targets: ["P2PMetricsInputStatsD"]),
         .library(name: "P2PMetricsInputDatagram", targets: ["P2PMetricsInputDatagram"]),
+        .library(name: "P2PMetricsInputOTLP", targets: ["P2PMetricsInputOTLP"]),
         .library(name: "P2PMetricsExposition", targets: ["P2PMetricsExposition"]),
         .library(name: "P2PMetricsHTTP", targets: ["P2PMetricsHTTP"]),
         .library(name: "P2PMetrics", targets: ["P2PMetrics"]),
@@ -33,6 +34,8 @@ let package = Package(
         .target(name: "P2PMetricsInputStatsD", dependencies: ["P2PMetricsStore", "P2PMetricsWire"], path: "Sources/Inputs/StatsD"),
         .target(name: "P2PMetricsInputDatagram", dependencies: ["P2PMetricsInputStatsD", "P2PMetricsStore", "P2PMetricsWire"],
                 path: "Sources/Inputs/Datagram"),
+        .target(name: "P2PMetricsInputOTLP", dependencies: ["P2PMetricsInputStatsD", "P2PMetricsStore", "P2PMetricsWire"],
+                path: "Sources/Inputs/OTLP"),
         .target(name: "P2PMetricsExposition", dependencies: ["P2PMetricsStore"]),
         .target(name: "P2PMetricsHTTP"),
 
@@ -43,7 +46,7 @@ let package = Package(
         .target(name: "CDatagramSocket"),
         .target(
             name: "P2PMetricsServer",
-            dependencies: ["P2PMetricsStore", "P2PMetricsInputDatagram", "P2PMetricsExposition", "P2PMetricsHTTP", "CLibUV", "CSystemd", "CDatagramSocket", "CZlib"]
+            dependencies: ["P2PMetricsStore", "P2PMetricsInputDatagram", "P2PMetricsInputOTLP", "P2PMetricsExposition", "P2PMetricsHTTP", "CLibUV", "CSystemd", "CDatagramSocket", "CZlib"]
         ),
         .executableTarget(
             name: "p2pmetricsd",
@@ -70,7 +73,7 @@ let package = Package(
         .testTarget(name: "P2PMetricsExpositionTests", dependencies: ["P2PMetricsExposition", "P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(name: "P2PMetricsHTTPTests", dependencies: ["P2PMetricsHTTP", "P2PMetricsTestVectors"]),
         .testTarget(name: "P2PMetricsServerTests", dependencies: ["P2PMetricsServer", "P2PMetricsStore"]),
-        .testTarget(name: "P2PMetricsInputTests", dependencies: ["P2PMetricsInputStatsD", "P2PMetricsInputDatagram", "P2PMetricsStore", "P2PMetricsWire"]),
+        .testTarget(name: "P2PMetricsInputTests", dependencies: ["P2PMetricsInputOTLP", "P2PMetricsInputStatsD", "P2PMetricsInputDatagram", "P2PMetricsStore", "P2PMetricsWire"]),
         .testTarget(
             name: "P2PMetricsTests",
             dependencies: ["P2PMetrics", "P2PMetricsWire", "P2PMetricsTestVectors", .product(name: "Metrics", package: "swift-metrics")]

@@ -248,7 +248,7 @@ public struct StatsDTranscoder: Sendable {
     }
 
     /// statsd_exporter's escaping: invalid characters become `_`, a leading digit gets a `_`.
-    static func sanitizedName(_ raw: Slice<UnsafeRawBufferPointer>) -> String? {
+    public static func sanitizedName(_ raw: Slice<UnsafeRawBufferPointer>) -> String? {
         var out: [UInt8] = []
         out.reserveCapacity(raw.count + 1)
         for b in raw {
@@ -263,7 +263,7 @@ public struct StatsDTranscoder: Sendable {
 
     /// As the Swift client sanitizes dimensions: invalid characters become `_`, a leading digit gets
     /// a `_`, leading underscores are reduced to one (`__x` → `_x`), a histogram's `le` becomes `_le`.
-    static func sanitizedLabelName(_ raw: Slice<UnsafeRawBufferPointer>, histogram: Bool) -> String? {
+    public static func sanitizedLabelName(_ raw: Slice<UnsafeRawBufferPointer>, histogram: Bool) -> String? {
         var out: [UInt8] = raw.map { b in
             (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || b == 0x5F ? b : 0x5F
         }

@@ -1,0 +1,60 @@
+/// Turns cumulative OTLP sums into deltas, per stream (resource, scope, metric, point attributes).
+///
+/// - The first point of a monotonic stream counts whole when it has a start time (its value is the
+///   delta since that start: a new process's first export); without a start time it only sets
+///   the baseline.
+/// - A later point adds its increase. A lower value or a different start time is a reset of that
+///   stream only: the new value is the delta; the total never drops.
+/// - A non-monotonic stream (an up-down counter) contributes its current value: each point adds
+///   `value − previous` (the first adds its value), so that the streams of several processes sum.
+/// - Streams not seen for `ttlSeconds` are forgotten; at `capacity`, new streams are refused.
+public struct CumulativeStreams: Sendable {
+    struct Entry: Sendable {
+        var start: UInt64
+        var last: Double
+        var seen: UInt32
+    }
+
+    public let capacity: Int
+    public let ttlSeconds: UInt32
+    private var entries: [[UInt8]: Entry] = [:]
+
+    public init(capacity: Int = 100_000, ttlSeconds: UInt32 = 900) {
+        self.capacity = capacity
+        self.ttlSeconds = ttlSeconds
+    }
+
+    /// Streams tracked now.
+    public var count: Int { entries.count }
+
+    /// The delta of one cumulative point of stream `key` seen at `now` (seconds); nil when the
+    /// stream is new and the table is full.
+    public mutating func delta(stream key: [UInt8], start: UInt64, value: Double, monotonic: Bool, now: UInt32) -> Double? {
+        guard var entry = entries[key] else {
+            guard entries.count < capacity else { return nil }
+            entries[key] = Entry(start: start, last: value, seen: now)
+            return monotonic && start == 0 ? 0 : value
+        }
+        let delta: Double
+        if !monotonic {
+            delta = value - entry.last
+        } else if start != entry.start || value < entry.last {
+            delta = value  // a reset of this stream: a restarted process counts from zero
+        } else {
+            delta = value - entry.last
+        }
+        entry.start = start
+        entry.last = value
+        entry.seen = now
+        entries[key] = entry
+        return delta
+    }
+
+    /// Forgets the streams not seen for `ttlSeconds`; returns how many.
+    @discardableResult
+    public mutating func expire(now: UInt32) -> Int {
+        let before = entries.count
+        entries = entries.filter { now &- $0.value.seen < ttlSeconds }
+        return before - entries.count
+    }
+}

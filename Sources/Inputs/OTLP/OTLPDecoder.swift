@@ -1,0 +1,304 @@
+import P2PMetricsWire
+
+/// How an OTLP sum or histogram reports its values (opentelemetry-proto `AggregationTemporality`).
+public enum OTLPTemporality: UInt64, Sendable {
+    case unspecified = 0
+    case delta = 1
+    case cumulative = 2
+}
+
+/// Why one OTLP data point was refused. The raw value is the `reason` label of
+/// `p2pmetricsd_otlp_points_rejected_total`; the request's other points still apply.
+public enum OTLPPointRejection: String, Error, Sendable, CaseIterable {
+    /// A metric name that is empty, reserved, or too long once sanitized.
+    case badName = "bad_name"
+    /// An attribute whose key cannot be a label, whose value is too long, not UTF-8, or an array,
+    /// key-value list or bytes.
+    case badAttribute = "bad_attribute"
+    /// More than 16 attributes on one point.
+    case tooManyAttributes = "too_many_attributes"
+    /// ExponentialHistogram, Summary and Histogram points (not mapped yet), a metric without data.
+    case unsupportedType = "unsupported_type"
+    /// Unspecified temporality, a missing or non-finite value, a negative monotonic delta.
+    case badValue = "bad_value"
+    /// The request carried more than `maxPointsPerRequest` points: the rest are refused.
+    case tooManyPoints = "too_many_points"
+    /// A new cumulative stream while the stream table is full.
+    case streamTableFull = "stream_table_full"
+    /// The store refused the sample (a type clash with the metric's existing type, series limits).
+    case storeRefused = "store_refused"
+}
+
+/// Why a whole OTLP request was refused (HTTP 400): its body is not an ExportMetricsServiceRequest.
+public struct OTLPDecodeError: Error, Sendable, Equatable {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+}
+
+/// One number data point of an OTLP request, with what identifies its stream.
+public struct OTLPNumberPoint: Sendable {
+    public enum Shape: Sendable, Equatable {
+        case monotonicSum, nonMonotonicSum, gauge
+    }
+    /// The metric's name as sent (not sanitized).
+    public var metric: String
+    public var shape: Shape
+    public var temporality: OTLPTemporality
+    /// The point's attributes as label pairs (keys not sanitized), values rendered as text.
+    public var attributes: [(key: String, value: String)]
+    /// The encoded Resource and InstrumentationScope the point came with: the rest of its stream identity.
+    public var origin: [UInt8]
+    public var startTimeUnixNano: UInt64
+    public var timeUnixNano: UInt64
+    public var value: Double?
+}
+
+/// A decoded ExportMetricsServiceRequest: the points it carries and the ones refused while decoding.
+public struct OTLPRequest: Sendable {
+    public var points: [OTLPNumberPoint] = []
+    public var refused: [OTLPPointRejection] = []
+}
+
+/// A hand-written decoder of the subset of OTLP metrics the sidecar maps (opentelemetry-proto
+/// `metrics/v1`, `collector/metrics/v1`): ExportMetricsServiceRequest → ResourceMetrics →
+/// ScopeMetrics → Metric {name, gauge, sum} → NumberDataPoint {attributes, start and end time,
+/// as_double, as_int}. Unknown fields are skipped; the nesting is fixed by the schema (no
+/// recursion into attribute arrays or lists), and points per request, attributes per point and
+/// attribute sizes are bounded.
+public struct OTLPDecoder: Sendable {
+    public var maxPointsPerRequest: Int
+
+    public init(maxPointsPerRequest: Int = 10_000) {
+        self.maxPointsPerRequest = maxPointsPerRequest
+    }
+
+    public func decode(_ bytes: UnsafeRawBufferPointer) -> Result<OTLPRequest, OTLPDecodeError> {
+        var request = OTLPRequest()
+        var reader = ProtobufReader(bytes)
+        while !reader.isAtEnd {
+            guard let (field, wire) = reader.readKey() else { return .failure(OTLPDecodeError("malformed request")) }
+            if field == 1 && wire == 2 {  // resource_metrics
+                guard let range = reader.readLengthDelimited() else { return .failure(OTLPDecodeError("truncated resource_metrics")) }
+                if let error = decodeResourceMetrics(bytes, range, into: &request) { return .failure(error) }
+            } else if !reader.skip(wire) {
+                return .failure(OTLPDecodeError("malformed request"))
+            }
+        }
+        return .success(request)
+    }
+
+    private func decodeResourceMetrics(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, into request: inout OTLPRequest) -> OTLPDecodeError? {
+        var resource: Range<Int> = range.lowerBound..<range.lowerBound
+        var scopes: [Range<Int>] = []
+        var reader = ProtobufReader(bytes, range: range)
+        while !reader.isAtEnd {
+            guard let (field, wire) = reader.readKey() else { return OTLPDecodeError("malformed resource_metrics") }
+            if (field == 1 || field == 2) && wire == 2 {
+                guard let r = reader.readLengthDelimited() else { return OTLPDecodeError("truncated resource_metrics") }
+                if field == 1 { resource = r } else { scopes.append(r) }
+            } else if !reader.skip(wire) {
+                return OTLPDecodeError("malformed resource_metrics")
+            }
+        }
+        for scope in scopes {
+            if let error = decodeScopeMetrics(bytes, scope, resource: resource, into: &request) { return error }
+        }
+        return nil
+    }
+
+    private func decodeScopeMetrics(
+        _ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, resource: Range<Int>, into request: inout OTLPRequest
+    ) -> OTLPDecodeError? {
+        var scope: Range<Int> = range.lowerBound..<range.lowerBound
+        var metrics: [Range<Int>] = []
+        var reader = ProtobufReader(bytes, range: range)
+        while !reader.isAtEnd {
+            guard let (field, wire) = reader.readKey() else { return OTLPDecodeError("malformed scope_metrics") }
+            if (field == 1 || field == 2) && wire == 2 {
+                guard let r = reader.readLengthDelimited() else { return OTLPDecodeError("truncated scope_metrics") }
+                if field == 1 { scope = r } else { metrics.append(r) }
+            } else if !reader.skip(wire) {
+                return OTLPDecodeError("malformed scope_metrics")
+            }
+        }
+        // Stream identity beyond the metric and its attributes: the resource and the scope, as sent.
+        var origin = Array(UnsafeRawBufferPointer(rebasing: bytes[resource]))
+        origin.append(0xFF)
+        origin.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[scope]))
+        for metric in metrics {
+            if let error = decodeMetric(bytes, metric, origin: origin, into: &request) { return error }
+        }
+        return nil
+    }
+
+    private func decodeMetric(
+        _ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, origin: [UInt8], into request: inout OTLPRequest
+    ) -> OTLPDecodeError? {
+        var name = ""
+        var data: (field: UInt64, range: Range<Int>)?
+        var reader = ProtobufReader(bytes, range: range)
+        while !reader.isAtEnd {
+            guard let (field, wire) = reader.readKey() else { return OTLPDecodeError("malformed metric") }
+            switch (field, wire) {
+            case (1, 2):
+                guard let r = reader.readLengthDelimited() else { return OTLPDecodeError("truncated metric name") }
+                name = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[r]), as: UTF8.self)
+            case (5, 2), (7, 2), (9, 2), (10, 2), (11, 2):  // gauge, sum, histogram, exponential histogram, summary
+                guard let r = reader.readLengthDelimited() else { return OTLPDecodeError("truncated metric data") }
+                data = (field, r)
+            default:
+                guard reader.skip(wire) else { return OTLPDecodeError("malformed metric") }
+            }
+        }
+        guard let data else {
+            request.refused.append(.unsupportedType)
+            return nil
+        }
+        // Gauge, Sum, Histogram, ExponentialHistogram and Summary all carry data_points as field 1;
+        // Sum has aggregation_temporality 2 and is_monotonic 3 (Histogram: temporality 2).
+        var points: [Range<Int>] = []
+        var temporality: UInt64 = 0
+        var monotonic = false
+        var inner = ProtobufReader(bytes, range: data.range)
+        while !inner.isAtEnd {
+            guard let (field, wire) = inner.readKey() else { return OTLPDecodeError("malformed metric data") }
+            switch (field, wire) {
+            case (1, 2):
+                guard let r = inner.readLengthDelimited() else { return OTLPDecodeError("truncated data point") }
+                points.append(r)
+            case (2, 0):
+                guard let v = inner.readVarint() else { return OTLPDecodeError("malformed temporality") }
+                temporality = v
+            case (3, 0):
+                guard let v = inner.readVarint() else { return OTLPDecodeError("malformed is_monotonic") }
+                monotonic = v != 0
+            default:
+                guard inner.skip(wire) else { return OTLPDecodeError("malformed metric data") }
+            }
+        }
+        let shape: OTLPNumberPoint.Shape
+        switch data.field {
+        case 5: shape = .gauge
+        case 7: shape = monotonic ? .monotonicSum : .nonMonotonicSum
+        default:
+            request.refused.append(contentsOf: repeatElement(.unsupportedType, count: points.count))
+            return nil
+        }
+        for point in points {
+            guard request.points.count < maxPointsPerRequest else {
+                request.refused.append(.tooManyPoints)
+                continue
+            }
+            switch decodeNumberPoint(bytes, point) {
+            case .failure(.decode(let error)): return error
+            case .failure(.refused(let reason)): request.refused.append(reason)
+            case .success(let decoded):
+                request.points.append(OTLPNumberPoint(
+                    metric: name, shape: shape,
+                    temporality: shape == .gauge ? .unspecified : OTLPTemporality(rawValue: temporality) ?? .unspecified,
+                    attributes: decoded.attributes, origin: origin,
+                    startTimeUnixNano: decoded.start, timeUnixNano: decoded.time, value: decoded.value))
+            }
+        }
+        return nil
+    }
+
+    private enum PointFailure: Error {
+        case decode(OTLPDecodeError)
+        case refused(OTLPPointRejection)
+    }
+
+    private typealias DecodedPoint = (attributes: [(key: String, value: String)], start: UInt64, time: UInt64, value: Double?)
+
+    private func decodeNumberPoint(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Result<DecodedPoint, PointFailure> {
+        var point: DecodedPoint = ([], 0, 0, nil)
+        var refusal: OTLPPointRejection?
+        var reader = ProtobufReader(bytes, range: range)
+        while !reader.isAtEnd {
+            guard let (field, wire) = reader.readKey() else { return .failure(.decode(OTLPDecodeError("malformed data point"))) }
+            switch (field, wire) {
+            case (2, 1), (3, 1), (4, 1), (6, 1):  // start_time_unix_nano, time_unix_nano, as_double, as_int
+                guard let bits = reader.readFixed64() else { return .failure(.decode(OTLPDecodeError("truncated data point"))) }
+                switch field {
+                case 2: point.start = bits
+                case 3: point.time = bits
+                case 4: point.value = Double(bitPattern: bits)
+                default: point.value = Double(Int64(bitPattern: bits))
+                }
+            case (7, 2):  // attributes
+                guard let r = reader.readLengthDelimited() else { return .failure(.decode(OTLPDecodeError("truncated attribute"))) }
+                guard refusal == nil else { continue }
+                switch Self.attribute(bytes, r) {
+                case nil: return .failure(.decode(OTLPDecodeError("malformed attribute")))
+                case .some(nil): refusal = .badAttribute
+                case .some(.some(let pair)):
+                    if point.attributes.count >= Self.maxAttributesPerPoint {
+                        refusal = .tooManyAttributes
+                    } else {
+                        point.attributes.append(pair)
+                    }
+                }
+            default:
+                guard reader.skip(wire) else { return .failure(.decode(OTLPDecodeError("malformed data point"))) }
+            }
+        }
+        if let refusal { return .failure(.refused(refusal)) }
+        return .success(point)
+    }
+
+    /// Attributes one point may carry (the protocol's labels per series).
+    public static let maxAttributesPerPoint = 16
+    /// Longest attribute key and value accepted, in bytes (the protocol's label limits).
+    public static let maxAttributeKeyBytes = 100
+    public static let maxAttributeValueBytes = 1_024
+
+    /// A KeyValue: nil when malformed, `.some(nil)` when well-formed but not a label (array,
+    /// list, bytes, too long, not UTF-8).
+    private static func attribute(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> (key: String, value: String)?? {
+        var key: Range<Int>?
+        var value: Range<Int>?
+        var reader = ProtobufReader(bytes, range: range)
+        while !reader.isAtEnd {
+            guard let (field, wire) = reader.readKey() else { return nil }
+            if (field == 1 || field == 2) && wire == 2 {
+                guard let r = reader.readLengthDelimited() else { return nil }
+                if field == 1 { key = r } else { value = r }
+            } else if !reader.skip(wire) {
+                return nil
+            }
+        }
+        guard let key, key.count <= maxAttributeKeyBytes, let text = utf8(bytes, key) else { return .some(nil) }
+        guard let value else { return .some((text, "")) }
+        var anyValue = ProtobufReader(bytes, range: value)
+        var rendered: String? = ""
+        while !anyValue.isAtEnd {
+            guard let (field, wire) = anyValue.readKey() else { return nil }
+            switch (field, wire) {
+            case (1, 2):  // string_value
+                guard let r = anyValue.readLengthDelimited() else { return nil }
+                rendered = r.count <= maxAttributeValueBytes ? utf8(bytes, r) : nil
+            case (2, 0):  // bool_value
+                guard let v = anyValue.readVarint() else { return nil }
+                rendered = v != 0 ? "true" : "false"
+            case (3, 0):  // int_value
+                guard let v = anyValue.readVarint() else { return nil }
+                rendered = String(Int64(bitPattern: v))
+            case (4, 1):  // double_value
+                guard let v = anyValue.readFixed64() else { return nil }
+                rendered = String(Double(bitPattern: v))
+            case (5, 2), (6, 2), (7, 2):  // array, key-value list, bytes: no label form
+                guard anyValue.readLengthDelimited() != nil else { return nil }
+                rendered = nil
+            default:
+                guard anyValue.skip(wire) else { return nil }
+            }
+        }
+        guard let rendered else { return .some(nil) }
+        return .some((text, rendered))
+    }
+
+    private static func utf8(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> String? {
+        let slice = UnsafeRawBufferPointer(rebasing: bytes[range])
+        return Names.isValidUTF8(slice) ? String(decoding: slice, as: UTF8.self) : nil
+    }
+}

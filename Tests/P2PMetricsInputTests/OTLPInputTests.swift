@@ -1,0 +1,198 @@
+import Testing
+import P2PMetricsInputOTLP
+import P2PMetricsWire
+@testable import P2PMetricsStore
+
+/// Builds protobuf bytes by hand (field numbers from opentelemetry-proto metrics/v1).
+enum PB {
+    static func key(_ field: UInt64, _ wire: UInt64) -> [UInt8] {
+        var out: [UInt8] = []
+        Varint.append(field << 3 | wire, to: &out)
+        return out
+    }
+    static func bytes(_ field: UInt64, _ payload: [UInt8]) -> [UInt8] {
+        var out = key(field, 2)
+        Varint.append(UInt64(payload.count), to: &out)
+        return out + payload
+    }
+    static func string(_ field: UInt64, _ s: String) -> [UInt8] { bytes(field, Array(s.utf8)) }
+    static func varint(_ field: UInt64, _ v: UInt64) -> [UInt8] {
+        var out = key(field, 0)
+        Varint.append(v, to: &out)
+        return out
+    }
+    static func fixed64(_ field: UInt64, _ v: UInt64) -> [UInt8] {
+        var out = key(field, 1)
+        withUnsafeBytes(of: v.littleEndian) { out += $0 }
+        return out
+    }
+    static func double(_ field: UInt64, _ d: Double) -> [UInt8] { fixed64(field, d.bitPattern) }
+
+    /// KeyValue with a string AnyValue.
+    static func attribute(_ key: String, _ value: String) -> [UInt8] {
+        bytes(7, string(1, key) + bytes(2, string(1, value)))
+    }
+    /// NumberDataPoint.
+    static func point(_ value: Double, start: UInt64 = 0, time: UInt64 = 2, attributes: [(String, String)] = [], asInt: Bool = false) -> [UInt8] {
+        var p = fixed64(2, start) + fixed64(3, time)
+        p += asInt ? fixed64(6, UInt64(bitPattern: Int64(value))) : double(4, value)
+        for (k, v) in attributes { p += attribute(k, v) }
+        return p
+    }
+    /// Metric with a Sum (field 7), Gauge (5) or other data field.
+    static func sum(_ name: String, monotonic: Bool, temporality: UInt64, _ points: [[UInt8]]) -> [UInt8] {
+        string(1, name) + bytes(7, points.flatMap { bytes(1, $0) } + varint(2, temporality) + varint(3, monotonic ? 1 : 0))
+    }
+    static func gauge(_ name: String, _ points: [[UInt8]]) -> [UInt8] {
+        string(1, name) + bytes(5, points.flatMap { bytes(1, $0) })
+    }
+    /// ExportMetricsServiceRequest with one ResourceMetrics (resource attribute service.name) and one scope.
+    static func request(service: String = "a", _ metrics: [[UInt8]]) -> [UInt8] {
+        let resource = bytes(1, string(1, "service.name") + bytes(2, string(1, service)))
+        let scope = bytes(1, string(1, "seed"))
+        return bytes(1, resource + bytes(2, scope + metrics.flatMap { bytes(2, $0) }))
+    }
+}
+
+struct OTLPFed {
+    var fed = FedStore()
+    var otlp = OTLPInput()
+
+    mutating func export(_ body: [UInt8]) -> Result<OTLPInput.Outcome, OTLPDecodeError> {
+        body.withUnsafeBytes { otlp.ingest(protobuf: $0, into: &fed.store) }
+    }
+    func value(_ name: String, _ labels: [String: String] = [:]) -> Double? { fed.value(name, labels) }
+}
+
+@Suite struct OTLPDecoderTests {
+    @Test("a Sum's points decode with name, shape, temporality, attributes, times and int or double values; unknown fields skipped")
+    func decodesSum() throws {
+        let metric = PB.string(3, "1") + PB.sum("p2p.image.imports.total", monotonic: true, temporality: 2, [
+            PB.point(3, start: 10, time: 20, attributes: [("artifact_type", "image"), ("status", "ok")], asInt: true)
+                + PB.varint(99, 7) + PB.string(98, "unknown"),
+            PB.point(1.5, start: 10, time: 20),
+        ])
+        let body = PB.request([metric])
+        let request = try body.withUnsafeBytes { try OTLPDecoder().decode($0).get() }
+        #expect(request.points.count == 2)
+        #expect(request.refused.isEmpty)
+        let first = request.points[0]
+        #expect(first.metric == "p2p.image.imports.total")
+        #expect(first.shape == .monotonicSum)
+        #expect(first.temporality == .cumulative)
+        #expect(first.startTimeUnixNano == 10 && first.timeUnixNano == 20)
+        #expect(first.value == 3)
+        #expect(first.attributes.map { "\($0.key)=\($0.value)" } == ["artifact_type=image", "status=ok"])
+        #expect(request.points[1].value == 1.5)
+    }
+
+    @Test("bool, int and double attributes become text; arrays, lists and bytes refuse their point")
+    func attributeValues() throws {
+        func kv(_ key: String, _ any: [UInt8]) -> [UInt8] { PB.bytes(7, PB.string(1, key) + PB.bytes(2, any)) }
+        let good = PB.point(1) + kv("b", PB.varint(2, 1)) + kv("i", PB.varint(3, UInt64(bitPattern: -4))) + kv("d", PB.double(4, 0.25))
+        let bad = PB.point(1) + kv("arr", PB.bytes(5, []))
+        let body = PB.request([PB.gauge("g", [good, bad])])
+        let request = try body.withUnsafeBytes { try OTLPDecoder().decode($0).get() }
+        #expect(request.points.count == 1)
+        #expect(request.points[0].attributes.map { "\($0.key)=\($0.value)" } == ["b=true", "i=-4", "d=0.25"])
+        #expect(request.refused == [.badAttribute])
+    }
+
+    @Test("garbage and truncated bodies are decode errors; histograms and too many points are refused points")
+    func refusals() throws {
+        for garbage: [UInt8] in [[0xFF, 0xFF, 0xFF], [0x0A, 0x05, 0x01], Array("hello world".utf8), [0x0B]] {
+            #expect(throws: OTLPDecodeError.self) { try garbage.withUnsafeBytes { try OTLPDecoder().decode($0).get() } }
+        }
+        let histogram = PB.string(1, "h") + PB.bytes(9, PB.bytes(1, PB.fixed64(4, 1)) + PB.varint(2, 1))
+        let many = PB.gauge("g", (0..<5).map { PB.point(Double($0)) })
+        let request = try PB.request([histogram, many]).withUnsafeBytes { try OTLPDecoder(maxPointsPerRequest: 3).decode($0).get() }
+        #expect(request.points.count == 3)
+        #expect(request.refused == [.unsupportedType, .tooManyPoints, .tooManyPoints])
+        let tooManyAttributes = PB.point(1, attributes: (0..<17).map { ("k\($0)", "v") })
+        let refused = try PB.request([PB.gauge("g", [tooManyAttributes])]).withUnsafeBytes { try OTLPDecoder().decode($0).get() }
+        #expect(refused.points.isEmpty && refused.refused == [.tooManyAttributes])
+    }
+}
+
+@Suite struct CumulativeStreamsTests {
+    @Test("first point counts from its start time, increases add, a lower value or new start is a reset of that stream only")
+    func monotonic() {
+        var streams = CumulativeStreams()
+        #expect(streams.delta(stream: [1], start: 100, value: 5, monotonic: true, now: 0) == 5)
+        #expect(streams.delta(stream: [1], start: 100, value: 8, monotonic: true, now: 1) == 3)
+        #expect(streams.delta(stream: [2], start: 100, value: 4, monotonic: true, now: 1) == 4)
+        #expect(streams.delta(stream: [1], start: 200, value: 2, monotonic: true, now: 2) == 2)  // restarted: new start
+        #expect(streams.delta(stream: [1], start: 200, value: 1, monotonic: true, now: 3) == 1)  // lower value: reset
+        #expect(streams.delta(stream: [2], start: 100, value: 6, monotonic: true, now: 3) == 2)  // the other stream unaffected
+        #expect(streams.delta(stream: [3], start: 0, value: 9, monotonic: true, now: 3) == 0)  // no start time: baseline only
+    }
+
+    @Test("an up-down stream adds value minus previous; full table refuses new streams; idle streams expire")
+    func nonMonotonicCapacityExpiry() {
+        var streams = CumulativeStreams(capacity: 2, ttlSeconds: 10)
+        #expect(streams.delta(stream: [1], start: 1, value: 3, monotonic: false, now: 0) == 3)
+        #expect(streams.delta(stream: [1], start: 1, value: 1, monotonic: false, now: 0) == -2)
+        #expect(streams.delta(stream: [2], start: 1, value: 1, monotonic: false, now: 5) == 1)
+        #expect(streams.delta(stream: [3], start: 1, value: 1, monotonic: false, now: 5) == nil)
+        #expect(streams.expire(now: 12) == 1)  // [1] last seen at 0
+        #expect(streams.count == 1)
+        #expect(streams.delta(stream: [3], start: 1, value: 1, monotonic: false, now: 12) == 1)
+    }
+}
+
+@Suite struct OTLPInputTests {
+    @Test("two cumulative processes and a delta one sum exactly; a restart never drops the total")
+    func temporalityIntoStore() throws {
+        var o = OTLPFed()
+        let attrs = [("artifact_type", "image"), ("status", "ok")]
+        func cumulative(_ service: String, start: UInt64, _ v: Double) -> [UInt8] {
+            PB.request(service: service, [PB.sum("p2p.image.imports.total", monotonic: true, temporality: 2, [PB.point(v, start: start, attributes: attrs, asInt: true)])])
+        }
+        _ = try o.export(cumulative("a", start: 1, 5)).get()
+        _ = try o.export(cumulative("b", start: 1, 7)).get()
+        _ = try o.export(cumulative("a", start: 1, 9)).get()  // +4
+        _ = try o.export(cumulative("a", start: 50, 2)).get()  // restarted: +2
+        let delta = PB.request(service: "c", [PB.sum("p2p.image.imports.total", monotonic: true, temporality: 1, [PB.point(3, attributes: attrs)])])
+        _ = try o.export(delta).get()
+        _ = try o.export(delta).get()
+        let total = o.value("p2p_image_imports_total", ["artifact_type": "image", "status": "ok"])
+        #expect(total == 24)  // 5 + 7, +4, restart +2, delta 3 + 3
+    }
+
+    @Test("an up-down counter from two processes sums; a gauge sets; partial success names refusals")
+    func gaugesAndPartialSuccess() throws {
+        var o = OTLPFed()
+        func active(_ service: String, _ v: Double, temporality: UInt64 = 2) -> [UInt8] {
+            PB.request(service: service, [PB.sum("p2p.transfers.active", monotonic: false, temporality: temporality, [PB.point(v, start: 1)])])
+        }
+        _ = try o.export(active("a", 3)).get()
+        _ = try o.export(active("b", 2)).get()
+        _ = try o.export(active("a", 1)).get()
+        #expect(o.value("p2p_transfers_active") == 3)
+        _ = try o.export(active("d", -1, temporality: 1)).get()
+        #expect(o.value("p2p_transfers_active") == 2)
+        _ = try o.export(PB.request([PB.gauge("p2p.queue.depth", [PB.point(4), PB.point(6)])])).get()
+        #expect(o.value("p2p_queue_depth") == 6)
+
+        let mixed = PB.request([PB.sum("c.total", monotonic: true, temporality: 1, [PB.point(1), PB.point(-1)]),
+                                PB.sum("u", monotonic: true, temporality: 0, [PB.point(1)])])
+        let outcome = try o.export(mixed).get()
+        #expect(outcome.rejectedPoints == 2)
+        #expect(o.value("c_total") == 1)
+        #expect(o.otlp.statistics.rejected[.badValue] == 2)
+        let response = OTLPInput.response(outcome)
+        let message = Array("2 data points rejected (first: bad_value)".utf8)
+        #expect(response == [0x0A, UInt8(4 + message.count), 0x08, 0x02, 0x12, UInt8(message.count)] + message)
+        #expect(OTLPInput.response(OTLPInput.Outcome(rejectedPoints: 0, message: "")) == [])
+    }
+
+    @Test("a point whose metric already has another type is refused by the store and counted")
+    func typeClash() throws {
+        var o = OTLPFed()
+        o.fed.ingestText("clash:1|c")
+        let outcome = try o.export(PB.request([PB.gauge("clash", [PB.point(2)])])).get()
+        #expect(outcome.rejectedPoints == 1)
+        #expect(o.otlp.statistics.rejected[.storeRefused] == 1)
+        #expect(o.value("clash") == 1)
+    }
+}
