@@ -8,7 +8,7 @@ APT_PACKAGES := pkg-config libuv1-dev libsystemd-dev zlib1g-dev prometheus syste
 # cluster test's network namespaces).
 APT_PACKAGES += dpkg-dev lintian debootstrap systemd-container iproute2
 # Test-only: pytest runs the integration tests; statsd and datadog are the real third-party clients.
-PY_PACKAGES := pytest statsd datadog pyyaml
+PY_PACKAGES := pytest statsd datadog pyyaml opentelemetry-sdk opentelemetry-exporter-otlp-proto-http
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SWIFT_BUILD_FLAGS ?=
 ARGS ?=
@@ -33,7 +33,7 @@ deps:
 		echo "installing Debian packages: $(APT_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
 	fi
-	@python3 -c "import pytest, statsd, datadog, yaml" 2>/dev/null || { \
+	@python3 -c "import pytest, statsd, datadog, yaml, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http" 2>/dev/null || { \
 		python3 -m pip --version >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-pip >/dev/null; \
 		echo "installing Python packages: $(PY_PACKAGES)"; \
 		python3 -m pip install -q $(PY_PACKAGES) 2>/dev/null || python3 -m pip install -q --break-system-packages $(PY_PACKAGES); }

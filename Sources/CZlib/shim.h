@@ -6,4 +6,9 @@
 static inline int p2pmd_deflate_init_gzip(z_stream *stream, int level) {
     return deflateInit2(stream, level, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY);
 }
+
+/* inflateInit2 as a function: windowBits 31, a gzip stream only. */
+static inline int p2pmd_inflate_init_gzip(z_stream *stream) {
+    return inflateInit2(stream, 31);
+}
 #endif

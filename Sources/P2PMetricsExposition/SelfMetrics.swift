@@ -20,6 +20,8 @@ public struct SelfMetrics: Sendable {
     public var trackedProcesses: Int
     /// HTTP connections: open, refused at the cap, evicted to make room.
     public var httpConnections = HTTPConnectionStatistics()
+    /// The OTLP receiver's counters, when it is enabled.
+    public var otlp: OTLPCounters?
     /// The process's resident set size in bytes, when known.
     public var residentMemoryBytes: Int?
     /// The store's memory budget (`limits.max_memory_bytes`), when known.
@@ -77,6 +79,21 @@ public struct SelfMetrics: Sendable {
                "Text lines refused (the other lines of their datagram still apply), by reason.", &out)
         for (reason, count) in inputs.textLinesRejected {
             line("p2pmetricsd_text_lines_rejected_total{reason=\"\(reason)\"}", Double(count), &out)
+        }
+
+        if let otlp {
+            counter("p2pmetricsd_otlp_requests_received_total", "OTLP export requests whose body was read.", otlp.requestsReceived, &out)
+            counter("p2pmetricsd_otlp_requests_rejected_total",
+                    "OTLP export requests refused whole: not gzip, too large once decompressed, or not decodable.",
+                    otlp.requestsRejected, &out)
+            counter("p2pmetricsd_otlp_points_received_total", "OTLP data points read (applied or refused).", otlp.pointsReceived, &out)
+            family("p2pmetricsd_otlp_points_rejected_total", "counter",
+                   "OTLP data points refused (the other points of their request still apply), by reason.", &out)
+            for (reason, count) in otlp.pointsRejected {
+                line("p2pmetricsd_otlp_points_rejected_total{reason=\"\(reason)\"}", Double(count), &out)
+            }
+            gauge("p2pmetricsd_otlp_streams", "Cumulative OTLP streams tracked to turn their points into deltas.",
+                  Double(otlp.streams), &out)
         }
 
         counter("p2pmetricsd_series_expired_total", "Series removed after their metric's TTL passed without an update.",
@@ -167,6 +184,25 @@ public struct InputCounters: Sendable {
         self.datagramsRejected = datagramsRejected
         self.textLinesReceived = textLinesReceived
         self.textLinesRejected = textLinesRejected
+    }
+}
+
+/// What the OTLP input counted, as its self-metrics show it.
+public struct OTLPCounters: Sendable {
+    public var requestsReceived: UInt64
+    public var requestsRejected: UInt64
+    public var pointsReceived: UInt64
+    /// Points refused, by reason, every reason listed.
+    public var pointsRejected: [(reason: String, count: UInt64)]
+    public var streams: Int
+
+    public init(requestsReceived: UInt64, requestsRejected: UInt64, pointsReceived: UInt64,
+                pointsRejected: [(reason: String, count: UInt64)], streams: Int) {
+        self.requestsReceived = requestsReceived
+        self.requestsRejected = requestsRejected
+        self.pointsReceived = pointsReceived
+        self.pointsRejected = pointsRejected
+        self.streams = streams
     }
 }
 

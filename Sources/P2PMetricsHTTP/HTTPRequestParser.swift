@@ -24,6 +24,12 @@ public struct HTTPRequestHead: Sendable, Equatable {
     public var hasBody: Bool
     public var accept: String?
     public var acceptEncoding: String?
+    /// The announced body length (`Content-Length`), for the one route that reads a body (OTLP).
+    public var contentLength: UInt64? = nil
+    /// `Transfer-Encoding` was present (a body of unannounced length).
+    public var chunked = false
+    public var contentType: String? = nil
+    public var contentEncoding: String? = nil
 }
 
 /// Why a request head was refused; each maps to a status code and ends the connection.
@@ -118,8 +124,15 @@ public enum HTTPRequestParser {
             case "content-length":
                 guard let length = UInt64(value) else { return .failure(.malformed) }
                 if length > 0 { head.hasBody = true }
+                guard head.contentLength == nil || head.contentLength == length else { return .failure(.malformed) }
+                head.contentLength = length
             case "transfer-encoding":
                 head.hasBody = true
+                head.chunked = true
+            case "content-type":
+                head.contentType = value
+            case "content-encoding":
+                head.contentEncoding = value
             case "accept":
                 head.accept = value
             case "accept-encoding":

@@ -5,6 +5,9 @@ public enum HTTPStatus: Int, Sendable, CaseIterable {
     case notFound = 404
     case methodNotAllowed = 405
     case requestTimeout = 408
+    case lengthRequired = 411
+    case contentTooLarge = 413
+    case unsupportedMediaType = 415
     case requestHeaderFieldsTooLarge = 431
     case serviceUnavailable = 503
     case httpVersionNotSupported = 505
@@ -16,6 +19,9 @@ public enum HTTPStatus: Int, Sendable, CaseIterable {
         case .notFound: return "Not Found"
         case .methodNotAllowed: return "Method Not Allowed"
         case .requestTimeout: return "Request Timeout"
+        case .lengthRequired: return "Length Required"
+        case .contentTooLarge: return "Content Too Large"
+        case .unsupportedMediaType: return "Unsupported Media Type"
         case .requestHeaderFieldsTooLarge: return "Request Header Fields Too Large"
         case .serviceUnavailable: return "Service Unavailable"
         case .httpVersionNotSupported: return "HTTP Version Not Supported"

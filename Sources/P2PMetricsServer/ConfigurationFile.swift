@@ -36,6 +36,7 @@ public struct ConfigurationFile: Decodable, Sendable {
     public private(set) var socket: String?
     public private(set) var listen: NetworkAddress?
     public private(set) var udp: NetworkAddress?
+    public private(set) var otlp: NetworkAddress?
     public private(set) var stateFile: String?
 
     /// Reads `path` and decodes it onto `base`; throws one line naming the file, the key and the reason.
@@ -67,7 +68,7 @@ public struct ConfigurationFile: Decodable, Sendable {
     private static let baseKey = CodingUserInfoKey(rawValue: "p2pmetricsd.base")!
 
     enum Key: String, CodingKey, CaseIterable {
-        case socket, listen, udp, limits, metrics
+        case socket, listen, udp, otlp, limits, metrics
         case stateFile = "state_file", socketMode = "socket_mode", receiveBufferBytes = "receive_buffer_bytes"
         case defaultBuckets = "default_buckets", allowedUIDs = "allowed_uids", allowedGIDs = "allowed_gids"
         case trackProcessGauges = "track_process_gauges", defaultTTLSeconds = "default_ttl_seconds"
@@ -95,6 +96,7 @@ public struct ConfigurationFile: Decodable, Sendable {
         socket = try top.path(.socket)
         listen = try top.address(.listen)
         udp = try top.address(.udp)
+        otlp = try top.address(.otlp)
         stateFile = try top.path(.stateFile)
         if let mode = try top.string(.socketMode) {
             guard let value = UInt32(mode, radix: 8), value <= 0o777 else {

@@ -4,6 +4,7 @@ import Glibc
 import P2PMetricsExposition
 import P2PMetricsHTTP
 import P2PMetricsInputDatagram
+import P2PMetricsInputOTLP
 import P2PMetricsStore
 import P2PMetricsWire
 
@@ -25,6 +26,9 @@ public final class Daemon: ExpositionSource {
     private var activeRenderings = 0
     private var expiryDue = false
     private var http: HTTPServer?
+    /// The OTLP/HTTP receiver (`--otlp`), and the input it feeds.
+    private var otlpServer: HTTPServer?
+    private var otlp = OTLPInput()
     private var timers: [UnsafeMutablePointer<uv_timer_t>] = []
     private var signals: [UnsafeMutablePointer<uv_signal_t>] = []
     private let startTime: Double
@@ -130,6 +134,10 @@ public final class Daemon: ExpositionSource {
             socketOrigin += ", udp bound at \(address)"
         }
         http = try HTTPServer(loop: loop, configuration: configuration, source: self, inheritedFD: activated.http)
+        if let address = configuration.otlpAddress {
+            otlpServer = try HTTPServer(loop: loop, configuration: configuration, source: self, inheritedFD: nil, otlpAddress: address)
+            socketOrigin += ", otlp bound at \(address)"
+        }
 
         // Only once both sockets are had: a daemon that fails to start must not consume the file.
         if let path = configuration.stateFile {
@@ -225,6 +233,7 @@ public final class Daemon: ExpositionSource {
         receiver = nil
         udpReceiver = nil
         http?.close()
+        otlpServer?.close()
         processWatcher?.closeAll()
         for timer in timers {
             uv_timer_stop(timer)
@@ -268,6 +277,7 @@ public final class Daemon: ExpositionSource {
     /// sliced scrape, whose position in the series lists must stay valid.
     private func tick() {
         store.now = UInt32(truncatingIfNeeded: uv_now(loop) / 1_000)
+        otlp.expireStreams(now: store.now)
         expiryDue = true
         expireIfDue()
     }
@@ -296,6 +306,12 @@ public final class Daemon: ExpositionSource {
             startTimeSeconds: startTime)
         selfMetrics.format = format
         selfMetrics.httpConnections = http?.connectionStatistics ?? HTTPConnectionStatistics()
+        if otlpServer != nil {
+            selfMetrics.otlp = OTLPCounters(
+                requestsReceived: otlp.statistics.requestsReceived, requestsRejected: otlp.statistics.requestsRejected,
+                pointsReceived: otlp.statistics.pointsReceived, pointsRejected: otlp.statistics.rejected.byReason,
+                streams: otlp.streams.count)
+        }
         selfMetrics.residentMemoryBytes = ProcessMemory.residentBytes()
         selfMetrics.seriesMemoryLimitBytes = configuration.store.maxMemoryBytes
         selfMetrics.render(into: &out)
@@ -317,6 +333,11 @@ public final class Daemon: ExpositionSource {
     func scrapeFinished(durationSeconds: Double, format: ExpositionFormat) {
         lastScrapeDuration = durationSeconds
         if format == .openMetrics { scrapes.openMetrics += 1 } else { scrapes.text += 1 }
+    }
+
+    func exportMetrics(_ body: [UInt8], head: HTTPRequestHead) -> OTLPExportResponse {
+        drainIngest()  // datagrams waiting first: an export never holds them up for more than one decode
+        return OTLPEndpoint.export(body, head: head, input: &otlp, store: &store)
     }
 
     func countResponse(_ status: HTTPStatus) {

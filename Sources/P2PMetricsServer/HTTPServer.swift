@@ -19,6 +19,8 @@ protocol ExpositionSource: AnyObject {
     func countResponse(_ status: HTTPStatus)
     /// Receives a bounded batch from the ingest socket (called between render slices).
     func drainIngest()
+    /// Applies the body of an OTLP export request whose head `OTLPEndpoint` accepted.
+    func exportMetrics(_ body: [UInt8], head: HTTPRequestHead) -> OTLPExportResponse
 }
 
 /// The HTTP/1.x listener: keep-alive, pipelining, bounded heads, timeouts, a connection cap at
@@ -39,6 +41,8 @@ final class HTTPServer {
     static let readBufferBytes = 16 * 1024
     private let listener: UnsafeMutableRawPointer
     private let isPipe: Bool
+    /// This listener is the OTLP receiver (`--otlp`): it also serves `POST /v1/metrics`.
+    let servesOTLP: Bool
     private var connections: [ObjectIdentifier: HTTPConnection] = [:]
     /// Connections not yet closing (the cap counts these).
     private var openConnections = 0
@@ -47,9 +51,11 @@ final class HTTPServer {
 
     var stream: UnsafeMutablePointer<uv_stream_t> { listener.assumingMemoryBound(to: uv_stream_t.self) }
 
-    /// Serves on an already listening socket (from systemd) or binds `configuration.listenAddress`.
+    /// Serves on an already listening socket (from systemd) or binds `configuration.listenAddress`;
+    /// the OTLP receiver binds `otlpAddress` instead.
     init(loop: UnsafeMutablePointer<uv_loop_t>, configuration: ServerConfiguration, source: ExpositionSource,
-         inheritedFD: Int32?) throws {
+         inheritedFD: Int32?, otlpAddress: NetworkAddress? = nil) throws {
+        servesOTLP = otlpAddress != nil
         self.loop = loop
         self.configuration = configuration
         self.source = source
@@ -69,7 +75,7 @@ final class HTTPServer {
                 let rc = uv_tcp_open(tcp, fd)
                 guard rc == 0 else { throw DaemonError("cannot use the inherited HTTP socket: \(uvError(rc))") }
             } else {
-                try Self.bind(tcp, to: configuration.listenAddress)
+                try Self.bind(tcp, to: otlpAddress ?? configuration.listenAddress)
             }
         }
         renderer.onCompleted = { [unowned self] newest in self.limitRetainedRenderings(newest: newest) }
@@ -79,7 +85,7 @@ final class HTTPServer {
             Unmanaged<HTTPServer>.fromOpaque(data).takeUnretainedValue().accept()
         }
         guard rc == 0 else {
-            throw DaemonError("cannot listen on \(inheritedFD == nil ? configuration.listenAddress.description : "the inherited HTTP socket"): \(uvError(rc))")
+            throw DaemonError("cannot listen on \(inheritedFD == nil ? (otlpAddress ?? configuration.listenAddress).description : "the inherited HTTP socket"): \(uvError(rc))")
         }
     }
 
@@ -193,6 +199,8 @@ final class HTTPConnection {
     private var waitingForBody = false
     private var body: RenderedBody?
     private var bodyOffset = 0
+    /// An OTLP export whose body is being read: its head and the body's length.
+    private var pendingExport: (head: HTTPRequestHead, length: Int)?
 
     /// The rendering this connection is sending, if any.
     var sendingBody: RenderedBody? { body }
@@ -253,7 +261,7 @@ final class HTTPConnection {
         if nread < 0 { close(); return }
         guard nread > 0 else { return }
         input.append(contentsOf: UnsafeRawBufferPointer(start: server.readBuffer, count: nread))
-        if input.count > server.configuration.httpLimits.maxHeadBytes * 2 {
+        if input.count > server.configuration.httpLimits.maxHeadBytes * 2 + (pendingExport?.length ?? 0) {
             // A client that pipelines more than we are willing to hold waits until we catch up.
             uv_read_stop(stream)
         }
@@ -263,6 +271,19 @@ final class HTTPConnection {
     /// Parses and answers as many complete requests as the input holds, one response at a time.
     private func processInput() {
         guard !closing, !responding else { return }
+        if let pending = pendingExport {
+            guard input.count >= pending.length else {
+                if peerFinished { close(); return }  // the rest of the body will never come
+                startReading()
+                return
+            }
+            let body = Array(input[0..<pending.length])
+            input.removeFirst(pending.length)
+            pendingExport = nil
+            requestStarted = false
+            respondExport(server.source.exportMetrics(body, head: pending.head), head: pending.head, close: !pending.head.keepAlive)
+            return
+        }
         if input.isEmpty {
             if peerFinished { close(); return }
             requestStarted = false
@@ -291,6 +312,17 @@ final class HTTPConnection {
     }
 
     private func handle(_ head: HTTPRequestHead) {
+        if server.servesOTLP && head.path == OTLPEndpoint.path {
+            if let refusal = OTLPEndpoint.refusal(for: head) {
+                respondExport(refusal, head: head, close: true)  // the body is not read
+            } else {
+                pendingExport = (head, Int(head.contentLength ?? 0))
+                requestStarted = true
+                arm(server.configuration.requestTimeoutMilliseconds)  // the whole body within the request timeout
+                processInput()
+            }
+            return
+        }
         let keepAlive = head.keepAlive && !head.hasBody
         let minor = head.minorVersion
         let isHead = head.method == "HEAD"
@@ -326,6 +358,15 @@ final class HTTPConnection {
     }
 
     // MARK: Responses
+
+    private func respondExport(_ response: OTLPExportResponse, head: HTTPRequestHead, close: Bool) {
+        var bytes = HTTPResponseHead.make(
+            response.status, minorVersion: head.minorVersion, keepAlive: !close, contentType: response.contentType,
+            framing: .contentLength(response.body.count),
+            extraHeaders: response.status == .methodNotAllowed ? [("Allow", "POST")] : [])
+        bytes += response.body
+        respond(bytes, status: response.status, close: close)
+    }
 
     private func respond(_ bytes: [UInt8], status: HTTPStatus, close: Bool) {
         server.source.countResponse(status)

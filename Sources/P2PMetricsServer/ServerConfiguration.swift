@@ -12,6 +12,8 @@ public struct ServerConfiguration: Sendable {
     public var listenAddress: NetworkAddress
     /// An optional UDP listener for text StatsD clients that cannot use a Unix socket.
     public var udpAddress: NetworkAddress?
+    /// An optional OTLP/HTTP metrics receiver (`POST /v1/metrics`); off unless configured.
+    public var otlpAddress: NetworkAddress?
     /// Where counter totals are kept across restarts (written at shutdown, consumed at start);
     /// nil: not kept.
     public var stateFile: String?
@@ -54,6 +56,7 @@ extension ServerConfiguration {
         keep("socket", socketPath != running.socketPath)
         keep("listen", listenAddress.description != running.listenAddress.description)
         keep("udp", udpAddress?.description != running.udpAddress?.description)
+        keep("otlp", otlpAddress?.description != running.otlpAddress?.description)
         keep("state_file", stateFile != running.stateFile)
         keep("socket_mode", socketMode != running.socketMode)
         keep("receive_buffer_bytes", receiveBufferBytes != running.receiveBufferBytes)

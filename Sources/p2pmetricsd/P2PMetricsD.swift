@@ -30,6 +30,9 @@ struct P2PMetricsD: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Also accept text StatsD over UDP on this address, same forms as --listen (off by default).", valueName: "host:port"))
     var udp: String?
 
+    @Option(name: .long, help: ArgumentHelp("Also receive OTLP/HTTP metrics (POST /v1/metrics, protobuf) on this address, same forms as --listen (off by default; keep it on loopback).", valueName: "host:port"))
+    var otlp: String?
+
     @Option(name: .long, help: ArgumentHelp("Keep counter totals across restarts in this file (saved at shutdown, consumed at start).", valueName: "file"))
     var state: String?
 
@@ -72,6 +75,7 @@ struct P2PMetricsD: ParsableCommand {
             if let path = file.socket { configuration.socketPath = path }
             if let address = file.listen { configuration.listenAddress = address }
             if let address = file.udp { configuration.udpAddress = address }
+            if let address = file.otlp { configuration.otlpAddress = address }
             if let path = file.stateFile { configuration.stateFile = path }
             if file.socket != nil { configuration.privateSocketDirectory = false }
         }
@@ -79,6 +83,7 @@ struct P2PMetricsD: ParsableCommand {
         if socket != nil { configuration.privateSocketDirectory = false }
         if let listen { configuration.listenAddress = try Self.address(listen, flag: "--listen") }
         if let udp { configuration.udpAddress = try Self.address(udp, flag: "--udp") }
+        if let otlp { configuration.otlpAddress = try Self.address(otlp, flag: "--otlp") }
         if let state { configuration.stateFile = try Self.path(state, flag: "--state") }
         configuration.configFile = config
         return configuration

@@ -81,6 +81,12 @@ public struct OTLPInput: Sendable {
         return .success(Outcome(rejectedPoints: refused.count, message: message))
     }
 
+    /// Counts a request refused before decoding (its body too large once decompressed, or not gzip).
+    public mutating func countRefusedRequest() {
+        statistics.requestsReceived &+= 1
+        statistics.requestsRejected &+= 1
+    }
+
     /// Forgets cumulative streams that stopped exporting.
     public mutating func expireStreams(now: UInt32) {
         streams.expire(now: now)
