@@ -41,9 +41,10 @@ let package = Package(
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "CDatagramSocket"),
+        .target(name: "CPidfd"),
         .target(
             name: "P2PMetricsServer",
-            dependencies: ["P2PMetricsStore", "P2PMetricsInputDatagram", "P2PMetricsExposition", "P2PMetricsHTTP", "CLibUV", "CSystemd", "CDatagramSocket", "CZlib"]
+            dependencies: ["P2PMetricsStore", "P2PMetricsInputDatagram", "P2PMetricsExposition", "P2PMetricsHTTP", "CLibUV", "CSystemd", "CDatagramSocket", "CPidfd", "CZlib"]
         ),
         .executableTarget(
             name: "p2pmetricsd",
