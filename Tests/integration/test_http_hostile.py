@@ -403,3 +403,41 @@ def test_a_response_that_closes_is_not_destroyed_by_unread_input(daemon):
         status, headers, body = decode_response(read_all(s))
     assert status == "HTTP/1.1 200 OK" and headers["connection"] == "close"
     assert sum(1 for line in body.splitlines() if line.startswith(b"p2p_bytes_transferred_total{")) == 20_000
+
+
+def test_slow_readers_cannot_pin_unbounded_renderings(daemon):
+    """Each never-reading scraper holds the whole rendering it was given; one after the other they
+    would pin a new one each. Past 64 MiB of held renderings the oldest holders are closed."""
+    from wire import MAGIC, series, uvarint
+    n = 60_000
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        for start in range(0, n, 500):
+            out = bytearray(MAGIC)
+            for k, i in enumerate(range(start, start + 500)):
+                out += series("p2p.bytes_transferred.total", {"peer": f"peer-{i:06d}", "zone": "z" * 20})
+                out += b"\x10" + uvarint(k) + uvarint(i + 1)
+            s.sendto(bytes(out), daemon.socket_path)
+    assert daemon.wait_for("p2pmetricsd_series", n) == n
+    body_bytes = len(daemon.scrape_text())
+    rss_before = rss_kib(daemon.proc.pid)
+    held = []
+    try:
+        for _ in range(30):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", daemon.port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            held.append(s)
+            # A scrape of our own returns once that rendering is done: the next one gets a new one.
+            daemon.scrape_text()
+        rss_held = rss_kib(daemon.proc.pid)
+        m = daemon.scrape()
+        stalled = m[("p2pmetricsd_http_connections_evicted_total", frozenset({"reason": "stalled"}.items()))]
+        print(f"pinning: 30 never-reading scrapers of a {body_bytes / 1e6:.1f} MB body: {stalled:.0f} closed, "
+              f"RSS {rss_before} → {rss_held} KiB")
+        assert 30 * body_bytes > 64 << 20  # without the bound they would pin more than 64 MiB
+        assert stalled >= 1
+        assert (rss_held - rss_before) * 1024 < (64 << 20) + 8 * body_bytes
+    finally:
+        for s in held:
+            s.close()
