@@ -182,6 +182,16 @@ def test_idle_slow_and_half_open_connections_cannot_lock_out_a_scrape(tmp_path):
         d.stop()
 
 
+def never_reading_scraper(port: int, headers: bytes = b"") -> socket.socket:
+    """A connection that asks for /metrics and never reads (a tiny receive buffer: the response
+    stays stuck at the daemon)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    return s
+
+
 def cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -292,11 +302,7 @@ def test_scrapers_that_never_read_cost_nothing_after_their_timeout(tmp_path):
         base_sent = _collect(*_run(ctx, _blocking_sender, [(d.socket_path, 1.0)]))[0]
         rss_before = rss_kib(d.proc.pid)
         for i in range(60):
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.connect(("127.0.0.1", d.port))
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
-            held.append(s)
+            held.append(never_reading_scraper(d.port, b"Accept-Encoding: gzip\r\n"))
             if i % 10 == 9:
                 time.sleep(0.2)  # in waves: several renderings, some held by stalled clients
         time.sleep(1.0)
@@ -423,11 +429,7 @@ def test_slow_readers_cannot_pin_unbounded_renderings(daemon):
     held = []
     try:
         for _ in range(30):
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.connect(("127.0.0.1", daemon.port))
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            held.append(s)
+            held.append(never_reading_scraper(daemon.port))
             # A scrape of our own returns once that rendering is done: the next one gets a new one.
             daemon.scrape_text()
         rss_held = rss_kib(daemon.proc.pid)
