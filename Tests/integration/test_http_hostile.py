@@ -347,47 +347,56 @@ def _text_flooder(path: str, seconds: float, results) -> None:
     results.put(sent)
 
 
-def _flood_in_own_namespace(tmp_path, out) -> None:
-    """In a new network namespace (its own net.unix.max_dgram_qlen, raised to the contrib
-    value 512 so that the queue never runs dry): flood, and time /-/healthy meanwhile."""
-    import ctypes
-    import subprocess
-    import urllib.request
-    try:
-        assert ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0, "unshare(CLONE_NEWNET) failed"
-        open("/proc/sys/net/unix/max_dgram_qlen", "w").write("512")
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-        d = start_daemon(tmp_path)
-        ctx = multiprocessing.get_context("fork")
+def in_own_namespace(scenario, tmp_path, qlen: int = 512):
+    """Runs `scenario(daemon, ctx)` in a forked child inside a new network namespace, whose own
+    net.unix.max_dgram_qlen is raised (to the contrib value, 512, by default) with the daemon
+    started there; returns what the scenario returns (it must be picklable)."""
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+
+    def child() -> None:
+        import ctypes
+        import subprocess
         try:
-            procs, results = _run(ctx, _text_flooder, [(d.socket_path, 6.0) for _ in range(3)])
-            time.sleep(1.0)
-            latencies = []
-            for _ in range(20):
-                start = time.monotonic()
-                with urllib.request.urlopen(f"http://127.0.0.1:{d.port}/-/healthy", timeout=120) as r:
-                    assert r.read() == b"OK\n"
-                latencies.append(time.monotonic() - start)
-                time.sleep(0.1)
-            sent = sum(_collect(procs, results))
-            applied = d.wait_for("flood_t", sent * 5_000, timeout=120)
-            out.put(("ok", latencies, sent, applied))
-        finally:
-            d.stop()
-    except BaseException as e:  # noqa: BLE001 - reported to the parent
-        out.put(("error", repr(e), 0, 0))
+            assert ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0, "unshare(CLONE_NEWNET) failed"
+            open("/proc/sys/net/unix/max_dgram_qlen", "w").write(str(qlen))
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+            d = start_daemon(tmp_path)
+            try:
+                out.put(("ok", scenario(d, ctx)))
+            finally:
+                d.stop()
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            out.put(("error", repr(e)))
+
+    process = ctx.Process(target=child)
+    process.start()
+    status, result = out.get(timeout=600)
+    process.join(30)
+    assert status == "ok", result
+    return result
+
+
+def _flood_scenario(d, ctx):
+    """Three blocking senders keep the queue full of heavy datagrams; /-/healthy is timed meanwhile."""
+    import urllib.request
+    procs, results = _run(ctx, _text_flooder, [(d.socket_path, 6.0) for _ in range(3)])
+    time.sleep(1.0)
+    latencies = []
+    for _ in range(20):
+        start = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{d.port}/-/healthy", timeout=120) as r:
+            assert r.read() == b"OK\n"
+        latencies.append(time.monotonic() - start)
+        time.sleep(0.1)
+    sent = sum(_collect(procs, results))
+    return latencies, sent, d.wait_for("flood_t", sent * 5_000, timeout=120)
 
 
 def test_healthy_is_served_within_milliseconds_under_a_flood(tmp_path):
     """Issue 19: the ingest loop must yield after a bounded amount of work, so that /-/healthy and
     scrapes are served while senders keep the queue full of heavy datagrams."""
-    ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
-    child = ctx.Process(target=_flood_in_own_namespace, args=(tmp_path, out))
-    child.start()
-    status, latencies, sent, applied = out.get(timeout=600)
-    child.join(30)
-    assert status == "ok", latencies
+    latencies, sent, applied = in_own_namespace(_flood_scenario, tmp_path)
     latencies.sort()
     print(f"flood: /-/healthy under 3 blocking senders of 60 KB text datagrams (qlen 512): median "
           f"{latencies[len(latencies) // 2] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms; "
@@ -443,3 +452,24 @@ def test_slow_readers_cannot_pin_unbounded_renderings(daemon):
     finally:
         for s in held:
             s.close()
+
+
+def _priority_scenario(d, ctx):
+    fill(d, 30_000)
+    alone = _collect(*_run(ctx, _paced_sender, [(d.socket_path, 10_000, 4.0)]))[0]
+    scrapers, scraped = _run(ctx, _scraper, [(d.port, i % 2 == 0, 5.0) for i in range(4)])
+    loaded = _collect(*_run(ctx, _paced_sender, [(d.socket_path, 10_000, 4.0)]))[0]
+    scrapes = sum(_collect(scrapers, scraped))
+    return alone, loaded, scrapes, d.wait_for("ingest_paced", alone[0] + loaded[0])
+
+
+def test_ingest_priority_at_the_contrib_queue_length(tmp_path):
+    """Issue 19 at the contrib queue length (512): 4 scrapers used to make a non-blocking sender
+    lose 27 % (80 % with gzip); the previous renderer lost 42 % here. With 51 ms of queue at this
+    rate, only a loop that stops draining loses much: the bound is loose for a shared machine."""
+    alone, loaded, scrapes, applied = in_own_namespace(_priority_scenario, tmp_path)
+    ratio = lambda r: r[1] / max(1, r[0] + r[1])
+    print(f"priority at qlen 512: non-blocking sender at 10 k/s drops {ratio(alone):.2%} alone, "
+          f"{ratio(loaded):.2%} with 4 scrapers (2 gzip; {scrapes} scrapes of 30 k series in 5 s)")
+    assert applied == alone[0] + loaded[0]
+    assert ratio(loaded) < 0.15
