@@ -473,3 +473,29 @@ def test_ingest_priority_at_the_contrib_queue_length(tmp_path):
           f"{ratio(loaded):.2%} with 4 scrapers (2 gzip; {scrapes} scrapes of 30 k series in 5 s)")
     assert applied == alone[0] + loaded[0]
     assert ratio(loaded) < 0.15
+
+
+def test_a_connection_is_refused_only_when_every_other_is_busy_and_counted(tmp_path):
+    d = start_daemon(tmp_path, "--config", config(tmp_path, limits={"max_http_connections": 2}))
+    try:
+        fill(d, 30_000)
+        busy = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(2)]
+        for s in busy:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.05)  # both are being rendered for or sent to, with progress: neither may go
+        with socket.create_connection(("127.0.0.1", d.port), timeout=5) as extra:
+            extra.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                assert extra.recv(100) == b""  # refused: closed at once
+            except ConnectionResetError:
+                pass
+        for s in busy:  # the busy ones are served whole
+            status, _, body = decode_response(read_all(s))
+            assert status == "HTTP/1.1 200 OK"
+            assert sum(1 for line in body.splitlines() if line.startswith(b"p2p_bytes_transferred_total{")) == 30_000
+            s.close()
+        m = d.scrape()
+        assert m[("p2pmetricsd_http_connections_refused_total", frozenset())] == 1
+        assert sum(v for (name, _), v in m.items() if name == "p2pmetricsd_http_connections_evicted_total") == 0
+    finally:
+        d.stop()
