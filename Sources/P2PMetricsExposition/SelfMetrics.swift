@@ -19,6 +19,10 @@ public struct SelfMetrics: Sendable {
     public var trackedProcesses: Int
     /// HTTP connections: open, refused at the cap, evicted to make room.
     public var httpConnections = HTTPConnectionStatistics()
+    /// The process's resident set size in bytes, when known.
+    public var residentMemoryBytes: Int?
+    /// The store's memory budget (`limits.max_memory_bytes`), when known.
+    public var seriesMemoryLimitBytes: Int?
 
     public init(
         version: String, statistics: IngestStatistics, liveSeries: Int, seriesMemoryBytes: Int,
@@ -84,7 +88,18 @@ public struct SelfMetrics: Sendable {
                 statistics.gaugeAddsUntracked, &out)
         gauge("p2pmetricsd_tracked_processes", "Sending processes watched for exit.", Double(trackedProcesses), &out)
         gauge("p2pmetricsd_series", "Live series in the store.", Double(liveSeries), &out)
-        gauge("p2pmetricsd_series_memory_bytes", "Bytes held by the series tables.", Double(seriesMemoryBytes), &out)
+        gauge("p2pmetricsd_series_memory_bytes",
+              "Bytes held by the series tables (keys, values, buckets, sketches, names, wire cache); bounded by limits.max_memory_bytes.",
+              Double(seriesMemoryBytes), &out)
+        if let seriesMemoryLimitBytes {
+            gauge("p2pmetricsd_series_memory_limit_bytes",
+                  "The budget of p2pmetricsd_series_memory_bytes (limits.max_memory_bytes); new series past it are refused.",
+                  Double(seriesMemoryLimitBytes), &out)
+        }
+        if let residentMemoryBytes {
+            gauge("p2pmetricsd_resident_memory_bytes", "Resident set size of the p2pmetricsd process.",
+                  Double(residentMemoryBytes), &out)
+        }
         gauge("p2pmetricsd_last_scrape_duration_seconds",
               "Time the previous complete /metrics response took to render and send.", lastScrapeDurationSeconds, &out)
         family("p2pmetricsd_scrapes_total", "counter", "Completed /metrics responses, by exposition format.", &out)
@@ -118,11 +133,12 @@ public struct SelfMetrics: Sendable {
         out.append(0x0A)
     }
 
-    private func counter(_ name: String, _ help: String, _ value: UInt64, _ out: inout [UInt8]) {
+    private func counter(_ name: String, _ help: String, _ value: some FixedWidthInteger & UnsignedInteger,
+                         _ out: inout [UInt8]) {
         family(name, "counter", help, &out)
         out.append(contentsOf: name.utf8)
         out.append(0x20)
-        TextFormat.appendDecimal(value, to: &out)
+        TextFormat.appendDecimal(UInt128(value), to: &out)
         out.append(0x0A)
     }
 

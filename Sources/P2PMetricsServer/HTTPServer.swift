@@ -79,25 +79,12 @@ final class HTTPServer {
             Unmanaged<HTTPServer>.fromOpaque(data).takeUnretainedValue().accept()
         }
         guard rc == 0 else {
-            throw DaemonError("cannot listen on \(inheritedFD == nil ? configuration.listenAddress : "the inherited HTTP socket"): \(uvError(rc))")
+            throw DaemonError("cannot listen on \(inheritedFD == nil ? configuration.listenAddress.description : "the inherited HTTP socket"): \(uvError(rc))")
         }
     }
 
-    private static func bind(_ tcp: UnsafeMutablePointer<uv_tcp_t>, to address: String) throws {
-        guard let (host, port) = parseHostPort(address) else {
-            throw DaemonError("bad --listen address '\(address)': expected HOST:PORT, e.g. 127.0.0.1:9478 or [::1]:9478")
-        }
-        var storage = sockaddr_storage()
-        let rc: Int32 = withUnsafeMutablePointer(to: &storage) { ptr in
-            if host.contains(":") {
-                return ptr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { uv_ip6_addr(host, Int32(port), $0) }
-            }
-            return ptr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { uv_ip4_addr(host, Int32(port), $0) }
-        }
-        guard rc == 0 else { throw DaemonError("bad --listen address '\(address)': \(uvError(rc))") }
-        let bound = withUnsafePointer(to: &storage) { ptr in
-            ptr.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_bind(tcp, $0, 0) }
-        }
+    private static func bind(_ tcp: UnsafeMutablePointer<uv_tcp_t>, to address: NetworkAddress) throws {
+        let bound = address.withSocketAddress { address, _ in uv_tcp_bind(tcp, address, 0) }
         guard bound == 0 else { throw DaemonError("cannot listen on \(address): \(uvError(bound))") }
     }
 
@@ -512,14 +499,4 @@ func uvError(_ code: Int32) -> String {
 /// Closes a handle and frees its memory in the close callback (the only safe place).
 func closeAndFree(_ handle: UnsafeMutablePointer<uv_handle_t>) {
     uv_close(handle) { handle in handle?.deallocate() }
-}
-
-/// Splits `HOST:PORT` or `[V6]:PORT`.
-func parseHostPort(_ address: String) -> (String, UInt16)? {
-    guard let colon = address.lastIndex(of: ":") else { return nil }
-    var host = String(address[..<colon])
-    guard let port = UInt16(address[address.index(after: colon)...]) else { return nil }
-    if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-    guard !host.isEmpty else { return nil }
-    return (host, port)
 }
