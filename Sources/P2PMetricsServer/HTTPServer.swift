@@ -367,9 +367,7 @@ final class HTTPConnection {
         lastProgress = uv_now(server.loop)
         if let body {
             let storage = body.storage
-            if bodyOffset < storage.count, let base = storage.base {
-                let count = min(HTTPServer.writeBytes, storage.count - bodyOffset)
-                let start = base + bodyOffset
+            if let (start, count) = storage.bytes(at: bodyOffset, limit: HTTPServer.writeBytes) {
                 bodyOffset += count
                 write(start, count: count, owner: body)
                 return
