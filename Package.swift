@@ -44,9 +44,10 @@ let package = Package(
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "CDatagramSocket"),
+        .target(name: "CPidfd"),
         .target(
             name: "P2PMetricsServer",
-            dependencies: ["P2PMetricsStore", "P2PMetricsInputDatagram", "P2PMetricsInputOTLP", "P2PMetricsExposition", "P2PMetricsHTTP", "CLibUV", "CSystemd", "CDatagramSocket", "CZlib"]
+            dependencies: ["P2PMetricsStore", "P2PMetricsInputDatagram", "P2PMetricsInputOTLP", "P2PMetricsExposition", "P2PMetricsHTTP", "CLibUV", "CSystemd", "CDatagramSocket", "CPidfd", "CZlib"]
         ),
         .executableTarget(
             name: "p2pmetricsd",
@@ -69,8 +70,8 @@ let package = Package(
         // Shared test inputs: the wire test vectors' parser and the committed fuzz inputs.
         .target(name: "P2PMetricsTestVectors", dependencies: ["P2PMetricsWire"], path: "Tests/TestVectors"),
         .testTarget(name: "P2PMetricsWireTests", dependencies: ["P2PMetricsWire", "P2PMetricsStore", "P2PMetricsInputDatagram", "P2PMetricsTestVectors"]),
-        .testTarget(name: "P2PMetricsStoreTests", dependencies: ["P2PMetricsStore", "P2PMetricsWire"]),
-        .testTarget(name: "P2PMetricsExpositionTests", dependencies: ["P2PMetricsExposition", "P2PMetricsStore", "P2PMetricsWire"]),
+        .testTarget(name: "P2PMetricsStoreTests", dependencies: ["P2PMetricsStore", "P2PMetricsWire", "P2PMetricsTestVectors"]),
+        .testTarget(name: "P2PMetricsExpositionTests", dependencies: ["P2PMetricsExposition", "P2PMetricsStore", "P2PMetricsWire", "P2PMetricsTestVectors"]),
         .testTarget(name: "P2PMetricsHTTPTests", dependencies: ["P2PMetricsHTTP", "P2PMetricsTestVectors"]),
         .testTarget(name: "P2PMetricsServerTests", dependencies: ["P2PMetricsServer", "P2PMetricsStore"]),
         .testTarget(name: "P2PMetricsInputTests", dependencies: ["P2PMetricsInputOTLP", "P2PMetricsInputStatsD", "P2PMetricsInputDatagram", "P2PMetricsStore", "P2PMetricsWire"]),

@@ -1,4 +1,5 @@
 import CDatagramSocket
+import CPidfd
 import CLibUV
 import Glibc
 import P2PMetricsExposition

@@ -1,4 +1,4 @@
-import CDatagramSocket
+import CPidfd
 import CLibUV
 import Glibc
 

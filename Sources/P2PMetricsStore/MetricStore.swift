@@ -67,8 +67,10 @@ public struct MetricStore {
     /// Counter: times its integer part wrapped past 2^64 − 1 (sparse: only counters that did), so
     /// that integer adds stay exact and never disturb the fractional part.
     private var counterWraps: [SeriesID: UInt64] = [:]
-    /// Histogram: first bucket of the series in `bucketCounts`. Distinct: first register in `sketchRegisters`.
-    private var histogramBase: [UInt32] = []
+    /// Where the series' values start in its type's value table. Histogram: its first bucket in
+    /// `bucketCounts`; distinct: its first register in `sketchRegisters`; top-K: its first slot in
+    /// `topKSketches`; counter and gauge: 0 (their values are in `integerPart` / `floatPart`).
+    private var valueBase: [UInt32] = []
     /// Non-cumulative bucket counts of every histogram series; `+Inf` is the last of each run.
     private var bucketCounts: [UInt64] = []
     /// HyperLogLog registers of every distinct-count series, `HyperLogLog.registerCount` each.
@@ -232,9 +234,9 @@ public struct MetricStore {
                             if familyProcessScoped[family] { deferred.append(index) }
                         case 0x40, 0x41, 0x42:  // histogram observe
                             let value = Self.number(sample)
-                            let bucket = familyBuckets[family].partitioningIndex { value <= $0 }
+                            let bucket = Self.bucketIndex(of: value, bounds: familyBuckets[family])
                             let weight = weighted ? UInt64(weights.unsafelyUnwrapped[index]) : 1
-                            buckets[Int(histogramBase[id]) + bucket] &+= weight
+                            buckets[Int(valueBase[id]) + bucket] &+= weight
                             integers[id] &+= weight
                             floats[id] += weight == 1 ? value : value * Double(weight)
                         default:  // distinct and top-K add
@@ -258,6 +260,19 @@ public struct MetricStore {
 
         statistics.samplesApplied &+= applied
         return nil
+    }
+
+    /// The bucket a histogram observation falls in: the first whose upper bound is at least
+    /// `value`, or `bounds.count` (`+Inf`). Binary search: bounds are strictly increasing.
+    @inline(__always)
+    static func bucketIndex(of value: Double, bounds: [Double]) -> Int {
+        var below = 0  // every bound before `below` is less than `value`
+        var candidate = bounds.count  // the bound at `candidate` (or +Inf) is at least `value`
+        while below < candidate {
+            let middle = below + (candidate - below) / 2
+            if value <= bounds[middle] { candidate = middle } else { below = middle + 1 }
+        }
+        return candidate
     }
 
     /// The metric type a sample kind belongs to (kinds validated by the decoder).
@@ -295,13 +310,13 @@ public struct MetricStore {
         case 0x30, 0x31, 0x32:  // process-scoped gauge add
             trackGaugeAdd(Self.number(sample), series: id)
         case 0x53:  // distinct add
-            let base = Int(histogramBase[id])
+            let base = Int(valueBase[id])
             let key = UnsafeRawBufferPointer(rebasing: bytes[sample.keyRange])
             sketchRegisters.withUnsafeMutableBufferPointer { registers in
                 HyperLogLog.add(key, to: UnsafeMutableBufferPointer(rebasing: registers[base..<base + HyperLogLog.registerCount]))
             }
         default:  // 0x63, top-K add
-            topKSketches.add(UnsafeRawBufferPointer(rebasing: bytes[sample.keyRange]), base: histogramBase[id],
+            topKSketches.add(UnsafeRawBufferPointer(rebasing: bytes[sample.keyRange]), base: valueBase[id],
                              k: families[family].topK)
             integerPart[id] &+= 1
         }
@@ -540,7 +555,7 @@ public struct MetricStore {
             seriesKeyLength[i] = UInt16(keyScratch.count)
             integerPart[i] = 0
             floatPart[i] = 0
-            histogramBase[i] = base
+            valueBase[i] = base
             lastSeen[i] = now
         } else {
             seriesFamily.append(family)
@@ -548,7 +563,7 @@ public struct MetricStore {
             seriesKeyLength.append(UInt16(keyScratch.count))
             integerPart.append(0)
             floatPart.append(0)
-            histogramBase.append(base)
+            valueBase.append(base)
             lastSeen.append(now)
         }
         families[Int(family)].series.append(id)
@@ -612,9 +627,9 @@ public struct MetricStore {
         let key = Array(canonical.arena[offset..<offset + length])
         key.withUnsafeBytes { _ = canonical.remove($0, hash: ByteKeyTable.hash($0)) }
         switch families[family].type {
-        case .histogram: freeBucketRuns[families[family].buckets.count + 1, default: []].append(histogramBase[i])
-        case .distinct: freeSketches.append(histogramBase[i])
-        case .topK: topKSketches.release(histogramBase[i], families[family].topK)
+        case .histogram: freeBucketRuns[families[family].buckets.count + 1, default: []].append(valueBase[i])
+        case .distinct: freeSketches.append(valueBase[i])
+        case .topK: topKSketches.release(valueBase[i], families[family].topK)
         case .counter, .gauge: break
         }
         processGauges.clear(series: id)
@@ -630,8 +645,10 @@ public struct MetricStore {
         let offset = Int(seriesKeyOffset[Int(id)]) + MemoryLayout<Int32>.size
         let end = Int(seriesKeyOffset[Int(id)]) + Int(seriesKeyLength[Int(id)])
         canonical.withKey(offset: offset, length: end - offset) { key in
-            var reader = LabelReader(bytes: key)
-            while let (name, value) = reader.next() { body(name, value) }
+            var labels = LabelCursor(pairsIn: key)
+            while let (name, value) = labels.next() {
+                body(UnsafeRawBufferPointer(rebasing: key[name]), UnsafeRawBufferPointer(rebasing: key[value]))
+            }
         }
     }
 
@@ -647,7 +664,7 @@ public struct MetricStore {
     /// A histogram's non-cumulative bucket counts (last: `+Inf`), sum and count.
     public func withHistogram<R>(_ id: SeriesID, _ body: (UnsafeBufferPointer<UInt64>, Double, UInt64) -> R) -> R {
         let family = families[Int(seriesFamily[Int(id)])]
-        let base = Int(histogramBase[Int(id)])
+        let base = Int(valueBase[Int(id)])
         return bucketCounts.withUnsafeBufferPointer { counts in
             body(UnsafeBufferPointer(rebasing: counts[base..<base + family.buckets.count + 1]),
                  floatPart[Int(id)], integerPart[Int(id)])
@@ -656,7 +673,7 @@ public struct MetricStore {
 
     /// The estimated number of distinct keys of a distinct-count series.
     public func distinctEstimate(_ id: SeriesID) -> Double {
-        let base = Int(histogramBase[Int(id)])
+        let base = Int(valueBase[Int(id)])
         return sketchRegisters.withUnsafeBufferPointer {
             HyperLogLog.estimate(UnsafeBufferPointer(rebasing: $0[base..<base + HyperLogLog.registerCount]))
         }
@@ -666,7 +683,7 @@ public struct MetricStore {
     /// number of occurrences counted in all.
     public func topKEntries(_ id: SeriesID) -> (entries: [(key: [UInt8], count: UInt64, error: UInt64)], total: UInt64) {
         let family = families[Int(seriesFamily[Int(id)])]
-        let entries = topKSketches.entries(base: histogramBase[Int(id)], k: family.topK).map { ($0.key, $0.count, $0.error) }
+        let entries = topKSketches.entries(base: valueBase[Int(id)], k: family.topK).map { ($0.key, $0.count, $0.error) }
         return (entries, integerPart[Int(id)])
     }
 
@@ -674,49 +691,6 @@ public struct MetricStore {
     /// family names and the wire cache: what `maxMemoryBytes` bounds (the
     /// `p2pmetricsd_series_memory_bytes` self-metric).
     public var memoryFootprint: Int { tableBytes + wireCache.memoryFootprint }
-}
-
-/// Reads the length-prefixed label pairs of a canonical key (written by the store itself).
-private struct LabelReader {
-    let bytes: UnsafeRawBufferPointer
-    var offset = 0
-
-    mutating func next() -> (UnsafeRawBufferPointer, UnsafeRawBufferPointer)? {
-        guard offset < bytes.count, let name = field(), let value = field() else { return nil }
-        return (name, value)
-    }
-
-    private mutating func field() -> UnsafeRawBufferPointer? {
-        var length = 0
-        var shift = 0
-        while offset < bytes.count {
-            let b = bytes[offset]
-            offset += 1
-            length |= Int(b & 0x7F) << shift
-            shift += 7
-            if b & 0x80 == 0 {
-                guard length <= bytes.count - offset else { return nil }
-                defer { offset += length }
-                return UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + length])
-            }
-        }
-        return nil
-    }
-}
-
-extension Collection {
-    /// The index of the first element for which `belongsInSecondPartition` is true, by binary search
-    /// (the collection must be partitioned by the predicate).
-    @inlinable
-    func partitioningIndex(where belongsInSecondPartition: (Element) -> Bool) -> Int {
-        var low = 0
-        var high = count
-        while low < high {
-            let mid = (low + high) / 2
-            if belongsInSecondPartition(self[index(startIndex, offsetBy: mid)]) { high = mid } else { low = mid + 1 }
-        }
-        return low
-    }
 }
 
 private func lexicographicallyPrecedes(_ a: Slice<UnsafeRawBufferPointer>, _ b: Slice<UnsafeRawBufferPointer>) -> Bool {

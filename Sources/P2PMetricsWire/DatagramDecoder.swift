@@ -369,6 +369,13 @@ public struct LabelCursor {
         remaining = count
     }
 
+    /// Walks every pair of `bytes`, a run of length-prefixed (name, value) pairs such as a
+    /// store's canonical label key; stops at the end or at the first field that does not fit.
+    @inlinable
+    public init(pairsIn bytes: UnsafeRawBufferPointer) {
+        self.init(bytes, offset: 0, count: .max)
+    }
+
     @inlinable
     public mutating func next() -> (name: Range<Int>, value: Range<Int>)? {
         guard remaining > 0,

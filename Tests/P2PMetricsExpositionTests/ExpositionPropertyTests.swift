@@ -1,5 +1,6 @@
 import Testing
 import P2PMetricsStore
+import P2PMetricsTestVectors
 import P2PMetricsWire
 @testable import P2PMetricsExposition
 
@@ -8,18 +9,6 @@ import P2PMetricsWire
 /// twice or write a sample twice, in either format.
 @Suite("Exposition property")
 struct ExpositionPropertyTests {
-    /// SplitMix64: a seeded generator, so a failure replays.
-    struct SeededGenerator: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     static let names: [String] = ["a", "b", "a.b", "a_b", "p2p.transfer.duration", "p2p.chunks.requested", "p2pmetricsd"]
         .flatMap { base in ["", ".count", "_count", ".sum", ".bucket", ".total", "_total", ".error", ".created"].map { base + $0 } }
         .filter { !$0.replacingDots().hasPrefix("p2pmetricsd_") }
@@ -47,7 +36,7 @@ struct ExpositionPropertyTests {
 
     @Test("random colliding datagrams: one HELP/TYPE per family, no duplicate sample", arguments: [UInt64(14), 1914, 2026])
     func randomDatagrams(seed: UInt64) throws {
-        var rng = SeededGenerator(state: seed)
+        var rng = SeededGenerator(seed: seed)
         var store = MetricStore()
         let labelSets: [[(String, String)]] = [[], [("x", "1")], [("x", "2"), ("y", "1")], [("y", "")]]
         for _ in 0..<2_000 {

@@ -119,21 +119,52 @@ struct WireTests {
         #expect([0xFF, 0x01].withUnsafeBytes { decoder.validate($0) } == .badMagic)
     }
 
-    @Test("random bytes after the magic never crash the decoder")
+    @Test("random bytes after the magic: validation never crashes and does not depend on the decoder's past")
     func randomBytes() {
-        var generator = SystemRandomNumberGenerator()
+        var generator = SeededGenerator(seed: 17)
         var decoder = DatagramDecoder()
         for _ in 0..<20_000 {
             let n = Int.random(in: 1...64, using: &generator)
             var bytes = (0..<n).map { _ in UInt8.random(in: 0...255, using: &generator) }
             bytes[0] = WireFormat.magic
             bytes.withUnsafeBytes { raw in
-                if decoder.validate(raw) == nil {
-                    var cursor = decoder.samples(in: raw)
-                    var count = 0
-                    while cursor.next() != nil { count += 1 }
-                    #expect(count == decoder.sampleCount)
+                var fresh = DatagramDecoder()
+                #expect(decoder.validate(raw) == fresh.validate(raw))
+            }
+        }
+    }
+
+    @Test("random encoded datagrams decode to exactly the samples appended, in order")
+    func randomEncodedDatagrams() throws {
+        var generator = SeededGenerator(seed: 2026)
+        var decoder = DatagramDecoder()
+        let names = ["a", "b.c", "p2p.cache.hits"]
+        for _ in 0..<2_000 {
+            var encoder = DatagramEncoder(maxSize: WireFormat.maxDatagramSize)
+            var appended: [(SampleKind, String, SampleValue)] = []
+            for _ in 0..<Int.random(in: 1...40, using: &generator) {
+                let name = names[Int.random(in: 0..<names.count, using: &generator)]
+                let labels = Bool.random(using: &generator) ? [("peer", "p\(Int.random(in: 0..<3, using: &generator))")] : []
+                let (kind, value): (SampleKind, SampleValue) = switch Int.random(in: 0..<4, using: &generator) {
+                case 0: (.counterAdd, .unsigned(UInt64.random(in: 0...UInt64.max, using: &generator)))
+                case 1: (.gaugeSet, .signed(Int64.random(in: Int64.min...Int64.max, using: &generator)))
+                case 2: (.gaugeAdd, .double(Double.random(in: -1e9...1e9, using: &generator)))
+                default: (.histogramObserve, .double(Double.random(in: 0...100, using: &generator)))
                 }
+                guard try encoder.append(kind, name: name, labels: labels, value: value) else { break }
+                appended.append((kind, name, value))
+            }
+            try encoder.bytes.withUnsafeBytes { raw in
+                #expect(decoder.validate(raw) == nil)
+                try #require(decoder.sampleCount == appended.count)
+                var cursor = decoder.samples(in: raw)
+                for (kind, name, value) in appended {
+                    let next = cursor.next()
+                    let sample = try #require(next)
+                    #expect(sample.kind == kind && sample.value == value)
+                    #expect(String(decoding: raw[decoder.series[sample.series].nameRange], as: UTF8.self) == name)
+                }
+                #expect(cursor.next() == nil)
             }
         }
     }

@@ -310,37 +310,6 @@ def test_configured_histogram_buckets(tmp_path):
         d.stop()
 
 
-def test_sd_notify_ready_status_and_watchdog(tmp_path):
-    notify_path = str(tmp_path / "notify.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.bind(notify_path)
-        notify.settimeout(10)
-        env = os.environ.copy()
-        env.update({"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "400000"})
-        d = start_daemon(tmp_path, env=env)
-        try:
-            messages = []
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not (
-                    "READY=1" in messages and "WATCHDOG=1" in messages and any(m.startswith("STATUS=") for m in messages)):
-                messages += notify.recv(4096).decode().split("\n")
-            assert "READY=1" in messages
-            assert "WATCHDOG=1" in messages
-            status = next(m for m in messages if m.startswith("STATUS="))
-            assert status.startswith("STATUS=0 series, 0 samples applied")
-        finally:
-            d.stop()
-        messages = []
-        try:
-            while True:
-                messages += notify.recv(4096).decode().split("\n")
-        except socket.timeout:
-            pass
-        except OSError:
-            pass
-        assert "STOPPING=1" in messages
-
-
 def http_get(port: int, path: str = "/metrics", headers: dict | None = None) -> tuple[int, dict, bytes]:
     import http.client
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)

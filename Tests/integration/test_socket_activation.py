@@ -381,7 +381,8 @@ def test_datagrams_queued_before_start_keep_their_credentials(tmp_path, sockets,
 
 @needs_daemon
 def test_sd_notify_ready_status_and_watchdog(tmp_path, sockets, launched):
-    """Type=notify and WatchdogSec=: READY=1 and a STATUS= once serving, WATCHDOG=1 repeatedly."""
+    """Type=notify and WatchdogSec=: READY=1 and a STATUS= once serving, WATCHDOG=1 repeatedly,
+    STOPPING=1 when it stops (the only sd_notify test)."""
     notify_path = str(tmp_path / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as n:
         n.bind(notify_path)
@@ -402,10 +403,18 @@ def test_sd_notify_ready_status_and_watchdog(tmp_path, sockets, launched):
                 break
         print("notifications:", seen)
         assert "READY=1" in seen
-        assert any(x.startswith("STATUS=") for x in seen)
+        status = next(x for x in seen if x.startswith("STATUS="))
+        assert status.startswith("STATUS=0 series, 0 samples applied"), status
         assert seen.count("WATCHDOG=1") >= 2, "no periodic WATCHDOG=1 with WATCHDOG_USEC=1s"
         d.wait_serving()
         assert d.terminate() == 0
+        after: list[str] = []
+        try:
+            while True:
+                after.extend(n.recv(65536).decode(errors="replace").splitlines())
+        except OSError:  # socket.timeout included: nothing more was sent
+            pass
+        assert "STOPPING=1" in after
 
 
 # ---- the unit files ---------------------------------------------------------------------------

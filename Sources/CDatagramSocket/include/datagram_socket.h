@@ -47,12 +47,6 @@ struct sockaddr;
  * Returns the fd or a negative errno. */
 int p2pmd_bind_udp(const struct sockaddr *addr, unsigned length);
 
-/* A pidfd for process `pid` (readable once it exits), or a negative errno. */
-int p2pmd_pidfd_open(int pid);
-
-/* Raises the soft limit of open files to the hard limit; returns the new soft limit. */
-long p2pmd_raise_nofile_limit(void);
-
 /* Makes a file descriptor non-blocking. */
 int p2pmd_set_nonblocking(int fd);
 
