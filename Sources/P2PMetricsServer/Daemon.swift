@@ -58,6 +58,9 @@ public final class Daemon: ExpositionSource {
 
         loop = .allocate(capacity: 1)
         uv_loop_init(loop)
+        // The clock the store and the OTLP stream table stamp entries with, from the start: a first
+        // tick jumping from 0 to the loop's time would expire everything seen before it.
+        store.now = UInt32(truncatingIfNeeded: uv_now(loop) / 1_000)
 
         // First: a signal during a long restore is then handled by the loop once it runs (drain,
         // save, exit 0) instead of killing the process after the state file was consumed.

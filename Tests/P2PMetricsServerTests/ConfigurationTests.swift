@@ -27,7 +27,7 @@ struct ConfigurationTests {
     @Test("every key lands in its configuration field; absent keys keep the base")
     func keys() throws {
         let file = try decode("""
-        {"socket": "/tmp/s.sock", "listen": "127.0.0.1:1", "udp": "[::1]:2", "state_file": "/tmp/state",
+        {"socket": "/tmp/s.sock", "listen": "127.0.0.1:1", "udp": "[::1]:2", "otlp": "127.0.0.1:4318", "state_file": "/tmp/state",
          "socket_mode": "0600", "receive_buffer_bytes": 65536, "allowed_uids": [1000], "allowed_gids": [998, 999],
          "track_process_gauges": false, "default_ttl_seconds": 60, "default_buckets": [1, 2.5],
          "limits": {"max_series": 10, "max_series_per_metric": 5, "max_http_connections": 3, "max_http_head_bytes": 512,
@@ -37,7 +37,7 @@ struct ConfigurationTests {
         """)
         let c = file.configuration
         #expect(file.socket == "/tmp/s.sock" && file.stateFile == "/tmp/state")
-        #expect(file.listen?.description == "127.0.0.1:1" && file.udp?.description == "[::1]:2")
+        #expect(file.listen?.description == "127.0.0.1:1" && file.udp?.description == "[::1]:2" && file.otlp?.description == "127.0.0.1:4318")
         #expect(c.socketPath == "/run/x.sock")  // the file's socket is the caller's to apply (flags win)
         #expect(c.socketMode == 0o600 && c.receiveBufferBytes == 65536)
         #expect(c.store.allowedUIDs == [1000] && c.store.allowedGIDs == [998, 999])
@@ -71,7 +71,7 @@ struct ConfigurationTests {
     @Test("a schema error is one line naming the key and the reason")
     func errors() {
         let cases: [(String, String)] = [
-            (#"{"limitz": {}}"#, "unknown key limitz (known: allowed_gids, allowed_uids, default_buckets, default_ttl_seconds, limits, listen, metrics, receive_buffer_bytes, socket, socket_mode, state_file, track_process_gauges, udp)"),
+            (#"{"limitz": {}}"#, "unknown key limitz (known: allowed_gids, allowed_uids, default_buckets, default_ttl_seconds, limits, listen, metrics, otlp, receive_buffer_bytes, socket, socket_mode, state_file, track_process_gauges, udp)"),
             (#"{"limits": {"max_seriez": 1}}"#, "unknown key limits.max_seriez (known: idle_timeout_seconds, max_http_connections, max_http_head_bytes, max_http_headers, max_label_value_length, max_labels_per_series, max_memory_bytes, max_series, max_series_per_metric, max_tracked_processes, request_timeout_seconds)"),
             (#"{"limits": {"max_series": "many"}}"#, "limits.max_series must be a whole number from 1 to 100000000"),
             (#"{"limits": {"max_series": 0}}"#, "limits.max_series must be a whole number from 1 to 100000000"),

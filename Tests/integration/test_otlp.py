@@ -1,0 +1,131 @@
+"""The OTLP/HTTP receiver (`--otlp`), driven by the real OpenTelemetry Python SDK and by hostile bodies."""
+from __future__ import annotations
+
+import gzip
+import os
+import http.client
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, start_daemon
+
+EXPORTER = Path(__file__).with_name("otlp_exporter.py")
+
+
+@pytest.fixture
+def otlp(tmp_path):
+    port = free_port()
+    d = start_daemon(tmp_path, "--otlp", f"127.0.0.1:{port}")
+    d.otlp_port = port
+    yield d
+    assert d.stop() == 0
+
+
+def post(port: int, body: bytes, content_type: str = "application/x-protobuf", encoding: str | None = None,
+         method: str = "POST") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": content_type}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    conn.request(method, "/v1/metrics", body=body, headers=headers)
+    response = conn.getresponse()
+    result = (response.status, response.read())
+    conn.close()
+    return result
+
+
+def run_exporter(port: int, instance: str, temporality: str, *steps: str) -> subprocess.Popen:
+    """One seed process; `instance` is its service.instance.id (the SDK draws a random one per
+    process otherwise: a restarted process would be a new stream, not a reset of its old one)."""
+    env = dict(os.environ, OTEL_RESOURCE_ATTRIBUTES=f"service.name=seed,service.instance.id={instance}")
+    return subprocess.Popen([sys.executable, str(EXPORTER), f"http://127.0.0.1:{port}/v1/metrics", temporality, *steps],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+
+
+def finish(process: subprocess.Popen) -> None:
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 0 and b"exported" in out, out.decode(errors="replace")
+
+
+def test_otel_sdk_cumulative_and_delta_processes_with_a_restart_give_exact_totals(otlp):
+    """Two seed processes on the real OpenTelemetry SDK at once, one cumulative (restarted midway:
+    a new start time), one delta: the counter totals and the up-down counter are exact."""
+    port = otlp.otlp_port
+    cumulative = run_exporter(port, "a", "cumulative", "imports:3:image:success", "active:3", "flush",
+                              "imports:2:image:success", "imports:1:image:failed", "active:-1", "flush")
+    delta = run_exporter(port, "b", "delta", "imports:5:image:success", "active:2", "flush",
+                         "imports:1:image:success", "flush", "flush")
+    finish(cumulative)
+    finish(delta)
+    # The cumulative process restarts (same resource and scope, new start time): it counts from zero,
+    # the total never drops; its up-down counter's new value replaces the old one's.
+    finish(run_exporter(port, "a", "cumulative", "imports:4:image:success", "active:1", "flush"))
+
+    assert otlp.value("p2p_image_imports_total", artifact_type="image", status="success") == 3 + 2 + 5 + 1 + 4
+    assert otlp.value("p2p_image_imports_total", artifact_type="image", status="failed") == 1
+    assert otlp.value("p2p_transfers_active") == 1 + 2  # the restarted process's 1, the delta process's 2
+    assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason="bad_value") == 0
+    assert otlp.value("p2pmetricsd_otlp_requests_rejected_total") == 0
+    assert otlp.value("p2pmetricsd_otlp_streams") == 3  # a: two import series and active; b sends deltas
+
+
+def test_a_restart_under_a_new_instance_id_is_a_new_stream_whose_counts_add(otlp):
+    """The SDK's default: a random service.instance.id per process. The restarted process is a new
+    stream; its first export counts whole (it has a start time), so the counter total is exact."""
+    port = otlp.otlp_port
+    for _ in range(2):
+        process = subprocess.Popen([sys.executable, str(EXPORTER), f"http://127.0.0.1:{port}/v1/metrics", "cumulative",
+                                    "imports:2:chart:success", "flush", "imports:1:chart:success", "flush"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        finish(process)
+    assert otlp.value("p2p_image_imports_total", artifact_type="chart", status="success") == 6
+
+
+def test_hostile_otlp_bodies_are_refused_with_their_status_and_counted(otlp):
+    port = otlp.otlp_port
+    status, body = post(port, b"\xff\xff\xff\xff garbage")
+    assert status == 400 and b"undecodable" in body
+    status, body = post(port, gzip.compress(b"\0" * (64 << 20)), encoding="gzip")  # 64 MiB of zeros in ~64 KiB
+    assert status == 413 and b"decompressed" in body
+    status, _ = post(port, b"not gzip", encoding="gzip")
+    assert status == 400
+    status, _ = post(port, b"{}", content_type="application/json")
+    assert status == 415
+    status, _ = post(port, b"", method="PUT")
+    assert status == 405
+    status, _ = post(port, b"\0" * ((4 << 20) + 1))
+    assert status == 413
+    assert otlp.value("p2pmetricsd_otlp_requests_rejected_total") == 3  # garbage, bomb, not gzip
+    assert otlp.value("p2pmetricsd_http_responses_total", code="413") == 2
+    assert otlp.value("p2pmetricsd_http_responses_total", code="415") == 1
+    # Still serving, and still taking exports.
+    assert post(port, b"")[0] == 200
+
+
+def test_too_many_points_get_partial_success_and_the_rest_apply(otlp):
+    """11,000 gauge points in one request: 10,000 apply, 1,000 are refused (partial_success)."""
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while n >= 0x80:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        out.append(n)
+        return bytes(out)
+
+    def field(number: int, payload: bytes) -> bytes:
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+    point = b"\x21" + struct.pack("<d", 7.0)  # as_double (field 4, fixed64)
+    metric = field(1, b"otlp.points") + field(5, b"".join(field(1, point) for _ in range(11_000)))
+    request = field(1, field(2, field(2, metric)))
+    status, body = post(otlp.otlp_port, request)
+    assert status == 200
+    # ExportMetricsServiceResponse.partial_success { rejected_data_points: 1000, error_message }
+    assert body.startswith(b"\x0a") and b"\x08" + varint(1000) in body and b"too_many_points" in body
+    assert otlp.value("otlp_points") == 7
+    assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason="too_many_points") == 1000
+    assert otlp.value("p2pmetricsd_otlp_points_received_total") == 11_000
