@@ -1,5 +1,5 @@
 import Testing
-import P2PMetricsInputOTLP
+@testable import P2PMetricsInputOTLP
 import P2PMetricsWire
 @testable import P2PMetricsStore
 
@@ -46,6 +46,17 @@ enum PB {
     static func gauge(_ name: String, _ points: [[UInt8]]) -> [UInt8] {
         string(1, name) + bytes(5, points.flatMap { bytes(1, $0) })
     }
+    /// Metric with a Histogram (field 9): HistogramDataPoint {start 2, time 3, count 4, sum 5,
+    /// bucket_counts 6 and explicit_bounds 7 packed, attributes 9}.
+    static func histogram(_ name: String, temporality: UInt64, start: UInt64 = 1, counts: [UInt64], bounds: [Double], sum: Double,
+                          attributes: [(String, String)] = []) -> [UInt8] {
+        var p = fixed64(2, start) + fixed64(3, 2) + fixed64(4, counts.reduce(0, +)) + double(5, sum)
+        p += bytes(6, counts.flatMap { c in withUnsafeBytes(of: c.littleEndian) { Array($0) } })
+        p += bytes(7, bounds.flatMap { b in withUnsafeBytes(of: b.bitPattern.littleEndian) { Array($0) } })
+        for (k, v) in attributes { p += bytes(9, string(1, k) + bytes(2, string(1, v))) }
+        return string(1, name) + bytes(9, bytes(1, p) + varint(2, temporality))
+    }
+
     /// ExportMetricsServiceRequest with one ResourceMetrics (resource attribute service.name) and one scope.
     static func request(service: String = "a", _ metrics: [[UInt8]]) -> [UInt8] {
         let resource = bytes(1, string(1, "service.name") + bytes(2, string(1, service)))
@@ -103,7 +114,7 @@ struct OTLPFed {
         for garbage: [UInt8] in [[0xFF, 0xFF, 0xFF], [0x0A, 0x05, 0x01], Array("hello world".utf8), [0x0B]] {
             #expect(throws: OTLPDecodeError.self) { try garbage.withUnsafeBytes { try OTLPDecoder().decode($0).get() } }
         }
-        let histogram = PB.string(1, "h") + PB.bytes(9, PB.bytes(1, PB.fixed64(4, 1)) + PB.varint(2, 1))
+        let histogram = PB.string(1, "h") + PB.bytes(10, PB.bytes(1, PB.fixed64(4, 1)) + PB.varint(2, 1))  // exponential
         let many = PB.gauge("g", (0..<5).map { PB.point(Double($0)) })
         let request = try PB.request([histogram, many]).withUnsafeBytes { try OTLPDecoder(maxPointsPerRequest: 3).decode($0).get() }
         #expect(request.points.count == 3)
@@ -194,5 +205,54 @@ struct OTLPFed {
         #expect(outcome.rejectedPoints == 1)
         #expect(o.otlp.statistics.rejected[.storeRefused] == 1)
         #expect(o.value("clash") == 1)
+    }
+}
+
+@Suite struct OTLPHistogramTests {
+    let bounds = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]  // the catalog's p2p.transfer.duration
+
+    func counts(_ pairs: [Int: UInt64]) -> [UInt64] {
+        (0...bounds.count).map { pairs[$0] ?? 0 }
+    }
+
+    @Test("histogram points with the metric's bounds become bucket counts, count and sum; cumulative ones as deltas")
+    func histogramIntoStore() throws {
+        var o = OTLPFed()
+        let attrs = [("peer", "p1")]
+        // a cumulative process: 2 observations in (0.5, 1], 1 in (5, 10]; later 1 more in (0.5, 1]
+        _ = try o.export(PB.request(service: "a", [PB.histogram("p2p.transfer.duration", temporality: 2, counts: counts([6: 2, 9: 1]), bounds: bounds, sum: 8.5, attributes: attrs)])).get()
+        _ = try o.export(PB.request(service: "a", [PB.histogram("p2p.transfer.duration", temporality: 2, counts: counts([6: 3, 9: 1]), bounds: bounds, sum: 9.25, attributes: attrs)])).get()
+        // a delta process: 1 observation above 600 s (the +Inf bucket)
+        let outcome = try o.export(PB.request(service: "b", [PB.histogram("p2p.transfer.duration", temporality: 1, counts: counts([15: 1]), bounds: bounds, sum: 700, attributes: attrs)])).get()
+        #expect(outcome.rejectedPoints == 0)
+        let family = try #require(o.fed.store.families.first { $0.name == "p2p_transfer_duration" })
+        let id = try #require(family.series.first)
+        o.fed.store.withHistogram(id) { buckets, sum, count in
+            #expect(Array(buckets) == counts([6: 3, 9: 1, 15: 1]))
+            #expect(count == 5)
+            #expect(abs(sum - (9.25 + 700)) < 1e-9)
+        }
+    }
+
+    @Test("bounds that differ from the metric's are refused, counted bucket_mismatch; a reset restarts the stream's deltas")
+    func mismatchAndReset() throws {
+        var o = OTLPFed()
+        let outcome = try o.export(PB.request([PB.histogram("p2p.transfer.duration", temporality: 1, counts: [1, 0], bounds: [1], sum: 0.5)])).get()
+        #expect(outcome.rejectedPoints == 1)
+        #expect(o.otlp.statistics.rejected[.bucketMismatch] == 1)
+        var streams = CumulativeStreams()
+        #expect(streams.delta(stream: [1], start: 5, buckets: [2, 1], sum: 3, now: 0)! == ([2, 1], 3))
+        #expect(streams.delta(stream: [1], start: 5, buckets: [3, 1], sum: 3.5, now: 0)! == ([1, 0], 0.5))
+        #expect(streams.delta(stream: [1], start: 9, buckets: [1, 0], sum: 0.25, now: 0)! == ([1, 0], 0.25))  // restarted
+    }
+
+    @Test("representative values stay inside their buckets and sum to the point's sum")
+    func representatives() {
+        let values = OTLPInput.representatives(counts: [1, 2, 0, 1], bounds: [1, 2, 3], sum: 0.5 + 1.5 + 1.75 + 10)
+        #expect(values[0] <= 1 && values[1] > 1 && values[1] <= 2 && values[3] > 3)
+        let total: Double = values[0] + 2 * values[1] + values[3]
+        #expect(abs(total - 13.75) < 1e-9)
+        let low = OTLPInput.representatives(counts: [0, 2, 0, 0], bounds: [1, 2, 3], sum: 2.5)
+        #expect(low[1] == 1.25)
     }
 }

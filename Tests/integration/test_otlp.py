@@ -55,22 +55,33 @@ def test_otel_sdk_cumulative_and_delta_processes_with_a_restart_give_exact_total
     """Two seed processes on the real OpenTelemetry SDK at once, one cumulative (restarted midway:
     a new start time), one delta: the counter totals and the up-down counter are exact."""
     port = otlp.otlp_port
-    cumulative = run_exporter(port, "a", "cumulative", "imports:3:image:success", "active:3", "flush",
-                              "imports:2:image:success", "imports:1:image:failed", "active:-1", "flush")
-    delta = run_exporter(port, "b", "delta", "imports:5:image:success", "active:2", "flush",
+    cumulative = run_exporter(port, "a", "cumulative", "imports:3:image:success", "active:3", "duration:0.7", "flush",
+                              "imports:2:image:success", "imports:1:image:failed", "active:-1", "duration:0.9",
+                              "duration:7", "flush")
+    delta = run_exporter(port, "b", "delta", "imports:5:image:success", "active:2", "duration:700", "flush",
                          "imports:1:image:success", "flush", "flush")
     finish(cumulative)
     finish(delta)
     # The cumulative process restarts (same resource and scope, new start time): it counts from zero,
     # the total never drops; its up-down counter's new value replaces the old one's.
-    finish(run_exporter(port, "a", "cumulative", "imports:4:image:success", "active:1", "flush"))
+    finish(run_exporter(port, "a", "cumulative", "imports:4:image:success", "active:1", "duration:0.3", "flush"))
 
     assert otlp.value("p2p_image_imports_total", artifact_type="image", status="success") == 3 + 2 + 5 + 1 + 4
     assert otlp.value("p2p_image_imports_total", artifact_type="image", status="failed") == 1
     assert otlp.value("p2p_transfers_active") == 1 + 2  # the restarted process's 1, the delta process's 2
     assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason="bad_value") == 0
     assert otlp.value("p2pmetricsd_otlp_requests_rejected_total") == 0
-    assert otlp.value("p2pmetricsd_otlp_streams") == 3  # a: two import series and active; b sends deltas
+    # The histogram, with the catalog's bounds through an SDK View: bucket counts, count and sum.
+    assert otlp.value("p2p_transfer_duration_bucket", peer_type="seed", le="0.25") == 0
+    assert otlp.value("p2p_transfer_duration_bucket", peer_type="seed", le="0.5") == 1  # 0.3
+    assert otlp.value("p2p_transfer_duration_bucket", peer_type="seed", le="1") == 3  # 0.7, 0.9
+    assert otlp.value("p2p_transfer_duration_bucket", peer_type="seed", le="10") == 4  # 7
+    assert otlp.value("p2p_transfer_duration_bucket", peer_type="seed", le="600") == 4
+    assert otlp.value("p2p_transfer_duration_bucket", peer_type="seed", le="+Inf") == 5  # 700
+    assert otlp.value("p2p_transfer_duration_count", peer_type="seed") == 5
+    assert abs(otlp.value("p2p_transfer_duration_sum", peer_type="seed") - (0.7 + 0.9 + 7 + 700 + 0.3)) < 1e-9
+    assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason="bucket_mismatch") == 0
+    assert otlp.value("p2pmetricsd_otlp_streams") == 4  # a: two import series, active, duration; b sends deltas
 
 
 def test_a_restart_under_a_new_instance_id_is_a_new_stream_whose_counts_add(otlp):

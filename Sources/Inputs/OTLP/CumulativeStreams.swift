@@ -13,6 +13,8 @@ public struct CumulativeStreams: Sendable {
         var start: UInt64
         var last: Double
         var seen: UInt32
+        /// A histogram stream's last bucket counts.
+        var buckets: [UInt64] = []
     }
 
     public let capacity: Int
@@ -46,6 +48,24 @@ public struct CumulativeStreams: Sendable {
         entry.start = start
         entry.last = value
         entry.seen = now
+        entries[key] = entry
+        return delta
+    }
+
+    /// The delta of one cumulative histogram point (bucket counts and sum), with the monotonic
+    /// rules: the first point counts whole when it has a start time, a new start time or a lower
+    /// bucket count is a reset. nil when the stream is new and the table is full.
+    public mutating func delta(stream key: [UInt8], start: UInt64, buckets: [UInt64], sum: Double, now: UInt32)
+        -> (buckets: [UInt64], sum: Double)? {
+        guard var entry = entries[key] else {
+            guard entries.count < capacity else { return nil }
+            entries[key] = Entry(start: start, last: sum, seen: now, buckets: buckets)
+            return start == 0 ? ([UInt64](repeating: 0, count: buckets.count), 0) : (buckets, sum)
+        }
+        let reset = start != entry.start || entry.buckets.count != buckets.count
+            || zip(buckets, entry.buckets).contains { $0 < $1 }
+        let delta = reset ? (buckets, sum) : (zip(buckets, entry.buckets).map { $0 - $1 }, sum - entry.last)
+        entry = Entry(start: start, last: sum, seen: now, buckets: buckets)
         entries[key] = entry
         return delta
     }

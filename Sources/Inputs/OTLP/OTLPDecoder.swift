@@ -17,12 +17,14 @@ public enum OTLPPointRejection: String, Error, Sendable, CaseIterable {
     case badAttribute = "bad_attribute"
     /// More than 16 attributes on one point.
     case tooManyAttributes = "too_many_attributes"
-    /// ExponentialHistogram, Summary and Histogram points (not mapped yet), a metric without data.
+    /// ExponentialHistogram and Summary points (not mapped), a metric without data.
     case unsupportedType = "unsupported_type"
     /// Unspecified temporality, a missing or non-finite value, a negative monotonic delta.
     case badValue = "bad_value"
     /// The request carried more than `maxPointsPerRequest` points: the rest are refused.
     case tooManyPoints = "too_many_points"
+    /// A histogram point whose explicit bounds differ from its metric's (configured or first seen).
+    case bucketMismatch = "bucket_mismatch"
     /// A new cumulative stream while the stream table is full.
     case streamTableFull = "stream_table_full"
     /// The store refused the sample (a type clash with the metric's existing type, series limits).
@@ -38,7 +40,7 @@ public struct OTLPDecodeError: Error, Sendable, Equatable {
 /// One number data point of an OTLP request, with what identifies its stream.
 public struct OTLPNumberPoint: Sendable {
     public enum Shape: Sendable, Equatable {
-        case monotonicSum, nonMonotonicSum, gauge
+        case monotonicSum, nonMonotonicSum, gauge, histogram
     }
     /// The metric's name as sent (not sanitized).
     public var metric: String
@@ -51,6 +53,9 @@ public struct OTLPNumberPoint: Sendable {
     public var startTimeUnixNano: UInt64
     public var timeUnixNano: UInt64
     public var value: Double?
+    /// A histogram point's buckets: counts (one more than bounds) and explicit upper bounds.
+    public var bucketCounts: [UInt64] = []
+    public var bounds: [Double] = []
 }
 
 /// A decoded ExportMetricsServiceRequest: the points it carries and the ones refused while decoding.
@@ -180,6 +185,7 @@ public struct OTLPDecoder: Sendable {
         switch data.field {
         case 5: shape = .gauge
         case 7: shape = monotonic ? .monotonicSum : .nonMonotonicSum
+        case 9: shape = .histogram
         default:
             request.refused.append(contentsOf: repeatElement(.unsupportedType, count: points.count))
             return nil
@@ -189,7 +195,7 @@ public struct OTLPDecoder: Sendable {
                 request.refused.append(.tooManyPoints)
                 continue
             }
-            switch decodeNumberPoint(bytes, point) {
+            switch shape == .histogram ? decodeHistogramPoint(bytes, point) : decodeNumberPoint(bytes, point) {
             case .failure(.decode(let error)): return error
             case .failure(.refused(let reason)): request.refused.append(reason)
             case .success(let decoded):
@@ -197,7 +203,8 @@ public struct OTLPDecoder: Sendable {
                     metric: name, shape: shape,
                     temporality: shape == .gauge ? .unspecified : OTLPTemporality(rawValue: temporality) ?? .unspecified,
                     attributes: decoded.attributes, origin: origin,
-                    startTimeUnixNano: decoded.start, timeUnixNano: decoded.time, value: decoded.value))
+                    startTimeUnixNano: decoded.start, timeUnixNano: decoded.time, value: decoded.value,
+                    bucketCounts: decoded.buckets, bounds: decoded.bounds))
             }
         }
         return nil
@@ -208,10 +215,61 @@ public struct OTLPDecoder: Sendable {
         case refused(OTLPPointRejection)
     }
 
-    private typealias DecodedPoint = (attributes: [(key: String, value: String)], start: UInt64, time: UInt64, value: Double?)
+    private typealias DecodedPoint = (attributes: [(key: String, value: String)], start: UInt64, time: UInt64, value: Double?,
+                                      buckets: [UInt64], bounds: [Double])
+
+    /// Most explicit bounds one histogram point may carry.
+    public static let maxBounds = 256
+
+    /// A HistogramDataPoint: attributes 9, start 2, time 3, sum 5 (the point's `value`),
+    /// bucket_counts 6 and explicit_bounds 7 (packed or not); count 4 is implied by the buckets.
+    private func decodeHistogramPoint(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Result<DecodedPoint, PointFailure> {
+        var point: DecodedPoint = ([], 0, 0, nil, [], [])
+        var refusal: OTLPPointRejection?
+        var reader = ProtobufReader(bytes, range: range)
+        let malformed = PointFailure.decode(OTLPDecodeError("malformed histogram data point"))
+        while !reader.isAtEnd {
+            guard let (field, wire) = reader.readKey() else { return .failure(malformed) }
+            switch (field, wire) {
+            case (2, 1), (3, 1), (5, 1), (6, 1), (7, 1):
+                guard let bits = reader.readFixed64() else { return .failure(malformed) }
+                switch field {
+                case 2: point.start = bits
+                case 3: point.time = bits
+                case 5: point.value = Double(bitPattern: bits)
+                case 6: point.buckets.append(bits)
+                default: point.bounds.append(Double(bitPattern: bits))
+                }
+            case (6, 2), (7, 2):  // packed
+                guard let r = reader.readLengthDelimited(), r.count % 8 == 0 else { return .failure(malformed) }
+                var packed = ProtobufReader(bytes, range: r)
+                while let bits = packed.readFixed64() {
+                    if field == 6 { point.buckets.append(bits) } else { point.bounds.append(Double(bitPattern: bits)) }
+                }
+            case (9, 2):
+                guard let r = reader.readLengthDelimited() else { return .failure(malformed) }
+                guard refusal == nil else { continue }
+                switch Self.attribute(bytes, r) {
+                case nil: return .failure(malformed)
+                case .some(nil): refusal = .badAttribute
+                case .some(.some(let pair)):
+                    if point.attributes.count >= Self.maxAttributesPerPoint { refusal = .tooManyAttributes } else { point.attributes.append(pair) }
+                }
+            default:
+                guard reader.skip(wire) else { return .failure(malformed) }
+            }
+            guard point.bounds.count <= Self.maxBounds, point.buckets.count <= Self.maxBounds + 1 else {
+                return .failure(.refused(.bucketMismatch))
+            }
+        }
+        if let refusal { return .failure(.refused(refusal)) }
+        if point.value == nil { point.value = 0 }  // sum is optional (absent when observations may be negative)
+        guard point.buckets.count == point.bounds.count + 1 else { return .failure(.refused(.badValue)) }
+        return .success(point)
+    }
 
     private func decodeNumberPoint(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Result<DecodedPoint, PointFailure> {
-        var point: DecodedPoint = ([], 0, 0, nil)
+        var point: DecodedPoint = ([], 0, 0, nil, [], [])
         var refusal: OTLPPointRejection?
         var reader = ProtobufReader(bytes, range: range)
         while !reader.isAtEnd {

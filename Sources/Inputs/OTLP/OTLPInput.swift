@@ -43,29 +43,38 @@ public struct OTLPInput: Sendable {
         }
         var refused = request.refused
         var encoder = DatagramEncoder(maxSize: WireFormat.maxDatagramSize)
-        var pending = 0
+        var weights: [UInt32] = []
+        /// Points in the datagram being built, and how many samples each has in it.
+        var pendingPoints: [Int] = []
         func flush(_ store: inout MetricStore) {
-            guard pending > 0 else { return }
+            guard !pendingPoints.isEmpty else { return }
             let before = store.statistics.samplesApplied
-            let whole = encoder.bytes.withUnsafeBytes { store.apply($0) }
+            let whole = weights.withUnsafeBufferPointer { w in encoder.bytes.withUnsafeBytes { store.apply($0, weights: w) } }
             let applied = whole == nil ? Int(store.statistics.samplesApplied &- before) : 0
-            refused.append(contentsOf: repeatElement(.storeRefused, count: max(pending - applied, 0)))
+            let samples = pendingPoints.reduce(0, +)
+            // Samples of one point share a series and a type: they are refused together.
+            if applied < samples {
+                let perPoint = samples / max(pendingPoints.count, 1)
+                refused.append(contentsOf: repeatElement(.storeRefused, count: (samples - applied) / max(perPoint, 1)))
+            }
             encoder.reset()
-            pending = 0
+            weights.removeAll(keepingCapacity: true)
+            pendingPoints.removeAll(keepingCapacity: true)
         }
         for point in request.points {
-            switch sample(for: point, now: store.now) {
+            switch samples(for: point, store: store) {
             case .failure(let reason): refused.append(reason)
             case .success(let s):
                 do {
-                    if try !encoder.append(s.kind, name: s.name, labels: s.labels, value: s.value) {
-                        flush(&store)
-                        guard try encoder.append(s.kind, name: s.name, labels: s.labels, value: s.value) else {
-                            refused.append(.badAttribute)
-                            continue
-                        }
+                    let fitsWhole = encoder.bytes.count + s.estimatedBytes <= encoder.maxSize
+                    if !fitsWhole { flush(&store) }
+                    for (i, (kind, value, weight)) in s.values.enumerated() {
+                        let appended = try i > 0 && encoder.appendToPreviousSeries(kind, value: value)
+                            || encoder.append(kind, name: s.name, labels: s.labels, value: value)
+                        guard appended else { throw EncodingError(.tooLong) }
+                        weights.append(weight)
                     }
-                    pending += 1
+                    pendingPoints.append(s.values.count)
                 } catch {
                     refused.append(.badAttribute)
                 }
@@ -92,24 +101,105 @@ public struct OTLPInput: Sendable {
         streams.expire(now: now)
     }
 
-    private typealias Sample = (kind: SampleKind, name: String, labels: [(String, String)], value: SampleValue)
+    /// One point's samples: its series, and each sample with its weight.
+    private struct Samples {
+        var name: String
+        var labels: [(String, String)]
+        var values: [(SampleKind, SampleValue, UInt32)]
+        /// An upper bound of the bytes the samples take in a datagram.
+        var estimatedBytes: Int { name.utf8.count + labels.reduce(0) { $0 + $1.0.utf8.count + $1.1.utf8.count + 6 } + 16 + values.count * 12 }
+    }
 
-    private mutating func sample(for point: OTLPNumberPoint, now: UInt32) -> Result<Sample, OTLPPointRejection> {
+    private mutating func samples(for point: OTLPNumberPoint, store: MetricStore) -> Result<Samples, OTLPPointRejection> {
+        guard point.shape == .histogram else {
+            return sample(for: point, now: store.now).map { Samples(name: $0.name, labels: $0.labels, values: [($0.kind, $0.value, 1)]) }
+        }
+        return histogramSamples(for: point, store: store)
+    }
+
+    /// A histogram point as weighted observations, one per non-empty bucket: each at a value inside
+    /// its bucket, chosen so that value × count summed over the buckets is the point's sum (as
+    /// nearly as the buckets allow). Bounds must equal the metric's (configured, or its family's).
+    private mutating func histogramSamples(for point: OTLPNumberPoint, store: MetricStore) -> Result<Samples, OTLPPointRejection> {
+        let name: String, labels: [(String, String)]
+        switch Self.series(of: point, histogram: true) {
+        case .failure(let reason): return .failure(reason)
+        case .success(let series): (name, labels) = series
+        }
+        let exposed = Names.exposedName(name.utf8)
+        let bounds = store.families.first { $0.name == exposed && $0.type == .histogram }?.buckets
+            ?? store.configuration.metrics.first { Names.exposedName($0.name.utf8) == exposed }?.buckets
+            ?? store.configuration.defaultBuckets
+        guard point.bounds == bounds else { return .failure(.bucketMismatch) }
+        guard let sum = point.value, sum.isFinite else { return .failure(.badValue) }
+        var counts = point.bucketCounts
+        var total = sum
+        switch point.temporality {
+        case .unspecified: return .failure(.badValue)
+        case .delta: break
+        case .cumulative:
+            guard let delta = streams.delta(stream: Self.streamKey(point), start: point.startTimeUnixNano, buckets: counts,
+                                            sum: sum, now: store.now) else { return .failure(.streamTableFull) }
+            (counts, total) = delta
+        }
+        guard counts.allSatisfy({ $0 <= UInt64(UInt32.max) }) else { return .failure(.badValue) }
+        let values = Self.representatives(counts: counts, bounds: bounds, sum: total)
+        return .success(Samples(name: name, labels: labels, values: counts.indices.compactMap { i in
+            counts[i] == 0 ? nil : (.histogramObserve, SampleValue(canonical: values[i]), UInt32(counts[i]))
+        }))
+    }
+
+    /// A value inside each bucket (bucket i is (bounds[i-1], bounds[i]]) such that Σ counts[i] ×
+    /// value[i] is `sum` when the buckets allow it: every bucket starts at its upper end (the +Inf
+    /// bucket just above the last bound), then the difference is taken from the top bucket down
+    /// to each bucket's lower end, or given to the +Inf bucket.
+    static func representatives(counts: [UInt64], bounds: [Double], sum: Double) -> [Double] {
+        var values = counts.indices.map { i in i < bounds.count ? bounds[i] : (bounds.last ?? 0).nextUp }
+        var difference = sum - zip(counts, values).reduce(0) { $0 + Double($1.0) * $1.1 }
+        if difference > 0, let last = counts.indices.last, counts[last] > 0 {
+            values[last] += difference / Double(counts[last])
+            return values
+        }
+        for i in counts.indices.reversed() where counts[i] > 0 && difference < 0 {
+            let lowest = i == 0 ? -Double.greatestFiniteMagnitude : bounds[i - 1].nextUp
+            let step = max(difference / Double(counts[i]), lowest - values[i])
+            values[i] += step
+            difference -= step * Double(counts[i])
+        }
+        return values
+    }
+
+    /// The point's metric name and labels, sanitized as StatsD names and tags are; the last of
+    /// attribute keys that sanitize alike wins, as with StatsD tags.
+    private static func series(of point: OTLPNumberPoint, histogram: Bool) -> Result<(String, [(String, String)]), OTLPPointRejection> {
         guard let name = Array(point.metric.utf8).withUnsafeBytes({ StatsDTranscoder.sanitizedName($0[...]) }) else {
             return .failure(.badName)
         }
         var labels: [(String, String)] = []
         for (key, value) in point.attributes {
-            guard let label = Array(key.utf8).withUnsafeBytes({ StatsDTranscoder.sanitizedLabelName($0[...], histogram: false) }) else {
+            guard let label = Array(key.utf8).withUnsafeBytes({ StatsDTranscoder.sanitizedLabelName($0[...], histogram: histogram) }) else {
                 return .failure(.badAttribute)
             }
-            labels.removeAll { $0.0 == label }  // the last of clashing keys wins, as with StatsD tags
+            labels.removeAll { $0.0 == label }
             labels.append((label, value))
+        }
+        return .success((name, labels))
+    }
+
+    private typealias Sample = (kind: SampleKind, name: String, labels: [(String, String)], value: SampleValue)
+
+    private mutating func sample(for point: OTLPNumberPoint, now: UInt32) -> Result<Sample, OTLPPointRejection> {
+        let name: String, labels: [(String, String)]
+        switch Self.series(of: point, histogram: false) {
+        case .failure(let reason): return .failure(reason)
+        case .success(let series): (name, labels) = series
         }
         guard let value = point.value, value.isFinite else { return .failure(.badValue) }
         let kind: SampleKind
         var amount = value
         switch (point.shape, point.temporality) {
+        case (.histogram, _):
+            return .failure(.unsupportedType)  // histograms go through histogramSamples
         case (.gauge, _):
             kind = .gaugeSet
         case (_, .unspecified):
