@@ -33,6 +33,8 @@
 //                                  T threads; prints "burst calls=.. latency_p50_us=.. .._p99_us=..
 //                                  latency_max_us=.."
 //   burstflat T N                  T threads x N seed-helper calls back to back; prints the same
+//   fork N M NAME                  N counter adds NAME.parent, fork(); the child adds M NAME.child
+//                                  and exits normally; prints "fork child_status=.."
 //   visibility K PORT              K times a gauge set, then GET http://127.0.0.1:PORT/metrics until
 //                                  it shows; prints "visibility visibility_mean_ms=.. .._max_ms=.."
 //   fullstats                      prints "fullstats sent_datagrams=.. sent_samples=..
@@ -443,6 +445,19 @@ while let cmd = a.popFirst() {
         printStats()
     case "burst":
         printBurst(seedBurst(threads: Int(take(1)[0])!))
+    case "fork":
+        // N samples NAME.parent, fork(); the child records M NAME.child and exits normally (the
+        // exit flush sends them); the parent waits for it and goes on
+        let p = take(3)
+        for _ in 0..<Int(p[0])! { client.counterAdd(p[2] + ".parent", 1) }
+        let pid = fork()
+        if pid == 0 {
+            for _ in 0..<Int(p[1])! { client.counterAdd(p[2] + ".child", 1) }
+            exit(0)
+        }
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, 0)
+        out("fork child_status=\(status)")
     case "visibility":
         let p = take(2)
         visibility(Int(p[0])!, port: UInt16(p[1])!)
