@@ -35,7 +35,9 @@ import Darwin
 ///
 /// Pending samples are sent (best effort) when the client is deinitialized and, for clients still
 /// alive then (such as the one bootstrapped into `MetricsSystem`), when the process exits normally
-/// (`atexit`). Before a signal-driven exit or `_exit`, call ``flush()``.
+/// (`atexit`). Before a signal-driven exit or `_exit`, call ``flush()``. After `fork()` the child's
+/// client drops what it inherited (the parent sends it) and sends without Dispatch: when a batch
+/// is full, on ``flush()`` and at exit.
 public final class P2PMetricsClient: Sendable {
     /// How a client reaches the sidecar and when it sends.
     public struct Configuration: Sendable {
