@@ -221,6 +221,10 @@ static int value_form(const struct sample *s, uint64_t *bits)
         *bits = ~((uint64_t)(int64_t)v << 1);   /* zigzag of a negative n: ~(2n) */
         return FORM_SVARINT;
     }
+    if (v != v) {   /* any NaN: the canonical quiet NaN (PROTOCOL.md section 3) */
+        *bits = 0x7ff8000000000000u;
+        return FORM_F64;
+    }
     memcpy(bits, &v, sizeof v);
     return FORM_F64;
 }

@@ -571,6 +571,25 @@ static void test_series_handles(void)
     receiver_close(&r2);
 }
 
+/* Every NaN is sent as the canonical quiet NaN 0x7FF8000000000000 (PROTOCOL.md section 3). */
+static void test_canonical_nan(void)
+{
+    struct receiver r;
+    receiver_open(&r, 1);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    uint64_t payload = 0xfff8000000000001u;   /* negative, with a payload */
+    double odd;
+    memcpy(&odd, &payload, sizeof odd);
+    CHECK_EQ_INT(p2pm_gauge_set(c, "g", odd, NULL, 0), 0);
+    ssize_t n = receiver_recv(&r, buf, sizeof buf, 1000);
+    static const unsigned char canonical[8] = { 0, 0, 0, 0, 0, 0, 0xf8, 0x7f };
+    REQUIRE(n > 8);
+    CHECK(memcmp(buf + n - 8, canonical, 8) == 0);
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
 
 /* ---- Series handles initialized while other threads send (the TSan build checks races) ---- */
 
@@ -968,6 +987,7 @@ static void test_helper_labels(void)
 
 int main(void)
 {
+    test_canonical_nan();
     test_validation();
     test_sizes_and_batches();
     test_drops();
