@@ -41,7 +41,8 @@
  * Nothing is lost on the way out: p2pm_close(), p2pm_flush() and, for every client still open, a
  * normal exit (atexit) send what is pending (waiting for room like a call). After fork() the
  * child starts with an empty pending datagram (the parent keeps and sends its own: nothing is
- * sent twice) and its own flusher, started at its first call. exec() and _exit() skip all this:
+ * sent twice) and its own flusher, started at its first call; fork() itself waits for calls in
+ * progress on other threads (at most their bounded wait). exec() and _exit() skip all this:
  * call p2pm_flush() first.
  *
  * Drops: a datagram is dropped only when it is really lost: the sidecar is absent (connect or

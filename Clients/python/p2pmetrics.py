@@ -93,6 +93,8 @@ def _value(v) -> tuple[int, bytes]:
         if -(2**63) <= v < 0:
             return 1, uvarint(((v << 1) ^ (v >> 63)) & (2**64 - 1))
         raise ValueError(f"integer out of range: {v}")
+    if math.isnan(v):   # any NaN: the canonical quiet NaN (PROTOCOL.md section 3)
+        return 2, struct.pack("<Q", 0x7FF8000000000000)
     return 2, struct.pack("<d", float(v))
 
 

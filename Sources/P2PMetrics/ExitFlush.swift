@@ -36,3 +36,20 @@ enum ExitFlush {
         }
     }
 }
+
+/// Counts the `fork()`s of this process (a `pthread_atfork` child handler), so that a client can
+/// tell, at its next call, that it now lives in a child and must drop what it inherited.
+enum ForkGeneration {
+    static let counter = Atomic<Int>(0)
+
+    private static let installed: Bool = {
+        pthread_atfork(nil, nil) { ForkGeneration.counter.add(1, ordering: .relaxed) }
+        return true
+    }()
+
+    /// The number of forks this process descends from (installs the handler on first use).
+    static var current: Int {
+        _ = installed
+        return counter.load(ordering: .relaxed)
+    }
+}

@@ -35,7 +35,9 @@ import Darwin
 ///
 /// Pending samples are sent (best effort) when the client is deinitialized and, for clients still
 /// alive then (such as the one bootstrapped into `MetricsSystem`), when the process exits normally
-/// (`atexit`). Before a signal-driven exit or `_exit`, call ``flush()``.
+/// (`atexit`). Before a signal-driven exit or `_exit`, call ``flush()``. After `fork()` the child's
+/// client drops what it inherited (the parent sends it) and sends without Dispatch: when a batch
+/// is full, on ``flush()`` and at exit.
 public final class P2PMetricsClient: Sendable {
     /// How a client reaches the sidecar and when it sends.
     public struct Configuration: Sendable {
@@ -370,6 +372,9 @@ struct ClientState {
     let timed: Bool
     /// The timer may run to deliver kept transfer adds (a flush interval is configured).
     var debtTimer = false
+    /// The ``ForkGeneration`` this state belongs to, and whether it was adopted by a forked child.
+    var forkGeneration = ForkGeneration.current
+    var forked = false
     /// How long a call waits for room (nil: not at all).
     let callWaitNanos: UInt64?
 
@@ -394,6 +399,7 @@ struct ClientState {
     mutating func add(
         _ kind: SampleKind, _ name: String, _ labels: some Collection<(String, String)>, _ value: SampleValue
     ) -> (RecordResult, Bool) {
+        adoptAfterFork()
         var fits: Bool
         do {
             fits = try encoder.append(kind, name: name, labels: labels, value: value)
@@ -414,6 +420,7 @@ struct ClientState {
     /// Appends one keyed sample (distinct or top-K) through `append`, sending the batch first
     /// when it is full.
     mutating func addKeyed(_ append: (inout DatagramEncoder) throws(EncodingError) -> Bool) -> (RecordResult, Bool) {
+        adoptAfterFork()
         var fits: Bool
         do {
             fits = try append(&encoder)
@@ -436,6 +443,7 @@ struct ClientState {
     mutating func addGroup(
         _ a: HelperSample, _ b: HelperSample?, _ c: HelperSample?, activeDelta: Int64 = 0
     ) -> (RecordResult, Bool) {
+        adoptAfterFork()
         if let p = a.problem ?? b?.problem ?? c?.problem { return (.invalid(p), false) }
         let need = a.worstCaseSize + (b?.worstCaseSize ?? 0) + (c?.worstCaseSize ?? 0)
         let count = 1 + (b == nil ? 0 : 1) + (c == nil ? 0 : 1)
@@ -476,15 +484,34 @@ struct ClientState {
     private mutating func complete() -> (RecordResult, Bool) {
         if immediate {
             let e = sendPending()
-            let retry = debtTimer && activeDebt != 0 && !flushScheduled
+            let retry = debtTimer && activeDebt != 0 && !flushScheduled && !forked
             if retry { flushScheduled = true }
             return (e == 0 ? .sent : .dropped(errno: e), retry)
         }
-        if timed && !flushScheduled {
+        if timed && !flushScheduled && !forked {
             flushScheduled = true
             return (.buffered, true)
         }
         return (.buffered, false)
+    }
+
+    /// In a child of `fork()` (seen by ``ForkGeneration``): starts with nothing pending — the
+    /// parent sends its own batch, drop report and transfer adds, so nothing is sent twice — and
+    /// stops using Dispatch (unusable after fork): the child's batches go out when full, on
+    /// ``P2PMetricsClient/flush()``, and at exit.
+    mutating func adoptAfterFork() {
+        let generation = ForkGeneration.current
+        guard generation != forkGeneration else { return }
+        forkGeneration = generation
+        forked = true
+        encoder.reset()
+        pendingSamples = 0
+        appendsSinceReset = 0
+        activePending = 0
+        keptPending = 0
+        pendingDrops = 0
+        activeDebt = 0
+        flushScheduled = false
     }
 
     /// How long a call may wait for room now: not at all once a batched wait timed out.
@@ -497,6 +524,7 @@ struct ClientState {
     /// datagram never finds the gauge at zero), `-1`s after it.
     @discardableResult
     mutating func sendPending(keepIfFull: Bool = false) -> Int32 {
+        adoptAfterFork()
         guard !encoder.isEmpty else { return 0 }
         let wait = keepIfFull ? nil : waitNanos
         var e: Int32 = activeDebt > 0 ? sendDebt(waitNanos: wait) : 0

@@ -61,25 +61,17 @@ public struct SelfMetrics: Sendable {
                 "Datagrams clients reported in-band that they had to drop (socket full or sidecar absent).",
                 statistics.clientDroppedDatagrams, &out)
 
-        family("p2pmetricsd_datagrams_rejected_total", "counter",
-               "Datagrams refused whole, nothing of them applied, by reason.", &out)
-        for (reason, count) in inputs.datagramsRejected {
-            line("p2pmetricsd_datagrams_rejected_total{reason=\"\(reason)\"}", Double(count), &out)
-        }
-        family("p2pmetricsd_samples_rejected_total", "counter",
-               "Samples of valid datagrams refused because of the store's state, by reason.", &out)
-        for (i, reason) in SampleRejection.allCases.enumerated() {
-            line("p2pmetricsd_samples_rejected_total{reason=\"\(reason.rawValue)\"}",
-                 Double(statistics.samplesRejected[i]), &out)
-        }
+        counters("p2pmetricsd_datagrams_rejected_total", "Datagrams refused whole, nothing of them applied, by reason.",
+                 label: "reason", inputs.datagramsRejected, &out)
+        counters("p2pmetricsd_samples_rejected_total",
+                 "Samples of valid datagrams refused because of the store's state, by reason.",
+                 label: "reason", zip(SampleRejection.allCases, statistics.samplesRejected).map { ($0.rawValue, $1) }, &out)
 
         counter("p2pmetricsd_text_lines_received_total", "Non-empty text StatsD / DogStatsD lines read.",
                 inputs.textLinesReceived, &out)
-        family("p2pmetricsd_text_lines_rejected_total", "counter",
-               "Text lines refused (the other lines of their datagram still apply), by reason.", &out)
-        for (reason, count) in inputs.textLinesRejected {
-            line("p2pmetricsd_text_lines_rejected_total{reason=\"\(reason)\"}", Double(count), &out)
-        }
+        counters("p2pmetricsd_text_lines_rejected_total",
+                 "Text lines refused (the other lines of their datagram still apply), by reason.",
+                 label: "reason", inputs.textLinesRejected, &out)
 
         if let otlp {
             counter("p2pmetricsd_otlp_requests_received_total", "OTLP export requests whose body was read.", otlp.requestsReceived, &out)
@@ -119,22 +111,17 @@ public struct SelfMetrics: Sendable {
         }
         gauge("p2pmetricsd_last_scrape_duration_seconds",
               "Time the previous complete /metrics response took to render and send.", lastScrapeDurationSeconds, &out)
-        family("p2pmetricsd_scrapes_total", "counter", "Completed /metrics responses, by exposition format.", &out)
-        line("p2pmetricsd_scrapes_total{format=\"openmetrics\"}", Double(scrapesTotal.openMetrics), &out)
-        line("p2pmetricsd_scrapes_total{format=\"text\"}", Double(scrapesTotal.text), &out)
-        family("p2pmetricsd_http_responses_total", "counter", "HTTP responses sent, by status code.", &out)
-        for (code, count) in httpResponses {
-            line("p2pmetricsd_http_responses_total{code=\"\(code)\"}", Double(count), &out)
-        }
+        counters("p2pmetricsd_scrapes_total", "Completed /metrics responses, by exposition format.", label: "format",
+                 [("openmetrics", scrapesTotal.openMetrics), ("text", scrapesTotal.text)], &out)
+        counters("p2pmetricsd_http_responses_total", "HTTP responses sent, by status code.", label: "code",
+                 httpResponses.map { (String($0.code), $0.count) }, &out)
         gauge("p2pmetricsd_http_connections", "Open HTTP connections.", Double(httpConnections.open), &out)
         counter("p2pmetricsd_http_connections_refused_total",
                 "HTTP connections closed at once: at the cap, with every connection busy with a request.",
                 httpConnections.refused, &out)
-        family("p2pmetricsd_http_connections_evicted_total", "counter",
-               "HTTP connections closed to make room for a new one at the cap, by reason.", &out)
-        for (reason, count) in httpConnections.evicted {
-            line("p2pmetricsd_http_connections_evicted_total{reason=\"\(reason)\"}", Double(count), &out)
-        }
+        counters("p2pmetricsd_http_connections_evicted_total",
+                 "HTTP connections closed to make room for a new one at the cap, by reason.",
+                 label: "reason", httpConnections.evicted, &out)
         gauge("p2pmetricsd_start_time_seconds", "Start time of the process since the Unix epoch, in seconds.",
               startTimeSeconds, &out)
     }
@@ -157,6 +144,12 @@ public struct SelfMetrics: Sendable {
         out.append(0x20)
         TextFormat.appendDecimal(UInt128(value), to: &out)
         out.append(0x0A)
+    }
+
+    /// A counter family with one sample per value of `label`, in the order given.
+    private func counters(_ name: String, _ help: String, label: String, _ counts: [(String, UInt64)], _ out: inout [UInt8]) {
+        family(name, "counter", help, &out)
+        for (value, count) in counts { line("\(name){\(label)=\"\(value)\"}", Double(count), &out) }
     }
 
     private func gauge(_ name: String, _ help: String, _ value: Double, _ out: inout [UInt8]) {

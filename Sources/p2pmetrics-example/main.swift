@@ -33,6 +33,10 @@
 //                                  T threads; prints "burst calls=.. latency_p50_us=.. .._p99_us=..
 //                                  latency_max_us=.."
 //   burstflat T N                  T threads x N seed-helper calls back to back; prints the same
+//   fork N M NAME                  N counter adds NAME.parent, fork(); the child adds M NAME.child
+//                                  and exits normally; prints "fork child_status=.."
+//   visibility K PORT              K times a gauge set, then GET http://127.0.0.1:PORT/metrics until
+//                                  it shows; prints "visibility visibility_mean_ms=.. .._max_ms=.."
 //   fullstats                      prints "fullstats sent_datagrams=.. sent_samples=..
 //                                  dropped_datagrams=.. dropped_samples=.. kept_samples=..
 //                                  resent_adds=.. waits=.."
@@ -173,6 +177,55 @@ func seedBurst(threads: Int, flatCalls: Int? = nil) -> [UInt64] {
         latencies.withLock { $0 += mine }
     }
     return latencies.withLock { $0.sorted() }
+}
+
+/// GET /metrics from 127.0.0.1:`port` (HTTP/1.0); the body, or nil.
+func scrape(port: UInt16) -> String? {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_port = port.bigEndian
+    addr.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+    let ok = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard ok == 0 else { return nil }
+    let request = Array("GET /metrics HTTP/1.0\r\n\r\n".utf8)
+    guard write(fd, request, request.count) == request.count else { return nil }
+    var body: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fd, &chunk, chunk.count)
+        if n <= 0 { break }
+        body += chunk[0..<n]
+    }
+    return String(decoding: body, as: UTF8.self)
+}
+
+/// End-to-end visibility, `k` times: a gauge set, then /metrics polled until the value shows.
+/// Prints "visibility mean_ms=.. max_ms=.. seen=../..".
+func visibility(_ k: Int, port: UInt16) {
+    var delays: [Double] = []
+    for i in 1...k {
+        sleepMs(50)
+        let start = ContinuousClock.now
+        client.gaugeSet("bench.visibility.marker", Double(i))
+        while ContinuousClock.now - start < .seconds(2) {
+            if let body = scrape(port: port), body.contains("\nbench_visibility_marker \(i)\n") {
+                delays.append((ContinuousClock.now - start).seconds * 1000)
+                break
+            }
+        }
+    }
+    func ms(_ x: Double) -> Double { (x * 100).rounded() / 100 }
+    let mean = delays.isEmpty ? -1 : delays.reduce(0, +) / Double(delays.count)
+    out("visibility visibility_mean_ms=\(ms(mean)) visibility_max_ms=\(ms(delays.max() ?? -1)) seen=\(delays.count)/\(k)")
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
 }
 
 /// "burst calls=.. latency_p50_us=.. latency_p99_us=.. latency_max_us=.."
@@ -392,6 +445,22 @@ while let cmd = a.popFirst() {
         printStats()
     case "burst":
         printBurst(seedBurst(threads: Int(take(1)[0])!))
+    case "fork":
+        // N samples NAME.parent, fork(); the child records M NAME.child and exits normally (the
+        // exit flush sends them); the parent waits for it and goes on
+        let p = take(3)
+        for _ in 0..<Int(p[0])! { client.counterAdd(p[2] + ".parent", 1) }
+        let pid = fork()
+        if pid == 0 {
+            for _ in 0..<Int(p[1])! { client.counterAdd(p[2] + ".child", 1) }
+            exit(0)
+        }
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, 0)
+        out("fork child_status=\(status)")
+    case "visibility":
+        let p = take(2)
+        visibility(Int(p[0])!, port: UInt16(p[1])!)
     case "burstflat":
         let p = take(2)
         printBurst(seedBurst(threads: Int(p[0])!, flatCalls: Int(p[1])!))

@@ -22,8 +22,9 @@ import time
 import traceback
 import urllib.request
 
-sys.path.insert(0, "/root")
-from wire import counter  # noqa: E402  (copied next to this script)
+TEST_LIB = "/usr/local/lib/p2p-test"  # wire.py and the Python client, laid out as in the source tree
+sys.path.insert(0, TEST_LIB + "/Tests/integration")
+from wire import counter  # noqa: E402
 
 SOCK = "/run/p2pmetricsd/ingest.sock"
 SCRAPE = "http://127.0.0.1:9478/metrics"
@@ -118,7 +119,7 @@ SENDER = r'''#!/usr/bin/python3
 # p2p-send NAME LABEL COUNT: COUNT blocking datagrams of one counter +1 (exit 13 when refused);
 # COUNT 0: until the file /run/p2p-stop-sending exists.
 import os, socket, sys
-sys.path.insert(0, "/usr/local/lib/p2p-test")
+sys.path.insert(0, "/usr/local/lib/p2p-test/Tests/integration")
 from wire import counter
 name, label, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 data = counter(name, 1, {"cache_type": label} if label else None)
@@ -137,8 +138,6 @@ print("sent", sent)
 
 @step("environment")
 def environment():
-    os.makedirs("/usr/local/lib/p2p-test", exist_ok=True)
-    shutil.copy("/root/wire.py", "/usr/local/lib/p2p-test/wire.py")
     with open("/usr/local/bin/p2p-send", "w") as f:
         f.write(SENDER)
     os.chmod("/usr/local/bin/p2p-send", 0o755)

@@ -28,7 +28,9 @@ def node_results(deb_package, tmp_path_factory, c_build):
     node = Node(work)
     try:
         node.put("/root/p2pmetricsd.deb", deb_package.read_bytes())
-        node.put("/root/wire.py", (HERE / "wire.py").read_text())
+        # wire.py (raw datagrams) and the Python client it borrows from, as laid out in the tree.
+        node.put("/usr/local/lib/p2p-test/Tests/integration/wire.py", (HERE / "wire.py").read_text())
+        node.put("/usr/local/lib/p2p-test/Clients/python/p2pmetrics.py", (ROOT / "Clients/python/p2pmetrics.py").read_text())
         # A C program linked the way the README says (pkg-config --libs p2pmetrics), run in the node
         # without LD_LIBRARY_PATH: the package's library must be in the loader cache.
         src = work / "capp.c"

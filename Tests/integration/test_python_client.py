@@ -232,12 +232,15 @@ def test_stopped_sidecar_bounded_calls_exact_drops_and_transfer_that_cannot_stic
     st = dict(c.stats)
     assert st["waits"] >= 1 and st["dropped_datagrams"] >= 1
     assert slowest < 2.0                  # stated bound about 2 x 50 ms; generous here
-    assert daemon.wait_for("p2p_transfers_active", 0, timeout=10) == 0   # the flusher delivered it
+    assert daemon.wait_for("p2p_transfers_active", 0, timeout=10) == 0   # not stuck
     st = dict(c.stats)
-    assert st["resent_adds"] == 1
+    # the -1 dropped with its datagram was kept and resent exactly once (on a machine where
+    # something else resumed the daemon early, the datagram got through: nothing kept, nothing resent)
+    assert st["kept_samples"] == st["resent_adds"] <= 1
     delivered = daemon.value("py_stopped_total") or 0
-    # every counter sample delivered or counted; + the end's duration, dropped with its datagram
-    assert delivered + st["dropped_samples"] == 60000 + 1
+    duration_delivered = daemon.value("p2p_transfer_duration_count") or 0
+    # every counter sample and the end's duration: delivered, or counted as dropped, exactly
+    assert delivered + duration_delivered + st["dropped_samples"] == 60000 + 1
     c.counter_add("py.final.total", 1)
     c.flush()
     assert daemon.wait_for("py_final_total", 1) == 1

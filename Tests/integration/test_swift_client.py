@@ -470,3 +470,16 @@ def test_unique_chunks_and_chunk_popularity(daemon):
     assert m[("p2p_chunks_deduplicated_total", frozenset())] == 20
     assert m[("p2p_bytes_transferred_total", frozenset())] == 20 * 1024
     assert sum(1 for (n, _) in m if n == "p2p_chunks_requested") == 10
+
+
+def test_fork_sends_nothing_twice_and_the_child_exit_flush_sends_its_own(daemon):
+    """Samples pending in the parent at fork() are sent once (by the parent); the child starts
+    empty and its exit flush sends its own samples (no timer: --flush-ms 0)."""
+    out = example(daemon.socket_path, "fork", "100", "30", "swift.fork", "u64", "swift.fork.after", "5",
+                  options=["--flush-ms", "0"])
+    assert "fork child_status=0" in out
+    assert daemon.wait_for("swift_fork_after", 5) == 5
+    assert daemon.wait_for("swift_fork_child", 30) == 30
+    assert daemon.value("swift_fork_parent") == 100
+    # 100 + 30 + the one u64 sample: the parent's pending 100 were not sent again by the child
+    assert daemon.wait_for("p2pmetricsd_samples_applied_total", 131) == 131
