@@ -256,3 +256,36 @@ struct OTLPFed {
         #expect(low[1] == 1.25)
     }
 }
+
+@Suite struct OTLPDecoderRobustnessTests {
+    @Test("20,000 mutated and truncated requests: the decoder never traps, and a request either decodes or changes nothing")
+    func mutations() throws {
+        let seed = PB.request([
+            PB.sum("p2p.image.imports.total", monotonic: true, temporality: 2, [PB.point(3, start: 1, attributes: [("status", "ok")], asInt: true)]),
+            PB.gauge("g", [PB.point(1.5, attributes: [("a", "b")])]),
+            PB.histogram("p2p.transfer.duration", temporality: 1, counts: [UInt64](repeating: 1, count: 16),
+                         bounds: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600], sum: 900),
+        ])
+        var generator = SystemRandomNumberGenerator()
+        var o = OTLPFed()
+        var decoded = 0
+        for round in 0..<20_000 {
+            var body = seed
+            switch round % 3 {
+            case 0: body = Array(body.prefix(Int.random(in: 0..<body.count, using: &generator)))
+            case 1:
+                for _ in 0..<Int.random(in: 1...4, using: &generator) {
+                    body[Int.random(in: 0..<body.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
+                }
+            default: body = (0..<Int.random(in: 0...64, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            }
+            let samplesBefore = o.fed.statistics.samplesApplied
+            switch o.export(body) {
+            case .success: decoded += 1
+            case .failure: #expect(o.fed.statistics.samplesApplied == samplesBefore)  // nothing of a refused request applies
+            }
+        }
+        #expect(decoded > 0)
+        #expect(o.otlp.statistics.requestsReceived == 20_000)
+    }
+}
