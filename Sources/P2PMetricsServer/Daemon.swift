@@ -281,7 +281,7 @@ public final class Daemon: ExpositionSource {
     /// sliced scrape, whose position in the series lists must stay valid.
     private func tick() {
         store.now = UInt32(truncatingIfNeeded: uv_now(loop) / 1_000)
-        otlp.expireStreams(now: store.now)
+        otlp.expireStreams(now: store.now, from: &store)
         expiryDue = true
         expireIfDue()
     }

@@ -145,7 +145,7 @@ struct OTLPFed {
         #expect(streams.delta(stream: [1], start: 1, value: 1, monotonic: false, now: 0) == -2)
         #expect(streams.delta(stream: [2], start: 1, value: 1, monotonic: false, now: 5) == 1)
         #expect(streams.delta(stream: [3], start: 1, value: 1, monotonic: false, now: 5) == nil)
-        #expect(streams.expire(now: 12) == 1)  // [1] last seen at 0
+        #expect(streams.expire(now: 12).isEmpty)  // [1] last seen at 0: forgotten (no series to withdraw from)
         #expect(streams.count == 1)
         #expect(streams.delta(stream: [3], start: 1, value: 1, monotonic: false, now: 12) == 1)
     }
@@ -195,6 +195,24 @@ struct OTLPFed {
         let message = Array("2 data points rejected (first: bad_value)".utf8)
         #expect(response == [0x0A, UInt8(4 + message.count), 0x08, 0x02, 0x12, UInt8(message.count)] + message)
         #expect(OTLPInput.response(OTLPInput.Outcome(rejectedPoints: 0, message: "")) == [])
+    }
+
+    @Test("an up-down stream whose exporter stops is withdrawn when it expires; the others keep counting")
+    func upDownWithdrawal() throws {
+        var o = OTLPFed()
+        o.otlp = OTLPInput(streams: CumulativeStreams(ttlSeconds: 60))
+        func active(_ service: String, _ v: Double) -> [UInt8] {
+            PB.request(service: service, [PB.sum("p2p.transfers.active", monotonic: false, temporality: 2, [PB.point(v, start: 1, attributes: [("peer", "x")])])])
+        }
+        o.fed.store.now = 100
+        _ = try o.export(active("a", 3)).get()
+        _ = try o.export(active("b", 2)).get()
+        #expect(o.value("p2p_transfers_active", ["peer": "x"]) == 5)
+        o.fed.store.now = 150
+        _ = try o.export(active("b", 4)).get()  // b keeps exporting, a went away
+        o.otlp.expireStreams(now: 161, from: &o.fed.store)
+        #expect(o.value("p2p_transfers_active", ["peer": "x"]) == 4)
+        #expect(o.otlp.streams.count == 1)
     }
 
     @Test("a point whose metric already has another type is refused by the store and counted")

@@ -7,14 +7,26 @@
 ///   stream only: the new value is the delta; the total never drops.
 /// - A non-monotonic stream (an up-down counter) contributes its current value: each point adds
 ///   `value − previous` (the first adds its value), so that the streams of several processes sum.
-/// - Streams not seen for `ttlSeconds` are forgotten; at `capacity`, new streams are refused.
+/// - Streams not seen for `ttlSeconds` are forgotten; at `capacity`, new streams are refused. A
+///   forgotten up-down stream that named its series is withdrawn: its exporter went away (a
+///   cumulative exporter re-sends every stream at every export, changed or not), so its last
+///   value stops counting.
 public struct CumulativeStreams: Sendable {
+    /// The series an up-down stream adds to, and what it contributes there now.
+    public struct Withdrawal: Sendable {
+        public var name: String
+        public var labels: [(String, String)]
+        public var contribution: Double
+    }
+
     struct Entry: Sendable {
         var start: UInt64
         var last: Double
         var seen: UInt32
         /// A histogram stream's last bucket counts.
         var buckets: [UInt64] = []
+        /// An up-down stream's series (name, labels), for its withdrawal.
+        var series: (name: String, labels: [(String, String)])?
     }
 
     public let capacity: Int
@@ -31,10 +43,11 @@ public struct CumulativeStreams: Sendable {
 
     /// The delta of one cumulative point of stream `key` seen at `now` (seconds); nil when the
     /// stream is new and the table is full.
-    public mutating func delta(stream key: [UInt8], start: UInt64, value: Double, monotonic: Bool, now: UInt32) -> Double? {
+    public mutating func delta(stream key: [UInt8], start: UInt64, value: Double, monotonic: Bool, now: UInt32,
+                               series: (name: String, labels: [(String, String)])? = nil) -> Double? {
         guard var entry = entries[key] else {
             guard entries.count < capacity else { return nil }
-            entries[key] = Entry(start: start, last: value, seen: now)
+            entries[key] = Entry(start: start, last: value, seen: now, series: monotonic ? nil : series)
             return monotonic && start == 0 ? 0 : value
         }
         let delta: Double
@@ -70,11 +83,16 @@ public struct CumulativeStreams: Sendable {
         return delta
     }
 
-    /// Forgets the streams not seen for `ttlSeconds`; returns how many.
-    @discardableResult
-    public mutating func expire(now: UInt32) -> Int {
-        let before = entries.count
-        entries = entries.filter { now &- $0.value.seen < ttlSeconds }
-        return before - entries.count
+    /// Forgets the streams not seen for `ttlSeconds`; returns the up-down ones' withdrawals.
+    public mutating func expire(now: UInt32) -> [Withdrawal] {
+        var withdrawals: [Withdrawal] = []
+        entries = entries.filter { _, entry in
+            guard now &- entry.seen >= ttlSeconds else { return true }
+            if let series = entry.series, entry.last != 0 {
+                withdrawals.append(Withdrawal(name: series.name, labels: series.labels, contribution: entry.last))
+            }
+            return false
+        }
+        return withdrawals
     }
 }

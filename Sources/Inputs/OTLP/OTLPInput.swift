@@ -96,9 +96,20 @@ public struct OTLPInput: Sendable {
         statistics.requestsRejected &+= 1
     }
 
-    /// Forgets cumulative streams that stopped exporting.
-    public mutating func expireStreams(now: UInt32) {
-        streams.expire(now: now)
+    /// Forgets cumulative streams that stopped exporting, and withdraws from `store` what the
+    /// up-down ones among them contributed.
+    public mutating func expireStreams(now: UInt32, from store: inout MetricStore) {
+        var encoder = DatagramEncoder(maxSize: WireFormat.maxDatagramSize)
+        for withdrawal in streams.expire(now: now) {
+            let value = SampleValue(canonical: -withdrawal.contribution)
+            // Names and labels were encoded before, when the stream's points applied.
+            if (try? encoder.append(.gaugeAdd, name: withdrawal.name, labels: withdrawal.labels, value: value)) != true {
+                encoder.bytes.withUnsafeBytes { _ = store.apply($0) }
+                encoder.reset()
+                _ = try? encoder.append(.gaugeAdd, name: withdrawal.name, labels: withdrawal.labels, value: value)
+            }
+        }
+        if !encoder.isEmpty { encoder.bytes.withUnsafeBytes { _ = store.apply($0) } }
     }
 
     /// One point's samples: its series, and each sample with its weight.
@@ -213,7 +224,9 @@ public struct OTLPInput: Sendable {
             let monotonic = point.shape == .monotonicSum
             if monotonic && value < 0 { return .failure(.badValue) }
             guard let delta = streams.delta(stream: Self.streamKey(point), start: point.startTimeUnixNano, value: value,
-                                            monotonic: monotonic, now: now) else { return .failure(.streamTableFull) }
+                                            monotonic: monotonic, now: now, series: (name, labels)) else {
+                return .failure(.streamTableFull)
+            }
             amount = delta
             kind = monotonic ? .counterAdd : .gaugeAdd
         }
