@@ -16,6 +16,7 @@ struct OTLPExportResponse: Equatable {
 enum OTLPEndpoint {
     static let path = "/v1/metrics"
     static let protobufType = "application/x-protobuf"
+    static let jsonType = "application/json"
     /// Largest request body read (compressed or not).
     static let maxBodyBytes = 4 << 20
     /// Largest body once decompressed: a gzip bomb is refused when its output passes this.
@@ -29,9 +30,9 @@ enum OTLPEndpoint {
             return failure(.lengthRequired, "a Content-Length is required")
         }
         guard length <= UInt64(maxBodyBytes) else { return failure(.contentTooLarge, "body larger than \(maxBodyBytes) bytes") }
-        let mediaType = head.contentType?.split(separator: ";").first.map { $0.trimmingCharacters() } ?? ""
-        guard mediaType == protobufType else {
-            return failure(.unsupportedMediaType, "content type must be \(protobufType)")
+        let mediaType = mediaType(of: head)
+        guard mediaType == protobufType || mediaType == jsonType else {
+            return failure(.unsupportedMediaType, "content type must be \(protobufType) or \(jsonType)")
         }
         switch head.contentEncoding?.lowercased() {
         case nil, "identity", "gzip": return nil
@@ -53,10 +54,37 @@ enum OTLPEndpoint {
             case .success(let inflated): payload = inflated
             }
         }
-        switch payload.withUnsafeBytes({ input.ingest(protobuf: $0, into: &store) }) {
-        case .failure(let error): return failure(.badRequest, "undecodable ExportMetricsServiceRequest: \(error.message)")
-        case .success(let outcome): return OTLPExportResponse(status: .ok, body: OTLPInput.response(outcome))
+        let json = mediaType(of: head) == jsonType
+        if json {
+            switch OTLPJSON.protobuf(fromJSON: payload) {
+            case .failure(let error):
+                input.countRefusedRequest()
+                return failure(.badRequest, error.message, json: true)
+            case .success(let protobuf): payload = protobuf
+            }
         }
+        switch payload.withUnsafeBytes({ input.ingest(protobuf: $0, into: &store) }) {
+        case .failure(let error): return failure(.badRequest, "undecodable ExportMetricsServiceRequest: \(error.message)", json: json)
+        case .success(let outcome):
+            guard json else { return OTLPExportResponse(status: .ok, body: OTLPInput.response(outcome)) }
+            return OTLPExportResponse(status: .ok, body: jsonResponse(outcome), contentType: jsonType)
+        }
+    }
+
+    static func mediaType(of head: HTTPRequestHead) -> String {
+        head.contentType?.split(separator: ";").first.map { $0.trimmingCharacters() } ?? ""
+    }
+
+    /// ExportMetricsServiceResponse in OTLP/JSON: `{}`, or a partialSuccess (rejectedDataPoints as a string).
+    static func jsonResponse(_ outcome: OTLPInput.Outcome) -> [UInt8] {
+        guard outcome.rejectedPoints > 0 else { return Array("{}".utf8) }
+        return Array(#"{"partialSuccess":{"rejectedDataPoints":"\#(outcome.rejectedPoints)","errorMessage":"\#(outcome.message)"}}"#.utf8)
+    }
+
+    /// A `google.rpc.Status` with `message` (field 2), or its JSON form.
+    static func failure(_ status: HTTPStatus, _ message: String, json: Bool) -> OTLPExportResponse {
+        guard json else { return failure(status, message) }
+        return OTLPExportResponse(status: status, body: Array(#"{"message":"\#(message)"}"#.utf8), contentType: jsonType)
     }
 
     /// A `google.rpc.Status` with `message` (field 2).

@@ -104,13 +104,15 @@ def test_hostile_otlp_bodies_are_refused_with_their_status_and_counted(otlp):
     assert status == 413 and b"decompressed" in body
     status, _ = post(port, b"not gzip", encoding="gzip")
     assert status == 400
-    status, _ = post(port, b"{}", content_type="application/json")
+    status, _ = post(port, b"a=1", content_type="text/plain")
     assert status == 415
+    status, body = post(port, b"[" * 100_000, content_type="application/json")  # refused before parsing
+    assert status == 400 and b"nested deeper" in body
     status, _ = post(port, b"", method="PUT")
     assert status == 405
     status, _ = post(port, b"\0" * ((4 << 20) + 1))
     assert status == 413
-    assert otlp.value("p2pmetricsd_otlp_requests_rejected_total") == 3  # garbage, bomb, not gzip
+    assert otlp.value("p2pmetricsd_otlp_requests_rejected_total") == 4  # garbage, bomb, not gzip, deep JSON
     assert otlp.value("p2pmetricsd_http_responses_total", code="413") == 2
     assert otlp.value("p2pmetricsd_http_responses_total", code="415") == 1
     # Still serving, and still taking exports.
@@ -140,3 +142,38 @@ def test_too_many_points_get_partial_success_and_the_rest_apply(otlp):
     assert otlp.value("otlp_points") == 7
     assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason="too_many_points") == 1000
     assert otlp.value("p2pmetricsd_otlp_points_received_total") == 11_000
+
+
+def test_otlp_json_maps_like_protobuf(otlp):
+    """OTLP/JSON (64-bit integers as strings, enums as integers): a cumulative sum twice, a
+    histogram with the catalog's bounds, and a point refused in a JSON partialSuccess."""
+    import json
+
+    def request(value: str, extra_points: list | None = None) -> bytes:
+        points = [{"attributes": [{"key": "artifact_type", "value": {"stringValue": "layer"}},
+                                  {"key": "status", "value": {"stringValue": "success"}}],
+                   "startTimeUnixNano": "1000", "timeUnixNano": "2000", "asInt": value}]
+        return json.dumps({"resourceMetrics": [{
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "json"}}]},
+            "scopeMetrics": [{"scope": {"name": "seed"}, "metrics": [
+                {"name": "p2p.image.imports.total",
+                 "sum": {"dataPoints": points + (extra_points or []), "aggregationTemporality": 2, "isMonotonic": True}},
+                {"name": "p2p.transfer.duration", "histogram": {"aggregationTemporality": 1, "dataPoints": [{
+                    "startTimeUnixNano": "1000", "timeUnixNano": "2000", "count": "2", "sum": 3.5,
+                    "bucketCounts": ["0", "0", "0", "0", "0", "0", "1", "1", "0", "0", "0", "0", "0", "0", "0", "0"],
+                    "explicitBounds": [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]}]}},
+            ]}]}]}).encode()
+
+    status, body = post(otlp.otlp_port, request("4"), content_type="application/json")
+    assert status == 200 and json.loads(body) == {}
+    bad = [{"attributes": [{"key": "x", "value": {"arrayValue": {"values": []}}}], "asInt": "1", "startTimeUnixNano": "1"}]
+    status, body = post(otlp.otlp_port, request("10", bad), content_type="application/json")
+    assert status == 200
+    assert json.loads(body)["partialSuccess"]["rejectedDataPoints"] == "1"
+    assert otlp.value("p2p_image_imports_total", artifact_type="layer", status="success") == 10
+    assert otlp.value("p2p_transfer_duration_count") == 4
+    assert otlp.value("p2p_transfer_duration_bucket", le="1") == 2
+    assert otlp.value("p2p_transfer_duration_sum") == 7
+    assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason="bad_attribute") == 1
+    status, _ = post(otlp.otlp_port, b"{not json", content_type="application/json")
+    assert status == 400
