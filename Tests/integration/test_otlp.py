@@ -177,3 +177,32 @@ def test_otlp_json_maps_like_protobuf(otlp):
     assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason="bad_attribute") == 1
     status, _ = post(otlp.otlp_port, b"{not json", content_type="application/json")
     assert status == 400
+
+
+def test_a_stalled_export_body_times_out_and_never_holds_up_datagrams(tmp_path):
+    """A client that announces a body and sends a little of it: datagrams keep applying meanwhile,
+    the request ends with 408 after the request timeout, and the receiver still answers."""
+    import json
+    import socket
+    import time
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"limits": {"request_timeout_seconds": 1}}))
+    port = free_port()
+    d = start_daemon(tmp_path, "--otlp", f"127.0.0.1:{port}", "--config", str(config))
+    try:
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=30)
+        stalled.sendall(b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                        b"Content-Length: 100000\r\n\r\n" + b"\x0a" * 10)
+        started = time.monotonic()
+        for i in range(1, 6):
+            d.send(b"stall.check:1|c")
+            assert d.wait_for("stall_check", float(i)) == i  # applied while the body is outstanding
+        response = stalled.recv(4096)
+        waited = time.monotonic() - started
+        assert response.startswith(b"HTTP/1.1 408"), response
+        assert waited < 20  # generous: the timeout is 1 s
+        stalled.close()
+        assert post(port, b"")[0] == 200
+    finally:
+        assert d.stop() == 0
