@@ -149,6 +149,20 @@ struct OTLPFed {
         #expect(streams.count == 1)
         #expect(streams.delta(stream: [3], start: 1, value: 1, monotonic: false, now: 12) == 1)
     }
+
+    @Test("the table's bytes are bounded: a stream whose series would pass maxBytes is refused, expiry gives the bytes back")
+    func byteBudget() {
+        var streams = CumulativeStreams(ttlSeconds: 10, maxBytes: 4_000)
+        let big = (name: "g", labels: [("k", String(repeating: "v", count: 1_000))])
+        #expect(streams.delta(stream: [1], start: 1, value: 1, monotonic: false, now: 0, series: big) == 1)
+        #expect(streams.delta(stream: [2], start: 1, value: 1, monotonic: false, now: 0, series: big) == 1)
+        #expect(streams.delta(stream: [3], start: 1, value: 1, monotonic: false, now: 0, series: big) == 1)
+        #expect(streams.delta(stream: [4], start: 1, value: 1, monotonic: false, now: 0, series: big) == nil)
+        #expect(streams.bytes <= 4_000)
+        #expect(streams.expire(now: 10).count == 3)
+        #expect(streams.bytes == 0)
+        #expect(streams.delta(stream: [4], start: 1, value: 1, monotonic: false, now: 10, series: big) == 1)
+    }
 }
 
 @Suite struct OTLPInputTests {

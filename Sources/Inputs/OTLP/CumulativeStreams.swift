@@ -7,7 +7,8 @@
 ///   stream only: the new value is the delta; the total never drops.
 /// - A non-monotonic stream (an up-down counter) contributes its current value: each point adds
 ///   `value − previous` (the first adds its value), so that the streams of several processes sum.
-/// - Streams not seen for `ttlSeconds` are forgotten; at `capacity`, new streams are refused. A
+/// - Streams not seen for `ttlSeconds` are forgotten; at `capacity` streams or `maxBytes` of
+///   state, new streams are refused. A
 ///   forgotten up-down stream that named its series is withdrawn: its exporter went away (a
 ///   cumulative exporter re-sends every stream at every export, changed or not), so its last
 ///   value stops counting.
@@ -31,11 +32,29 @@ public struct CumulativeStreams: Sendable {
 
     public let capacity: Int
     public let ttlSeconds: UInt32
+    public let maxBytes: Int
     private var entries: [[UInt8]: Entry] = [:]
+    /// An estimate of the bytes the entries hold (keys, bucket counts, up-down series).
+    public private(set) var bytes = 0
 
-    public init(capacity: Int = 100_000, ttlSeconds: UInt32 = 900) {
+    public init(capacity: Int = 100_000, ttlSeconds: UInt32 = 900, maxBytes: Int = 32 << 20) {
         self.capacity = capacity
         self.ttlSeconds = ttlSeconds
+        self.maxBytes = maxBytes
+    }
+
+    private static func cost(_ key: [UInt8], _ entry: Entry) -> Int {
+        96 + key.count + entry.buckets.count * 8
+            + (entry.series.map { $0.name.utf8.count + $0.labels.reduce(0) { $0 + $1.0.utf8.count + $1.1.utf8.count + 32 } } ?? 0)
+    }
+
+    /// Adds a new stream's entry when the table has room.
+    private mutating func admit(_ key: [UInt8], _ entry: Entry) -> Bool {
+        let cost = Self.cost(key, entry)
+        guard entries.count < capacity, bytes + cost <= maxBytes else { return false }
+        entries[key] = entry
+        bytes += cost
+        return true
     }
 
     /// Streams tracked now.
@@ -46,8 +65,7 @@ public struct CumulativeStreams: Sendable {
     public mutating func delta(stream key: [UInt8], start: UInt64, value: Double, monotonic: Bool, now: UInt32,
                                series: (name: String, labels: [(String, String)])? = nil) -> Double? {
         guard var entry = entries[key] else {
-            guard entries.count < capacity else { return nil }
-            entries[key] = Entry(start: start, last: value, seen: now, series: monotonic ? nil : series)
+            guard admit(key, Entry(start: start, last: value, seen: now, series: monotonic ? nil : series)) else { return nil }
             return monotonic && start == 0 ? 0 : value
         }
         let delta: Double
@@ -71,14 +89,15 @@ public struct CumulativeStreams: Sendable {
     public mutating func delta(stream key: [UInt8], start: UInt64, buckets: [UInt64], sum: Double, now: UInt32)
         -> (buckets: [UInt64], sum: Double)? {
         guard var entry = entries[key] else {
-            guard entries.count < capacity else { return nil }
-            entries[key] = Entry(start: start, last: sum, seen: now, buckets: buckets)
+            guard admit(key, Entry(start: start, last: sum, seen: now, buckets: buckets)) else { return nil }
             return start == 0 ? ([UInt64](repeating: 0, count: buckets.count), 0) : (buckets, sum)
         }
         let reset = start != entry.start || entry.buckets.count != buckets.count
             || zip(buckets, entry.buckets).contains { $0 < $1 }
         let delta = reset ? (buckets, sum) : (zip(buckets, entry.buckets).map { $0 - $1 }, sum - entry.last)
+        let before = Self.cost(key, entry)
         entry = Entry(start: start, last: sum, seen: now, buckets: buckets)
+        bytes += Self.cost(key, entry) - before
         entries[key] = entry
         return delta
     }
@@ -86,8 +105,9 @@ public struct CumulativeStreams: Sendable {
     /// Forgets the streams not seen for `ttlSeconds`; returns the up-down ones' withdrawals.
     public mutating func expire(now: UInt32) -> [Withdrawal] {
         var withdrawals: [Withdrawal] = []
-        entries = entries.filter { _, entry in
+        entries = entries.filter { key, entry in
             guard now &- entry.seen >= ttlSeconds else { return true }
+            bytes -= Self.cost(key, entry)
             if let series = entry.series, entry.last != 0 {
                 withdrawals.append(Withdrawal(name: series.name, labels: series.labels, contribution: entry.last))
             }

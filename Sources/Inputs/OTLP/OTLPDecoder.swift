@@ -48,7 +48,8 @@ public struct OTLPNumberPoint: Sendable {
     public var temporality: OTLPTemporality
     /// The point's attributes as label pairs (keys not sanitized), values rendered as text.
     public var attributes: [(key: String, value: String)]
-    /// The encoded Resource and InstrumentationScope the point came with: the rest of its stream identity.
+    /// A digest of the encoded Resource and InstrumentationScope the point came with: the rest of
+    /// its stream identity.
     public var origin: [UInt8]
     public var startTimeUnixNano: UInt64
     public var timeUnixNano: UInt64
@@ -126,10 +127,14 @@ public struct OTLPDecoder: Sendable {
                 return OTLPDecodeError("malformed scope_metrics")
             }
         }
-        // Stream identity beyond the metric and its attributes: the resource and the scope, as sent.
-        var origin = Array(UnsafeRawBufferPointer(rebasing: bytes[resource]))
-        origin.append(0xFF)
-        origin.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[scope]))
+        // Stream identity beyond the metric and its attributes: the resource and the scope, as sent,
+        // as a fixed-size digest (a large resource costs one hash per scope, not a copy per point).
+        let origin = OTLPInput.digest { hasher in
+            hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: bytes[resource]))
+            hasher.combine(resource.count)
+            hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: bytes[scope]))
+            hasher.combine(scope.count)
+        }
         for metric in metrics {
             if let error = decodeMetric(bytes, metric, origin: origin, into: &request) { return error }
         }

@@ -234,17 +234,30 @@ public struct OTLPInput: Sendable {
     }
 
     /// Resource and scope as sent, the metric's name, and the point's attributes in key order.
+    /// A 128-bit digest (two SipHash runs, this process's seed): fixed-size table keys whatever
+    /// the size of the resource and attributes.
     static func streamKey(_ point: OTLPNumberPoint) -> [UInt8] {
-        var key = point.origin
-        key.append(0xFE)
-        key.append(contentsOf: point.metric.utf8)
-        for (name, value) in point.attributes.sorted(by: { $0.key < $1.key }) {
-            key.append(0xFE)
-            key.append(contentsOf: name.utf8)
-            key.append(0xFD)
-            key.append(contentsOf: value.utf8)
+        let attributes = point.attributes.sorted { $0.key < $1.key }
+        return digest { hasher in
+            hasher.combine(point.origin)
+            hasher.combine(point.metric)
+            for (name, value) in attributes {
+                hasher.combine(name)
+                hasher.combine(value)
+            }
         }
-        return key
+    }
+
+    /// 16 bytes: what `feed` hashes, under two salts.
+    static func digest(_ feed: (inout Hasher) -> Void) -> [UInt8] {
+        var out: [UInt8] = []
+        for salt in 0..<2 {
+            var hasher = Hasher()
+            hasher.combine(salt)
+            feed(&hasher)
+            withUnsafeBytes(of: UInt64(UInt(bitPattern: hasher.finalize())).littleEndian) { out += $0 }
+        }
+        return out
     }
 
     /// The ExportMetricsServiceResponse for `outcome`: empty when everything was accepted, else a
