@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, start_daemon
+from exposition_check import problems, promtool_problems
 
 EXPORTER = Path(__file__).with_name("otlp_exporter.py")
 
@@ -82,6 +83,12 @@ def test_otel_sdk_cumulative_and_delta_processes_with_a_restart_give_exact_total
     assert abs(otlp.value("p2p_transfer_duration_sum", peer_type="seed") - (0.7 + 0.9 + 7 + 700 + 0.3)) < 1e-9
     assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason="bucket_mismatch") == 0
     assert otlp.value("p2pmetricsd_otlp_streams") == 4  # a: two import series, active, duration; b sends deltas
+    text = otlp.scrape_text()
+    assert promtool_problems(text) == [] and problems(text, openmetrics=False) == []
+
+    # The same series through text StatsD: one store, the counts add.
+    otlp.send(b"p2p.image.imports.total:2|c|#artifact_type:image,status:success")
+    assert otlp.wait_for("p2p_image_imports_total", 17, artifact_type="image", status="success") == 17
 
 
 def test_a_restart_under_a_new_instance_id_is_a_new_stream_whose_counts_add(otlp):
