@@ -25,7 +25,7 @@ let package = Package(
         //   wire codec: the protocol's sample records, the store's one sample form (and the clients');
         //   inputs (Sources/Inputs): each turns its bytes into sample records and counts its own
         //     traffic and refusals: the ingest socket's datagrams (binary applied as they are, text
-        //     handed to StatsD), text StatsD / DogStatsD;
+        //     handed to StatsD), text StatsD / DogStatsD, OTLP metrics (protobuf; the HTTP side is in the server);
         //   store: aggregation of sample records, knowing no input format;
         //   exposition: the store rendered (it reads the inputs' counters as plain values).
         // HTTP parsing beside them. libm: rounding of doubles (canonical value forms, sketches).
