@@ -540,7 +540,8 @@ public struct MetricStore {
     private mutating func releaseFamily(_ f: Int) {
         let family = families[f]
         familyIndex[family.name] = nil
-        exposedNames.release(family.name, type: family.type)
+        // Its names are free again, unless a known metric holds them from the start.
+        if descriptors[family.name] == nil { exposedNames.release(family.name, type: family.type) }
         familyBytes -= Self.familyCost(name: family.name, buckets: family.buckets.count)
         families[f] = MetricFamily(name: "", type: family.type, help: "", buckets: [], ttlSeconds: nil,
                                    processScoped: false, topK: 1)
