@@ -93,6 +93,8 @@ def _value(v) -> tuple[int, bytes]:
         if -(2**63) <= v < 0:
             return 1, uvarint(((v << 1) ^ (v >> 63)) & (2**64 - 1))
         raise ValueError(f"integer out of range: {v}")
+    if v != v:   # any NaN: the canonical quiet NaN 0x7FF8000000000000 (PROTOCOL.md 3)
+        return 2, b"\x00\x00\x00\x00\x00\x00\xf8\x7f"
     return 2, struct.pack("<d", float(v))
 
 
