@@ -113,13 +113,7 @@ public struct MetricStore {
         var descriptors: [String: MetricDescriptor] = [:]
         for d in configuration.metrics { descriptors[d.exposedName] = d }
         self.descriptors = descriptors
-        // Known metrics claim their names before any client can (a clashing one stays unclaimed,
-        // and its samples are refused as `name_clash`).
-        var clashes: [String] = []
-        for d in configuration.metrics where descriptors[d.exposedName] == d {
-            if !exposedNames.claim(d.exposedName, type: d.type) { clashes.append(d.name) }
-        }
-        configuredNameClashes = clashes
+        claimKnownNames()
     }
 
     /// Live series.
@@ -138,6 +132,17 @@ public struct MetricStore {
         configuration = new
         descriptors = [:]
         for d in new.metrics { descriptors[d.exposedName] = d }
+        claimKnownNames()
+    }
+
+    /// Known metrics claim their names before any client can (a clashing one stays unclaimed, and
+    /// its samples are refused as `name_clash`).
+    private mutating func claimKnownNames() {
+        var clashes: [String] = []
+        for d in configuration.metrics where descriptors[d.exposedName] == d {
+            if !exposedNames.claim(d.exposedName, type: d.type) { clashes.append(d.name) }
+        }
+        configuredNameClashes = clashes
     }
 
     // MARK: Ingest

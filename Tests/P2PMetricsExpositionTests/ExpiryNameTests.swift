@@ -26,4 +26,16 @@ struct ExpiryNameTests {
         #expect(store.statistics.rejected(SampleRejection.nameClash) == 2)
         #expect(store.families.filter { !$0.series.isEmpty }.map(\.name) == ["ex_count"])
     }
+
+    @Test("a metric added by a reload claims its names at once")
+    func reloadClaims() {
+        var store = MetricStore()
+        var configuration = StoreConfiguration()
+        configuration.metrics.append(MetricDescriptor(name: "rh", type: .histogram, help: "Reloaded."))
+        configuration.metrics.append(MetricDescriptor(name: "p2p.transfer.duration.sum", type: .gauge, help: "Clash."))
+        store.reconfigure(configuration)
+        _ = datagram([(.gaugeSet, "rh.count", [], .unsigned(1))]).withUnsafeBytes { store.ingest($0) }
+        #expect(store.statistics.rejected(SampleRejection.nameClash) == 1)
+        #expect(store.configuredNameClashes == ["p2p.transfer.duration.sum"])
+    }
 }
