@@ -5,7 +5,8 @@ import P2PMetricsWire
 ///
 /// A scrape of a million series must not stop the loop from draining the ingest socket, so the
 /// renderer keeps its position between calls: each `render` call appends roughly `budget` bytes
-/// and returns, and the caller sends them and comes back later. Families appear sorted by name,
+/// and returns, and the caller (the daemon's `RenderScheduler`, one slice per loop turn, shared
+/// by concurrent scrapes) drains ingest and comes back later. Families appear sorted by name,
 /// series in the order they were created; series created after the scrape started may or may
 /// not appear in it, like in any live exporter.
 public struct ExpositionRenderer {

@@ -26,7 +26,7 @@ protocol ExpositionSource: AnyObject {
 final class HTTPServer {
     /// Bytes handed to the kernel per write of a response body (a progress step of the send timeout).
     static let writeBytes = 256 * 1024
-    /// Renderings still being sent may hold this many bytes (or four times the newest one, if
+    /// Renderings still being sent may hold this many bytes (or twice the newest one, if
     /// more); past it, the connections still sending the oldest ones are closed.
     static let retainedRenderingBytes = 64 << 20
 
@@ -139,7 +139,7 @@ final class HTTPServer {
             holders[ObjectIdentifier(body), default: (body, [])].connections.append(connection)
         }
         var total = newest.storage.count + holders.values.reduce(0) { $0 + $1.body.storage.count }
-        let budget = max(Self.retainedRenderingBytes, 4 * newest.storage.count)
+        let budget = max(Self.retainedRenderingBytes, 2 * newest.storage.count)
         for (body, holding) in holders.values.sorted(by: { $0.body.sequence < $1.body.sequence }) where total > budget {
             total -= body.storage.count
             for connection in holding { evict(connection, .stalled) }
@@ -367,9 +367,7 @@ final class HTTPConnection {
         lastProgress = uv_now(server.loop)
         if let body {
             let storage = body.storage
-            if bodyOffset < storage.count, let base = storage.base {
-                let count = min(HTTPServer.writeBytes, storage.count - bodyOffset)
-                let start = base + bodyOffset
+            if let (start, count) = storage.bytes(at: bodyOffset, limit: HTTPServer.writeBytes) {
                 bodyOffset += count
                 write(start, count: count, owner: body)
                 return

@@ -2,30 +2,44 @@ import CLibUV
 import Glibc
 import P2PMetricsExposition
 
-/// A growable byte buffer in one `malloc` block that never moves while connections send from it
-/// (it is only appended to while a rendering is in progress, and read-only afterwards).
+/// A growable byte buffer in fixed segments, each its own anonymous mapping: bytes never move
+/// (connections send straight from them), and a large rendering's memory goes back to the system
+/// when the last connection is done with it, instead of staying in (and reshaping) the malloc heap.
 final class ByteStorage {
-    private(set) var base: UnsafeMutableRawPointer?
+    static let segmentBytes = 1 << 20
+    private var segments: [UnsafeMutableRawPointer] = []
     private(set) var count = 0
-    private var capacity = 0
 
     func append(_ bytes: [UInt8]) {
-        guard !bytes.isEmpty else { return }
-        if count + bytes.count > capacity {
-            let newCapacity = max(capacity * 2, count + bytes.count, 64 * 1024)
-            guard let grown = realloc(base, newCapacity) else { fatalError("out of memory rendering /metrics") }
-            base = grown
-            capacity = newCapacity
-        }
-        guard let base else { return }
         bytes.withUnsafeBytes { source in
             guard let from = source.baseAddress else { return }
-            (base + count).copyMemory(from: from, byteCount: source.count)
+            var copied = 0
+            while copied < source.count {
+                let used = count % Self.segmentBytes
+                if used == 0 && count / Self.segmentBytes == segments.count {
+                    let segment = mmap(nil, Self.segmentBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                    guard let segment, segment != MAP_FAILED else { fatalError("out of memory rendering /metrics") }
+                    segments.append(segment)
+                }
+                let n = min(Self.segmentBytes - used, source.count - copied)
+                (segments[count / Self.segmentBytes] + used).copyMemory(from: from + copied, byteCount: n)
+                count += n
+                copied += n
+            }
         }
-        count += bytes.count
     }
 
-    deinit { free(base) }
+    /// Up to `limit` contiguous bytes from `offset` (never across a segment's end).
+    func bytes(at offset: Int, limit: Int) -> (start: UnsafeMutableRawPointer, count: Int)? {
+        guard offset < count else { return nil }
+        let inSegment = offset % Self.segmentBytes
+        let n = min(limit, Self.segmentBytes - inSegment, count - offset)
+        return (segments[offset / Self.segmentBytes] + inSegment, n)
+    }
+
+    deinit {
+        for segment in segments { munmap(segment, Self.segmentBytes) }
+    }
 }
 
 /// A complete `/metrics` body, shared read-only by every connection that sends it.

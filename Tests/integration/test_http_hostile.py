@@ -182,6 +182,16 @@ def test_idle_slow_and_half_open_connections_cannot_lock_out_a_scrape(tmp_path):
         d.stop()
 
 
+def never_reading_scraper(port: int, headers: bytes = b"") -> socket.socket:
+    """A connection that asks for /metrics and never reads (a tiny receive buffer: the response
+    stays stuck at the daemon)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    return s
+
+
 def cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -292,11 +302,7 @@ def test_scrapers_that_never_read_cost_nothing_after_their_timeout(tmp_path):
         base_sent = _collect(*_run(ctx, _blocking_sender, [(d.socket_path, 1.0)]))[0]
         rss_before = rss_kib(d.proc.pid)
         for i in range(60):
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.connect(("127.0.0.1", d.port))
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
-            held.append(s)
+            held.append(never_reading_scraper(d.port, b"Accept-Encoding: gzip\r\n"))
             if i % 10 == 9:
                 time.sleep(0.2)  # in waves: several renderings, some held by stalled clients
         time.sleep(1.0)
@@ -341,47 +347,56 @@ def _text_flooder(path: str, seconds: float, results) -> None:
     results.put(sent)
 
 
-def _flood_in_own_namespace(tmp_path, out) -> None:
-    """In a new network namespace (its own net.unix.max_dgram_qlen, raised to the contrib
-    value 512 so that the queue never runs dry): flood, and time /-/healthy meanwhile."""
-    import ctypes
-    import subprocess
-    import urllib.request
-    try:
-        assert ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0, "unshare(CLONE_NEWNET) failed"
-        open("/proc/sys/net/unix/max_dgram_qlen", "w").write("512")
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-        d = start_daemon(tmp_path)
-        ctx = multiprocessing.get_context("fork")
+def in_own_namespace(scenario, tmp_path, qlen: int = 512):
+    """Runs `scenario(daemon, ctx)` in a forked child inside a new network namespace, whose own
+    net.unix.max_dgram_qlen is raised (to the contrib value, 512, by default) with the daemon
+    started there; returns what the scenario returns (it must be picklable)."""
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+
+    def child() -> None:
+        import ctypes
+        import subprocess
         try:
-            procs, results = _run(ctx, _text_flooder, [(d.socket_path, 6.0) for _ in range(3)])
-            time.sleep(1.0)
-            latencies = []
-            for _ in range(20):
-                start = time.monotonic()
-                with urllib.request.urlopen(f"http://127.0.0.1:{d.port}/-/healthy", timeout=120) as r:
-                    assert r.read() == b"OK\n"
-                latencies.append(time.monotonic() - start)
-                time.sleep(0.1)
-            sent = sum(_collect(procs, results))
-            applied = d.wait_for("flood_t", sent * 5_000, timeout=120)
-            out.put(("ok", latencies, sent, applied))
-        finally:
-            d.stop()
-    except BaseException as e:  # noqa: BLE001 - reported to the parent
-        out.put(("error", repr(e), 0, 0))
+            assert ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0, "unshare(CLONE_NEWNET) failed"
+            open("/proc/sys/net/unix/max_dgram_qlen", "w").write(str(qlen))
+            subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+            d = start_daemon(tmp_path)
+            try:
+                out.put(("ok", scenario(d, ctx)))
+            finally:
+                d.stop()
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            out.put(("error", repr(e)))
+
+    process = ctx.Process(target=child)
+    process.start()
+    status, result = out.get(timeout=600)
+    process.join(30)
+    assert status == "ok", result
+    return result
+
+
+def _flood_scenario(d, ctx):
+    """Three blocking senders keep the queue full of heavy datagrams; /-/healthy is timed meanwhile."""
+    import urllib.request
+    procs, results = _run(ctx, _text_flooder, [(d.socket_path, 6.0) for _ in range(3)])
+    time.sleep(1.0)
+    latencies = []
+    for _ in range(20):
+        start = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{d.port}/-/healthy", timeout=120) as r:
+            assert r.read() == b"OK\n"
+        latencies.append(time.monotonic() - start)
+        time.sleep(0.1)
+    sent = sum(_collect(procs, results))
+    return latencies, sent, d.wait_for("flood_t", sent * 5_000, timeout=120)
 
 
 def test_healthy_is_served_within_milliseconds_under_a_flood(tmp_path):
     """Issue 19: the ingest loop must yield after a bounded amount of work, so that /-/healthy and
     scrapes are served while senders keep the queue full of heavy datagrams."""
-    ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
-    child = ctx.Process(target=_flood_in_own_namespace, args=(tmp_path, out))
-    child.start()
-    status, latencies, sent, applied = out.get(timeout=600)
-    child.join(30)
-    assert status == "ok", latencies
+    latencies, sent, applied = in_own_namespace(_flood_scenario, tmp_path)
     latencies.sort()
     print(f"flood: /-/healthy under 3 blocking senders of 60 KB text datagrams (qlen 512): median "
           f"{latencies[len(latencies) // 2] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms; "
@@ -403,3 +418,84 @@ def test_a_response_that_closes_is_not_destroyed_by_unread_input(daemon):
         status, headers, body = decode_response(read_all(s))
     assert status == "HTTP/1.1 200 OK" and headers["connection"] == "close"
     assert sum(1 for line in body.splitlines() if line.startswith(b"p2p_bytes_transferred_total{")) == 20_000
+
+
+def test_slow_readers_cannot_pin_unbounded_renderings(daemon):
+    """Each never-reading scraper holds the whole rendering it was given; one after the other they
+    would pin a new one each. Past 64 MiB of held renderings the oldest holders are closed."""
+    from wire import MAGIC, series, uvarint
+    n = 60_000
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        for start in range(0, n, 500):
+            out = bytearray(MAGIC)
+            for k, i in enumerate(range(start, start + 500)):
+                out += series("p2p.bytes_transferred.total", {"peer": f"peer-{i:06d}", "zone": "z" * 20})
+                out += b"\x10" + uvarint(k) + uvarint(i + 1)
+            s.sendto(bytes(out), daemon.socket_path)
+    assert daemon.wait_for("p2pmetricsd_series", n) == n
+    body_bytes = len(daemon.scrape_text())
+    rss_before = rss_kib(daemon.proc.pid)
+    held = []
+    try:
+        for _ in range(30):
+            held.append(never_reading_scraper(daemon.port))
+            # A scrape of our own returns once that rendering is done: the next one gets a new one.
+            daemon.scrape_text()
+        rss_held = rss_kib(daemon.proc.pid)
+        m = daemon.scrape()
+        stalled = m[("p2pmetricsd_http_connections_evicted_total", frozenset({"reason": "stalled"}.items()))]
+        print(f"pinning: 30 never-reading scrapers of a {body_bytes / 1e6:.1f} MB body: {stalled:.0f} closed, "
+              f"RSS {rss_before} → {rss_held} KiB")
+        assert 30 * body_bytes > 64 << 20  # without the bound they would pin more than 64 MiB
+        assert stalled >= 1
+        assert (rss_held - rss_before) * 1024 < (64 << 20) + 8 * body_bytes
+    finally:
+        for s in held:
+            s.close()
+
+
+def _priority_scenario(d, ctx):
+    fill(d, 30_000)
+    alone = _collect(*_run(ctx, _paced_sender, [(d.socket_path, 10_000, 4.0)]))[0]
+    scrapers, scraped = _run(ctx, _scraper, [(d.port, i % 2 == 0, 5.0) for i in range(4)])
+    loaded = _collect(*_run(ctx, _paced_sender, [(d.socket_path, 10_000, 4.0)]))[0]
+    scrapes = sum(_collect(scrapers, scraped))
+    return alone, loaded, scrapes, d.wait_for("ingest_paced", alone[0] + loaded[0])
+
+
+def test_ingest_priority_at_the_contrib_queue_length(tmp_path):
+    """Issue 19 at the contrib queue length (512): 4 scrapers used to make a non-blocking sender
+    lose 27 % (80 % with gzip); the previous renderer lost 42 % here. With 51 ms of queue at this
+    rate, only a loop that stops draining loses much: the bound is loose for a shared machine."""
+    alone, loaded, scrapes, applied = in_own_namespace(_priority_scenario, tmp_path)
+    ratio = lambda r: r[1] / max(1, r[0] + r[1])
+    print(f"priority at qlen 512: non-blocking sender at 10 k/s drops {ratio(alone):.2%} alone, "
+          f"{ratio(loaded):.2%} with 4 scrapers (2 gzip; {scrapes} scrapes of 30 k series in 5 s)")
+    assert applied == alone[0] + loaded[0]
+    assert ratio(loaded) < 0.15
+
+
+def test_a_connection_is_refused_only_when_every_other_is_busy_and_counted(tmp_path):
+    d = start_daemon(tmp_path, "--config", config(tmp_path, limits={"max_http_connections": 2}))
+    try:
+        fill(d, 30_000)
+        busy = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(2)]
+        for s in busy:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.05)  # both are being rendered for or sent to, with progress: neither may go
+        with socket.create_connection(("127.0.0.1", d.port), timeout=5) as extra:
+            extra.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                assert extra.recv(100) == b""  # refused: closed at once
+            except ConnectionResetError:
+                pass
+        for s in busy:  # the busy ones are served whole
+            status, _, body = decode_response(read_all(s))
+            assert status == "HTTP/1.1 200 OK"
+            assert sum(1 for line in body.splitlines() if line.startswith(b"p2p_bytes_transferred_total{")) == 30_000
+            s.close()
+        m = d.scrape()
+        assert m[("p2pmetricsd_http_connections_refused_total", frozenset())] == 1
+        assert sum(v for (name, _), v in m.items() if name == "p2pmetricsd_http_connections_evicted_total") == 0
+    finally:
+        d.stop()
