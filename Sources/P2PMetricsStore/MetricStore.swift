@@ -113,13 +113,7 @@ public struct MetricStore {
         var descriptors: [String: MetricDescriptor] = [:]
         for d in configuration.metrics { descriptors[d.exposedName] = d }
         self.descriptors = descriptors
-        // Known metrics claim their names before any client can (a clashing one stays unclaimed,
-        // and its samples are refused as `name_clash`).
-        var clashes: [String] = []
-        for d in configuration.metrics where descriptors[d.exposedName] == d {
-            if !exposedNames.claim(d.exposedName, type: d.type) { clashes.append(d.name) }
-        }
-        configuredNameClashes = clashes
+        claimKnownNames()
     }
 
     /// Live series.
@@ -138,6 +132,17 @@ public struct MetricStore {
         configuration = new
         descriptors = [:]
         for d in new.metrics { descriptors[d.exposedName] = d }
+        claimKnownNames()
+    }
+
+    /// Known metrics claim their names before any client can (a clashing one stays unclaimed, and
+    /// its samples are refused as `name_clash`).
+    private mutating func claimKnownNames() {
+        var clashes: [String] = []
+        for d in configuration.metrics where descriptors[d.exposedName] == d {
+            if !exposedNames.claim(d.exposedName, type: d.type) { clashes.append(d.name) }
+        }
+        configuredNameClashes = clashes
     }
 
     // MARK: Ingest
@@ -540,7 +545,8 @@ public struct MetricStore {
     private mutating func releaseFamily(_ f: Int) {
         let family = families[f]
         familyIndex[family.name] = nil
-        exposedNames.release(family.name, type: family.type)
+        // Its names are free again, unless a known metric holds them from the start.
+        if descriptors[family.name] == nil { exposedNames.release(family.name, type: family.type) }
         familyBytes -= Self.familyCost(name: family.name, buckets: family.buckets.count)
         families[f] = MetricFamily(name: "", type: family.type, help: "", buckets: [], ttlSeconds: nil,
                                    processScoped: false, topK: 1)
