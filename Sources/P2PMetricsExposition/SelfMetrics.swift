@@ -79,11 +79,9 @@ public struct SelfMetrics: Sendable {
                     "OTLP export requests refused whole: not gzip, too large once decompressed, or not decodable.",
                     otlp.requestsRejected, &out)
             counter("p2pmetricsd_otlp_points_received_total", "OTLP data points read (applied or refused).", otlp.pointsReceived, &out)
-            family("p2pmetricsd_otlp_points_rejected_total", "counter",
-                   "OTLP data points refused (the other points of their request still apply), by reason.", &out)
-            for (reason, count) in otlp.pointsRejected {
-                line("p2pmetricsd_otlp_points_rejected_total{reason=\"\(reason)\"}", Double(count), &out)
-            }
+            counters("p2pmetricsd_otlp_points_rejected_total",
+                     "OTLP data points refused (the other points of their request still apply), by reason.",
+                     label: "reason", otlp.pointsRejected.map { ($0.reason, $0.count) }, &out)
             gauge("p2pmetricsd_otlp_streams", "Cumulative OTLP streams tracked to turn their points into deltas.",
                   Double(otlp.streams), &out)
         }
