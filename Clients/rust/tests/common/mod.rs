@@ -93,10 +93,15 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Daemon::start_at(None)
+    }
+
+    /// Starts the daemon on `socket` (default: a new temporary path).
+    pub fn start_at(socket: Option<PathBuf>) -> Daemon {
         let bin = daemon_binary();
         assert!(bin.exists(), "{} is not built (run swift build at the top of the repository)", bin.display());
         let dir = TempDir::new("daemon");
-        let socket = dir.path("ingest.sock");
+        let socket = socket.unwrap_or_else(|| dir.path("ingest.sock"));
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = std::fs::File::create(dir.path("daemon.log")).unwrap();
         let child = Command::new(&bin)
@@ -122,7 +127,7 @@ impl Daemon {
         panic!("p2pmetricsd did not serve /metrics in time");
     }
 
-    fn try_scrape(&self) -> Option<String> {
+    pub fn try_scrape(&self) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
@@ -164,8 +169,17 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Sends a signal to the daemon (`kill -SIG pid`).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-CONT").arg(self.child.id().to_string()).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

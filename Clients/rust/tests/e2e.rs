@@ -1,0 +1,214 @@
+//! End to end against the built daemon (`.build/debug/p2pmetricsd`, started by each test on a
+//! temporary socket and a free port): exact values scraped from /metrics.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Metrics};
+use p2pmetrics::{Client, Error, Mode};
+
+const DROPPED: &str = "p2pmetricsd_client_dropped_datagrams_total";
+
+/// Waits until every expected series has its value, then asserts them all exactly.
+fn assert_exact(d: &Daemon, want: &BTreeMap<String, f64>) -> Metrics {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = d.scrape();
+        let done = want.iter().all(|(k, &v)| m.value(k) == v);
+        if done || Instant::now() > deadline {
+            for (k, &v) in want {
+                assert_eq!(m.value(k), v, "{k}");
+            }
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn expect(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    pairs.iter().map(|&(k, v)| (k.to_owned(), v)).collect()
+}
+
+#[test]
+fn every_helper_and_generic_call_exact() {
+    let d = Daemon::start();
+    let c = Client::open(&d.socket).unwrap();
+    assert_eq!(c.mode(), Mode::Buffered { max_wait: p2pmetrics::SEND_WAIT });
+    c.record_image_import("microvm", true, 5 << 30).unwrap();
+    c.record_image_import("container", false, 4096).unwrap();
+    c.record_image_import_labels("closure", true, 7, &[("peer", "node-7")]).unwrap();
+    c.record_image_download("img-1", true, Duration::from_millis(250)).unwrap();
+    c.record_image_download("img-2", false, Duration::from_millis(1500)).unwrap();
+    c.record_image_download_labels("img-3", true, Duration::from_secs(2), &[("peer", "node-7")]).unwrap();
+    c.record_chunk_transfer(65536, false).unwrap();
+    c.record_chunk_transfer(65536, true).unwrap();
+    c.record_chunk_transfer_labels(100, false, &[("peer", "node-7")]).unwrap();
+    c.record_chunk_transfer_hash(10, false, "sha256:aa").unwrap();
+    c.record_chunk_transfer_hash(10, true, "sha256:bb").unwrap();
+    c.record_chunk_transfer_hash(10, true, "sha256:aa").unwrap();
+    c.record_chunk_request("sha256:aa").unwrap();
+    c.record_chunk_request("sha256:aa").unwrap();
+    c.record_chunk_request("sha256:cc").unwrap();
+    c.record_verification(true, "nar_hash").unwrap();
+    c.record_verification(false, "chunk_hash").unwrap();
+    c.record_cache_access(true, "chunk").unwrap();
+    c.record_cache_access(false, "vm_image").unwrap();
+    drop(c.start_transfer_labels(&[("peer", "node-7")]));
+    let open = c.start_transfer();
+    // Exact past 2^53, negative and fractional values.
+    c.counter_add("big.bytes.total", (1 << 60) + 1, &[]).unwrap();
+    c.counter_add("big.bytes.total", 2, &[]).unwrap();
+    c.counter_add_f64("work.seconds.total", 0.5, &[("queue", "a")]).unwrap();
+    c.gauge_set("temperature", -12.75, &[]).unwrap();
+    c.gauge_add("temperature", 0.25, &[]).unwrap();
+    c.histogram_observe("latency.seconds", 0.003, &[]).unwrap();
+    c.distinct_add("users", b"alice", &[]).unwrap();
+    c.distinct_add("users", b"bob", &[]).unwrap();
+    c.distinct_add("users", b"alice", &[]).unwrap();
+    c.flush().unwrap();
+    let stats = c.stats();
+    assert_eq!((stats.dropped_datagrams, stats.dropped_samples, stats.buffered_samples), (0, 0, 0));
+
+    let m = assert_exact(
+        &d,
+        &expect(&[
+            ("p2p_image_imports_total{artifact_type=\"microvm\"}", 1.0),
+            ("p2p_bytes_transferred_total{artifact_type=\"microvm\"}", (5u64 << 30) as f64),
+            ("p2p_image_imports_total{artifact_type=\"container\"}", 1.0),
+            ("p2p_image_imports_failed{artifact_type=\"container\"}", 1.0),
+            ("p2p_bytes_transferred_total{artifact_type=\"container\"}", 0.0),
+            ("p2p_image_imports_total{artifact_type=\"closure\",peer=\"node-7\"}", 1.0),
+            ("p2p_bytes_transferred_total{artifact_type=\"closure\",peer=\"node-7\"}", 7.0),
+            ("p2p_image_downloads_total", 2.0),
+            ("p2p_image_downloads_failed", 1.0),
+            ("p2p_image_downloads_total{peer=\"node-7\"}", 1.0),
+            ("p2p_transfer_duration_count", 2.0),
+            ("p2p_transfer_duration_sum", 1.75),
+            ("p2p_transfer_duration_bucket{le=\"0.25\"}", 1.0),
+            ("p2p_transfer_duration_count{peer=\"node-7\"}", 2.0),
+            ("p2p_chunks_transferred_total", 2.0),
+            ("p2p_chunks_deduplicated_total", 3.0),
+            ("p2p_bytes_transferred_total", 65536.0 + 10.0),
+            ("p2p_chunks_transferred_total{peer=\"node-7\"}", 1.0),
+            ("p2p_bytes_transferred_total{peer=\"node-7\"}", 100.0),
+            ("p2p_chunks_unique", 2.0),
+            ("p2p_chunks_requested{key=\"sha256:aa\"}", 2.0),
+            ("p2p_chunks_requested{key=\"sha256:cc\"}", 1.0),
+            ("p2p_verification_success{verification_type=\"nar_hash\"}", 1.0),
+            ("p2p_verification_failed{verification_type=\"chunk_hash\"}", 1.0),
+            ("p2p_cache_hits{cache_type=\"chunk\"}", 1.0),
+            ("p2p_cache_misses{cache_type=\"vm_image\"}", 1.0),
+            ("p2p_transfers_active", 1.0),
+            ("work_seconds_total{queue=\"a\"}", 0.5),
+            ("temperature", -12.5),
+            ("latency_seconds_count", 1.0),
+            ("users", 2.0),
+            (DROPPED, 0.0),
+        ]),
+    );
+    // 2^60 + 3 is not a double: the exposition writes every digit of the exact integer.
+    assert_eq!(m.value("big_bytes_total"), (1u64 << 60) as f64);
+    let text = d.try_scrape().unwrap();
+    let line = text.lines().find(|l| l.starts_with("big_bytes_total ")).unwrap_or_default();
+    assert_eq!(line, format!("big_bytes_total {}", (1u64 << 60) + 3));
+    drop(open);
+    c.flush().unwrap();
+    assert_exact(&d, &expect(&[("p2p_transfers_active", 0.0), ("p2p_transfer_duration_count", 3.0)]));
+}
+
+/// The seed-shaped workload of issue 13, one call per event as the seed's system makes them,
+/// from 4 threads with the library's defaults: every value exact, nothing dropped.
+#[test]
+fn seed_shaped_burst_from_four_threads_every_value_exact() {
+    const TYPES: [&str; 4] = ["microvm", "container", "storepath", "closure"];
+    const THREADS: usize = 4;
+    let d = Daemon::start();
+    let c = Client::open(&d.socket).unwrap();
+    let started = Instant::now();
+    let max_call = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let c = c.clone();
+                s.spawn(move || {
+                    let mut max = Duration::ZERO;
+                    let mut timed = |f: &mut dyn FnMut() -> Result<(), Error>| {
+                        let t0 = Instant::now();
+                        assert_eq!(f(), Ok(()));
+                        max = max.max(t0.elapsed());
+                    };
+                    let guards: Vec<_> = (t..20).step_by(THREADS).map(|_| c.start_transfer()).collect();
+                    for i in (t..200).step_by(THREADS) {
+                        timed(&mut || c.record_image_import(TYPES[i % 4], i % 10 != 9, ((i + 1) as u64) << 20));
+                    }
+                    for i in (t..500).step_by(THREADS) {
+                        timed(&mut || c.record_image_download("img", i % 25 != 24, Duration::from_secs_f64((i % 8) as f64 / 4.0)));
+                        timed(&mut || c.record_verification(i % 50 != 49, "nar_hash"));
+                        timed(&mut || c.record_cache_access(i % 2 == 0, "vm_image"));
+                    }
+                    for i in (t..5000).step_by(THREADS) {
+                        let dedup = i % 3 == 0;
+                        timed(&mut || c.record_chunk_transfer(65536, dedup));
+                        timed(&mut || c.record_verification(i % 100 != 99, "chunk_hash"));
+                        timed(&mut || c.record_cache_access(dedup, "chunk"));
+                    }
+                    for g in guards {
+                        let mut g = Some(g);
+                        timed(&mut || g.take().map_or(Ok(()), |g| g.end()));
+                    }
+                    max
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).max().unwrap()
+    });
+    let elapsed = started.elapsed();
+    drop(c); // the last handle flushes
+
+    let mut want: BTreeMap<String, f64> = BTreeMap::new();
+    let mut add = |k: String, v: f64| *want.entry(k).or_insert(0.0) += v;
+    for i in 0..200usize {
+        let ty = TYPES[i % 4];
+        add(format!("p2p_image_imports_total{{artifact_type=\"{ty}\"}}"), 1.0);
+        if i % 10 == 9 {
+            add(format!("p2p_image_imports_failed{{artifact_type=\"{ty}\"}}"), 1.0);
+        } else {
+            add(format!("p2p_bytes_transferred_total{{artifact_type=\"{ty}\"}}"), ((i + 1) << 20) as f64);
+        }
+    }
+    let mut downloads_seconds = 0.0;
+    for i in 0..500usize {
+        add("p2p_image_downloads_total".into(), 1.0);
+        add("p2p_image_downloads_failed".into(), f64::from(i % 25 == 24));
+        downloads_seconds += (i % 8) as f64 / 4.0;
+        let v = if i % 50 != 49 { "success" } else { "failed" };
+        add(format!("p2p_verification_{v}{{verification_type=\"nar_hash\"}}"), 1.0);
+        let h = if i % 2 == 0 { "hits" } else { "misses" };
+        add(format!("p2p_cache_{h}{{cache_type=\"vm_image\"}}"), 1.0);
+    }
+    for i in 0..5000usize {
+        if i % 3 == 0 {
+            add("p2p_chunks_deduplicated_total".into(), 1.0);
+            add("p2p_cache_hits{cache_type=\"chunk\"}".into(), 1.0);
+        } else {
+            add("p2p_chunks_transferred_total".into(), 1.0);
+            add("p2p_bytes_transferred_total".into(), 65536.0);
+            add("p2p_cache_misses{cache_type=\"chunk\"}".into(), 1.0);
+        }
+        let v = if i % 100 != 99 { "success" } else { "failed" };
+        add(format!("p2p_verification_{v}{{verification_type=\"chunk_hash\"}}"), 1.0);
+    }
+    add("p2p_transfer_duration_count".into(), 520.0);
+    add("p2p_transfers_active".into(), 0.0);
+    add(DROPPED.into(), 0.0);
+    let m = assert_exact(&d, &want);
+    // The transfers' durations are the only inexact sum: at least the downloads' share.
+    assert!(m.value("p2p_transfer_duration_sum") >= downloads_seconds);
+    let qlen = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen").unwrap_or_default();
+    println!(
+        "seed burst: {} calls from {THREADS} threads in {elapsed:?}, slowest call {max_call:?}, qlen {}",
+        200 + 3 * 500 + 3 * 5000 + 2 * 20,
+        qlen.trim()
+    );
+}
