@@ -212,3 +212,141 @@ fn seed_shaped_burst_from_four_threads_every_value_exact() {
         qlen.trim()
     );
 }
+
+#[test]
+fn transfer_guard_dropped_during_a_panic_unwind_ends_the_transfer() {
+    let d = Daemon::start();
+    let c = Client::open(&d.socket).unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _guard = c.start_transfer_labels(&[("peer", "node-3")]);
+        c.flush().unwrap();
+        assert_exact(&d, &expect(&[("p2p_transfers_active", 1.0)]));
+        panic!("the transfer failed");
+    }));
+    assert!(result.is_err());
+    // A guard in a thread that panics ends too.
+    let worker = c.clone();
+    assert!(std::thread::spawn(move || {
+        let _guard = worker.start_transfer();
+        panic!("the worker failed");
+    })
+    .join()
+    .is_err());
+    c.flush().unwrap();
+    assert_exact(
+        &d,
+        &expect(&[
+            ("p2p_transfers_active", 0.0),
+            ("p2p_transfer_duration_count{peer=\"node-3\"}", 1.0),
+            ("p2p_transfer_duration_count", 1.0),
+        ]),
+    );
+}
+
+/// A sidecar stopped with SIGSTOP: no call waits longer than its bound, the datagrams lost are
+/// exactly the ones reported, and the transfer's -1 is delivered once the sidecar runs again.
+#[test]
+fn stopped_sidecar_bounds_calls_and_loses_only_what_it_reports() {
+    const CALLS: u64 = 100_000;
+    let d = Daemon::start();
+    let c = Client::open(&d.socket).unwrap();
+    let guard = c.start_transfer();
+    c.flush().unwrap();
+    assert_exact(&d, &expect(&[("p2p_transfers_active", 1.0)]));
+    d.signal("STOP");
+    let mut slowest = Duration::ZERO;
+    for i in 0..CALLS {
+        let t0 = Instant::now();
+        assert_eq!(c.counter_add("burst.total", 1, &[("worker", ["a", "b", "c", "d"][i as usize % 4])]), Ok(()));
+        slowest = slowest.max(t0.elapsed());
+    }
+    let t0 = Instant::now();
+    let _ = guard.end(); // its -1 may be dropped here: then it is kept and delivered later
+    slowest = slowest.max(t0.elapsed());
+    let stopped = c.stats();
+    assert!(stopped.dropped_datagrams > 0, "the stopped sidecar's queue overflowed: {stopped:?}");
+    d.signal("CONT");
+    c.flush().unwrap();
+    let stats = c.stats();
+    let m = assert_exact(&d, &expect(&[("p2p_transfers_active", 0.0), (DROPPED, stats.dropped_datagrams as f64)]));
+    let burst: f64 = ["a", "b", "c", "d"].iter().map(|w| m.value(&format!("burst_total{{worker=\"{w}\"}}"))).sum();
+    let durations = m.value("p2p_transfer_duration_count");
+    // Every sample recorded while stopped (the burst and the transfer's duration) arrived unless
+    // its datagram was counted as dropped.
+    assert_eq!(burst + durations, (CALLS + 1 - stats.dropped_samples) as f64, "{stats:?}");
+    println!(
+        "stopped sidecar: {CALLS} calls, slowest {slowest:?} (bound {:?}), {} datagrams / {} samples dropped and reported, {} waits",
+        p2pmetrics::SEND_WAIT * 2,
+        stats.dropped_datagrams,
+        stats.dropped_samples,
+        stats.waits
+    );
+    assert!(slowest < Duration::from_secs(2), "slowest call {slowest:?}");
+}
+
+/// No sidecar at the path: calls never wait, every sample is counted as lost; when the sidecar
+/// appears, the drop count arrives in-band, exactly.
+#[test]
+fn absent_sidecar_never_waits_and_drops_are_reported_when_it_appears() {
+    let dir = common::TempDir::new("absent");
+    let path = dir.path("ingest.sock");
+    let c = Client::open(&path).unwrap();
+    let mut slowest = Duration::ZERO;
+    for round in 0..5 {
+        for _ in 0..1000 {
+            let t0 = Instant::now();
+            assert_eq!(c.record_cache_access(round % 2 == 0, "chunk"), Ok(()));
+            slowest = slowest.max(t0.elapsed());
+        }
+        std::thread::sleep(p2pmetrics::LINGER * 4); // the flusher tries (and drops) each round
+    }
+    c.flush().ok();
+    let lost = c.stats();
+    assert_eq!((lost.sent_datagrams, lost.dropped_samples, lost.buffered_samples), (0, 5000, 0));
+    assert!(lost.dropped_datagrams >= 5);
+    assert_eq!(c.flush(), Ok(()));
+    c.set_mode(Mode::Immediate);
+    assert!(matches!(c.counter_add("x.total", 1, &[]), Err(Error::Unavailable(_))));
+
+    let d = Daemon::start_at(Some(path.clone()));
+    std::thread::sleep(p2pmetrics::RECONNECT * 2);
+    assert_eq!(c.counter_add("x.total", 1, &[]), Ok(()));
+    assert_exact(&d, &expect(&[(DROPPED, (lost.dropped_datagrams + 1) as f64), ("x_total", 1.0)]));
+    println!("absent sidecar: 5000 calls, slowest {slowest:?}, {} datagrams dropped and reported", lost.dropped_datagrams + 1);
+    assert!(slowest < Duration::from_secs(1), "slowest call {slowest:?}");
+}
+
+/// Blocking mode waits up to its timeout for room, then drops (and counts) the call's datagram.
+#[test]
+fn blocking_mode_waits_for_room_up_to_its_timeout() {
+    let d = Daemon::start();
+    let c = Client::open(&d.socket).unwrap();
+    let timeout = Duration::from_millis(200);
+    c.set_mode(Mode::Blocking { timeout });
+    d.signal("STOP");
+    let mut sent = 0u64;
+    let failed_after = loop {
+        let t0 = Instant::now();
+        match c.counter_add("blocking.total", 1, &[]) {
+            Ok(()) => sent += 1,
+            Err(e) => {
+                assert_eq!(e, Error::QueueFull);
+                break t0.elapsed();
+            }
+        }
+        assert!(sent < 1000, "the stopped sidecar's queue never filled");
+    };
+    assert!(failed_after >= timeout - Duration::from_millis(10), "gave up after {failed_after:?}");
+    assert!(failed_after < Duration::from_secs(5), "waited {failed_after:?}");
+    // A call that finds room while it waits is delivered.
+    let resumer = std::thread::spawn({
+        let pid = d.signal_target();
+        move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::process::Command::new("kill").arg("-CONT").arg(pid).status().unwrap();
+        }
+    });
+    assert_eq!(c.counter_add("blocking.total", 1, &[]), Ok(()));
+    resumer.join().unwrap();
+    assert_exact(&d, &expect(&[("blocking_total", (sent + 1) as f64), (DROPPED, 1.0)]));
+}

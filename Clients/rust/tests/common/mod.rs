@@ -170,6 +170,11 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// The daemon's process id, for `kill` from another thread.
+    pub fn signal_target(&self) -> String {
+        self.child.id().to_string()
+    }
+
     /// Sends a signal to the daemon (`kill -SIG pid`).
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
