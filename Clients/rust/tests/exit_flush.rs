@@ -1,0 +1,61 @@
+//! Samples still pending when the process exits are delivered: the crate registers an exit hook
+//! for every open client (the default one included), run by `main` returning and by
+//! `std::process::exit`. The child is this test binary run again: its samples sit in a batch
+//! that is never ended, so only the exit hook can send them.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+
+const CHILD_ENV: &str = "P2PM_EXIT_FLUSH_CHILD";
+
+/// Runs only as the child (with CHILD_ENV set): records through the default client and exits.
+#[test]
+fn child_records_then_exits() {
+    let Ok(how) = std::env::var(CHILD_ENV) else { return };
+    let global = p2pmetrics::global();
+    std::mem::forget(global.batch()); // the flusher leaves a batch alone
+    p2pmetrics::record_image_import("microvm", true, 42);
+    global.counter_add("exit.total", 7, &[("how", &how)]).unwrap();
+    let own = p2pmetrics::Client::from_env().unwrap();
+    std::mem::forget(own.batch());
+    own.counter_add("exit.total", 1, &[("how", &how)]).unwrap();
+    std::mem::forget(own); // never dropped: only the exit hook can send it
+    assert_eq!(global.stats().sent_datagrams, 0);
+    if how == "process_exit" {
+        std::process::exit(0);
+    }
+}
+
+#[test]
+fn samples_pending_at_exit_are_delivered() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let d = Daemon::start();
+    for how in ["process_exit", "main_returns"] {
+        let status = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_records_then_exits", "--test-threads=1", "--quiet"])
+            .env(CHILD_ENV, how)
+            .env(p2pmetrics::SOCKET_ENV, &d.socket)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{how}: {status}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        let m = d.scrape();
+        if m.value("p2p_image_imports_total{artifact_type=\"microvm\"}") == 2.0 || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(m.value("p2p_image_imports_total{artifact_type=\"microvm\"}"), 2.0);
+    assert_eq!(m.value("p2p_bytes_transferred_total{artifact_type=\"microvm\"}"), 84.0);
+    assert_eq!(m.value("exit_total{how=\"process_exit\"}"), 8.0);
+    assert_eq!(m.value("exit_total{how=\"main_returns\"}"), 8.0);
+    assert_eq!(m.value("p2pmetricsd_client_dropped_datagrams_total"), 0.0);
+}
