@@ -71,6 +71,46 @@ impl Receiver {
     }
 }
 
+/// A receiver drained by a thread of its own, so that senders never find its queue full.
+pub struct Collector {
+    pub path: PathBuf,
+    datagrams: std::sync::mpsc::Receiver<Vec<u8>>,
+    _receiver: std::sync::Arc<Receiver>,
+}
+
+impl Collector {
+    pub fn new() -> Collector {
+        let receiver = std::sync::Arc::new(Receiver::new());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = std::sync::Arc::clone(&receiver);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            r.socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            loop {
+                if let Ok(n) = r.socket.recv(&mut buf) {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        return;
+                    }
+                } else if std::sync::Arc::strong_count(&r) == 1 {
+                    return;
+                }
+            }
+        });
+        Collector { path: receiver.path.clone(), datagrams: rx, _receiver: receiver }
+    }
+
+    /// The next datagram, waiting up to a few seconds.
+    pub fn recv(&self) -> Option<Vec<u8>> {
+        self.datagrams.recv_timeout(Duration::from_secs(5)).ok()
+    }
+
+    /// Datagrams received and not taken yet, after a short quiet period.
+    pub fn drain(&self) -> usize {
+        std::thread::sleep(Duration::from_millis(100));
+        self.datagrams.try_iter().count()
+    }
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
