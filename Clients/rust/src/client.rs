@@ -652,10 +652,20 @@ impl Client {
         self.record_image_download_labels(image_id, success, duration, &[])
     }
 
+    /// [`Client::record_image_download`] with the duration in seconds (finite, as the seed's
+    /// `record_p2p_image_download(image_id, success, duration_secs: f64)`).
+    pub fn record_image_download_secs(&self, image_id: &str, success: bool, duration_secs: f64) -> Result<(), Error> {
+        self.download(image_id, success, duration_secs, &[])
+    }
+
     /// [`Client::record_image_download`] with extra labels on every sample.
-    pub fn record_image_download_labels(&self, _image_id: &str, success: bool, duration: Duration, labels: Labels<'_>) -> Result<(), Error> {
+    pub fn record_image_download_labels(&self, image_id: &str, success: bool, duration: Duration, labels: Labels<'_>) -> Result<(), Error> {
+        self.download(image_id, success, duration.as_secs_f64(), labels)
+    }
+
+    fn download(&self, _image_id: &str, success: bool, seconds: f64, labels: Labels<'_>) -> Result<(), Error> {
         let total = Sample { kind: Kind::Counter, name: "p2p.image.downloads.total", labels, value: Value::U64(1) };
-        let seconds = Sample { kind: Kind::Histogram, name: TRANSFER_DURATION, labels, value: Value::F64(duration.as_secs_f64()) };
+        let seconds = Sample { kind: Kind::Histogram, name: TRANSFER_DURATION, labels, value: Value::F64(seconds) };
         if success {
             self.submit(&[total, seconds], 0)
         } else {

@@ -62,10 +62,10 @@ fn round(c: &Client, i: u64) -> u64 {
     c.topk_add("p2p.chunks.requested", "sha256:4f2a", &[]).unwrap();
     c.record_image_import("microvm", i % 10 != 9, 1 << 20).unwrap();
     c.record_image_download("img", true, Duration::from_millis(i % 1000)).unwrap();
-    c.record_chunk_transfer(65536, i % 3 == 0).unwrap();
+    c.record_chunk_transfer(65536, i.is_multiple_of(3)).unwrap();
     c.record_chunk_transfer_labels(65536, false, &peer).unwrap();
     c.record_verification(true, "chunk_hash").unwrap();
-    c.record_cache_access(i % 2 == 0, "chunk").unwrap();
+    c.record_cache_access(i.is_multiple_of(2), "chunk").unwrap();
     c.start_transfer_labels(&peer).end().unwrap();
     14
 }

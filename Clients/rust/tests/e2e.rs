@@ -350,3 +350,40 @@ fn blocking_mode_waits_for_room_up_to_its_timeout() {
     resumer.join().unwrap();
     assert_exact(&d, &expect(&[("blocking_total", (sent + 1) as f64), (DROPPED, 1.0)]));
 }
+
+/// The drop-in replacement of the seed's metrics module runs the seed guide's example code
+/// unchanged; every value it records is exact (delivered by the exit flush as main returns).
+#[test]
+fn seed_metrics_example_records_the_guide_example_exactly() {
+    let d = Daemon::start();
+    let example = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples/seed_metrics");
+    if !example.exists() {
+        // `cargo test` builds the examples; a filtered `cargo test --test e2e` does not.
+        let built = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--offline", "--example", "seed_metrics", "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .status()
+            .unwrap();
+        assert!(built.success() && example.exists(), "{}", example.display());
+    }
+    let status = std::process::Command::new(&example).env(p2pmetrics::SOCKET_ENV, &d.socket).status().unwrap();
+    assert!(status.success());
+    let transferred: u64 = (0..10u64).filter(|i| i % 4 != 0).map(|i| 4096 * (i + 1)).sum();
+    assert_exact(
+        &d,
+        &expect(&[
+            ("p2p_image_imports_total{artifact_type=\"microvm\"}", 1.0),
+            ("p2p_bytes_transferred_total{artifact_type=\"microvm\"}", (3u64 << 30) as f64),
+            ("p2p_chunks_deduplicated_total", 3.0),
+            ("p2p_chunks_transferred_total", 7.0),
+            ("p2p_bytes_transferred_total", transferred as f64),
+            ("p2p_verification_failed{verification_type=\"nar_hash\"}", 1.0),
+            ("p2p_image_downloads_total", 1.0),
+            ("p2p_transfer_duration_count", 2.0),
+            ("p2p_transfers_active", 0.0),
+            ("p2p_cache_hits{cache_type=\"chunk\"}", 1.0),
+            ("p2p_cache_misses{cache_type=\"vm_image\"}", 1.0),
+            (DROPPED, 0.0),
+        ]),
+    );
+}
