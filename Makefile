@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SWIFT_BUILD_FLAGS ?=
 ARGS ?=
 
-.PHONY: all deps build release run test test-swift test-c test-integration clean bench
+.PHONY: all deps build release run test test-swift test-c test-rust test-integration clean bench
 
 all: build
 
@@ -39,6 +39,7 @@ run: release
 test: build
 	$(MAKE) test-swift
 	$(MAKE) test-c
+	$(MAKE) test-rust
 	$(MAKE) test-integration
 
 test-swift:
@@ -46,6 +47,16 @@ test-swift:
 
 test-c:
 	$(MAKE) -C Clients/c test
+
+## The Rust client (Clients/rust): its tests (vectors, encoder, end to end against the built
+## daemon) and clippy. Uses the cargo on PATH (or ~/.cargo/bin), else installs Debian's.
+CARGO = PATH="$$PATH:$$HOME/.cargo/bin" cargo
+test-rust:
+	@$(CARGO) --version >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq cargo >/dev/null
+	cd Clients/rust && $(CARGO) test --offline
+	@if (cd Clients/rust && $(CARGO) clippy --version >/dev/null 2>&1); then \
+		cd Clients/rust && $(CARGO) clippy --offline --all-targets -q -- -D warnings; \
+	else echo "cargo clippy not installed: skipped"; fi
 
 test-integration:
 	python3 -m pytest -q -p no:cacheprovider Tests/integration

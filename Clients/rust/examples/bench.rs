@@ -20,10 +20,10 @@ static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
+        System.alloc(layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
+        System.dealloc(ptr, layout)
     }
 }
 
@@ -80,10 +80,10 @@ fn saturated(c: &Client, budget: Duration, mut f: impl FnMut(usize)) -> (u64, Du
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let Some(path) = arg("--socket") else {
+    let path = arg("--socket").unwrap_or_else(|| {
         eprintln!("usage: bench --socket PATH [--seconds S]");
         std::process::exit(2);
-    };
+    });
     let budget = Duration::from_secs_f64(arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(0.3));
     let c = Client::open(&path).expect("open");
     // Let the flusher thread start (its thread-locals are allocations of its own, once).

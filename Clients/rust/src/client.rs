@@ -90,7 +90,7 @@ impl Link {
     /// (Re)connects, at most once per [`RECONNECT`].
     fn reconnect(&mut self) -> Result<(), Error> {
         let now = Instant::now();
-        if self.last_try.is_some_and(|t| now.duration_since(t) <= RECONNECT) {
+        if self.last_try.map_or(false, |t| now.duration_since(t) <= RECONNECT) {
             return Err(Error::Unavailable(self.last_err));
         }
         self.last_try = Some(now);
@@ -125,7 +125,10 @@ impl Link {
         let mut deadline: Option<Instant> = None;
         let mut wait_left: Option<Duration> = None;
         loop {
-            let Some(socket) = &self.socket else { return Err(Error::Unavailable(self.last_err)) };
+            let socket = match &self.socket {
+                Some(socket) => socket,
+                None => return Err(Error::Unavailable(self.last_err)),
+            };
             let result = match wait_left.take() {
                 None => socket.send(data),
                 Some(left) => send_waiting(socket, data, left),

@@ -279,7 +279,10 @@ impl Datagram {
     /// Whether the series record at `offset` encodes exactly `name` and `labels`, in order.
     fn same_series(&self, offset: usize, name: &str, labels: Labels<'_>) -> bool {
         let rec = &self.buf[..HEADER + self.len];
-        let Some(mut at) = match_string(rec, offset + 1, name) else { return false };
+        let mut at = match match_string(rec, offset + 1, name) {
+            Some(at) => at,
+            None => return false,
+        };
         if rec[at] as usize != labels.len() {
             return false; // at most 16 labels: a one-byte varint
         }

@@ -68,7 +68,8 @@ pub use client::{Batch, Client, Mode, Stats};
 pub use encode::{Labels, MAX_DATAGRAM};
 pub use transfer::TransferGuard;
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::Once;
 use std::time::Duration;
 
 /// Socket path used when neither a path nor `$P2PM_SOCKET` is given.
@@ -110,19 +111,34 @@ impl std::fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-static GLOBAL: OnceLock<Client> = OnceLock::new();
+/// The default client: set once to a leaked `Box` (a static is never dropped anyway), so that
+/// `global()` is one atomic load after the first call (and builds with Debian's Rust 1.63).
+static GLOBAL: AtomicPtr<Client> = AtomicPtr::new(std::ptr::null_mut());
+static GLOBAL_INIT: Once = Once::new();
+
+fn opened_global() -> Option<&'static Client> {
+    // SAFETY: GLOBAL is null or points to a leaked Client that is never freed.
+    unsafe { GLOBAL.load(Ordering::Acquire).as_ref() }
+}
 
 /// The process-wide default client, opened on first use with [`Client::from_env`] (falling back
 /// to [`DEFAULT_SOCKET`] when `$P2PM_SOCKET` is not a usable path). It is flushed at a normal
 /// exit (see the crate docs).
 pub fn global() -> &'static Client {
-    GLOBAL.get_or_init(|| Client::from_env().unwrap_or_else(|_| Client::unchecked(DEFAULT_SOCKET.as_ref())))
+    if let Some(client) = opened_global() {
+        return client;
+    }
+    GLOBAL_INIT.call_once(|| {
+        let client = Client::from_env().unwrap_or_else(|_| Client::unchecked(DEFAULT_SOCKET.as_ref()));
+        GLOBAL.store(Box::into_raw(Box::new(client)), Ordering::Release);
+    });
+    opened_global().expect("the default client was just opened")
 }
 
 /// Sends what the default client has pending (see [`Client::flush`]); does nothing when it was
 /// never used.
 pub fn flush() -> Result<(), Error> {
-    GLOBAL.get().map_or(Ok(()), Client::flush)
+    opened_global().map_or(Ok(()), Client::flush)
 }
 
 // ---- The seed's functions, on the default client -------------------------------------------

@@ -180,7 +180,7 @@ fn seed_shaped_burst_from_four_threads_every_value_exact() {
     let mut downloads_seconds = 0.0;
     for i in 0..500usize {
         add("p2p_image_downloads_total".into(), 1.0);
-        add("p2p_image_downloads_failed".into(), f64::from(i % 25 == 24));
+        add("p2p_image_downloads_failed".into(), if i % 25 == 24 { 1.0 } else { 0.0 });
         downloads_seconds += (i % 8) as f64 / 4.0;
         let v = if i % 50 != 49 { "success" } else { "failed" };
         add(format!("p2p_verification_{v}{{verification_type=\"nar_hash\"}}"), 1.0);
