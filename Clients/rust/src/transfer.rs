@@ -69,7 +69,12 @@ impl TransferGuard<'_> {
             Sample { kind: Kind::GaugeAdd, name: ACTIVE_TRANSFERS, labels: &[], value: Value::F64(-1.0) },
             Sample { kind: Kind::Histogram, name: TRANSFER_DURATION, labels: self.labels, value: Value::F64(seconds) },
         ];
-        self.client.submit(&samples, -1)
+        let result = self.client.submit(&samples, -1);
+        if result == Err(Error::TooLarge) {
+            // Labels too long to travel with the -1 in one datagram: the -1 alone, never lost.
+            let _ = self.client.submit(&samples[..1], -1);
+        }
+        result
     }
 }
 

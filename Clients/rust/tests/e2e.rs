@@ -430,3 +430,21 @@ fn a_buffered_sample_is_visible_without_a_flush() {
     delays.sort();
     println!("visibility without flush: median {:?}, max {:?} (linger {:?})", delays[2], delays[4], p2pmetrics::LINGER);
 }
+
+/// A transfer whose duration labels are too long to travel with the -1 in one datagram still
+/// takes its +1 back: the end reports `TooLarge` for the duration and sends the -1 alone.
+#[test]
+fn a_transfer_with_oversized_labels_still_ends() {
+    let d = Daemon::start();
+    let c = Client::open(&d.socket).unwrap();
+    let value = "v".repeat(1024);
+    let names: Vec<String> = (0..8).map(|i| format!("label{i}")).collect();
+    let labels: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), value.as_str())).collect();
+    let guard = c.start_transfer_labels(&labels);
+    assert_eq!(guard.start_result(), Ok(()));
+    c.flush().unwrap();
+    assert_exact(&d, &expect(&[("p2p_transfers_active", 1.0)]));
+    assert_eq!(guard.end(), Err(Error::TooLarge));
+    c.flush().unwrap();
+    assert_exact(&d, &expect(&[("p2p_transfers_active", 0.0), (DROPPED, 0.0)]));
+}
