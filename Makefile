@@ -52,7 +52,7 @@ test-c:
 ## daemon) and clippy. Uses the cargo on PATH (or ~/.cargo/bin), else installs Debian's.
 CARGO = PATH="$$PATH:$$HOME/.cargo/bin" cargo
 test-rust:
-	@$(CARGO) --version >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq cargo >/dev/null
+	@$(CARGO) --version >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq cargo rust-clippy >/dev/null
 	cd Clients/rust && $(CARGO) test --offline
 	@if (cd Clients/rust && $(CARGO) clippy --version >/dev/null 2>&1); then \
 		cd Clients/rust && $(CARGO) clippy --offline --all-targets -q -- -D warnings; \
