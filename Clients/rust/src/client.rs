@@ -385,9 +385,21 @@ extern "C" {
 
 /// Runs at a normal exit (C library `exit()`, which `main` returning and `process::exit` call):
 /// every client still open sends what is pending.
+/// In a forked child the registry's lock may have been held by a thread that does not exist
+/// there: the lock is only tried (for up to 100 ms), so that exit never hangs.
 extern "C" fn flush_all_at_exit() {
     let _ = std::panic::catch_unwind(|| {
-        let clients = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let clients = loop {
+            match REGISTRY.try_lock() {
+                Ok(clients) => break clients,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            }
+        };
         for inner in clients.iter().filter_map(Weak::upgrade) {
             inner.flush_if_owner();
         }

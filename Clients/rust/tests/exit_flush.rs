@@ -1,7 +1,8 @@
 //! Samples still pending when the process exits are delivered: the crate registers an exit hook
 //! for every open client (the default one included), run by `main` returning and by
 //! `std::process::exit`. The child is this test binary run again: its samples sit in a batch
-//! that is never ended, so only the exit hook can send them.
+//! that is never ended, so only the exit hook can send them. A forked child's exit does not send
+//! its parent's samples a second time.
 
 mod common;
 
@@ -31,6 +32,27 @@ fn child_records_then_exits() {
     if how == "process_exit" {
         std::process::exit(0);
     }
+    if how == "fork" {
+        // The forked child exits through exit() (the exit hook runs there too): it must not
+        // send the parent's pending samples; the parent sends them once, as main returns.
+        // SAFETY: the child calls only exit(); the parent waits for it.
+        unsafe {
+            let pid = fork();
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                exit(0);
+            }
+            let mut status = 0;
+            assert_eq!(waitpid(pid, &mut status, 0), pid);
+            assert_eq!(status, 0);
+        }
+    }
+}
+
+extern "C" {
+    fn fork() -> i32;
+    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+    fn exit(status: i32) -> !;
 }
 
 #[test]
@@ -39,7 +61,7 @@ fn samples_pending_at_exit_are_delivered() {
         return;
     }
     let d = Daemon::start();
-    for how in ["process_exit", "main_returns"] {
+    for how in ["process_exit", "main_returns", "fork"] {
         let status = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "child_records_then_exits", "--test-threads=1", "--quiet"])
             .env(CHILD_ENV, how)
@@ -49,15 +71,18 @@ fn samples_pending_at_exit_are_delivered() {
         assert!(status.success(), "{how}: {status}");
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    let m = loop {
+    loop {
         let m = d.scrape();
-        if m.value("p2p_image_imports_total{artifact_type=\"microvm\"}") == 2.0 || Instant::now() > deadline {
-            break m;
+        if m.value("p2p_image_imports_total{artifact_type=\"microvm\"}") >= 3.0 || Instant::now() > deadline {
+            break;
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(m.value("p2p_image_imports_total{artifact_type=\"microvm\"}"), 2.0);
-    assert_eq!(m.value("p2p_bytes_transferred_total{artifact_type=\"microvm\"}"), 84.0);
+    }
+    std::thread::sleep(Duration::from_millis(200)); // a duplicate from the forked child would show now
+    let m = d.scrape();
+    assert_eq!(m.value("p2p_image_imports_total{artifact_type=\"microvm\"}"), 3.0);
+    assert_eq!(m.value("p2p_bytes_transferred_total{artifact_type=\"microvm\"}"), 126.0);
+    assert_eq!(m.value("exit_total{how=\"fork\"}"), 8.0, "sent once, by the parent");
     assert_eq!(m.value("exit_total{how=\"process_exit\"}"), 8.0);
     assert_eq!(m.value("exit_total{how=\"main_returns\"}"), 8.0);
     assert_eq!(m.value("p2pmetricsd_client_dropped_datagrams_total"), 0.0);
