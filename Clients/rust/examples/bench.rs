@@ -90,8 +90,9 @@ fn main() {
     let _ = c.counter_add("p2p.cache.hits", 1, LABELS[0]);
     let _ = c.flush();
     std::thread::sleep(Duration::from_millis(20));
-    let (mut paced, mut immediate, mut buffered, mut batched, mut nolabels) =
-        (Best::default(), Best::default(), Best::default(), Best::default(), Best::default());
+    let (mut paced, mut immediate, mut buffered, mut batched, mut nolabels, mut handles) =
+        (Best::default(), Best::default(), Best::default(), Best::default(), Best::default(), Best::default());
+    let series: Vec<_> = LABELS.iter().map(|l| c.series("p2p.cache.hits", l).expect("series")).collect();
     for _round in 0..3 {
         // Immediate, paced: bursts of 8 timed calls, then a pause for the receiver to drain.
         c.set_mode(Mode::Immediate);
@@ -137,6 +138,14 @@ fn main() {
         });
         let _ = batch.end();
         nolabels.keep(n, t, d, a);
+
+        // Batched through series handles: the same 4 series, resolved once.
+        let batch = c.batch();
+        let (n, t, d, a) = saturated(&c, budget, |k| {
+            let _ = series[k & 3].counter_add(1);
+        });
+        let _ = batch.end();
+        handles.keep(n, t, d, a);
         std::thread::sleep(Duration::from_millis(50));
     }
     paced.print("immediate_paced");
@@ -144,6 +153,7 @@ fn main() {
     buffered.print("buffered");
     batched.print("batched");
     nolabels.print("batched_nolabels");
+    handles.print("batched_handle");
     let stats = c.stats();
     println!("waits={}", stats.waits);
 }

@@ -3,6 +3,7 @@
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -308,6 +309,29 @@ impl State {
         self.settle(was_empty, wake)
     }
 
+    /// One sample through a series handle: while its series record is in the pending datagram
+    /// (`cached` knows where) only the value is encoded; else the record is appended again.
+    pub(crate) fn add_indexed(&mut self, s: &Sample<'_>, cached: &AtomicU64, wake: &Condvar) -> Result<(), Error> {
+        let mut was_empty = self.pending.is_empty();
+        let hit = self.pending.cached_index(cached.load(Ordering::Relaxed));
+        if let Some(index) = hit {
+            if self.pending.append_indexed(s.kind, index, s.value).is_ok() {
+                self.pending_samples += 1;
+                return self.settle(was_empty, wake);
+            }
+        }
+        let mut appended = self.pending.append(s);
+        if appended == Err(Error::TooLarge) && !was_empty {
+            // The pending datagram is full: send it and start anew.
+            let _ = self.send_pending(self.call_wait(), Keep::Never, wake);
+            was_empty = true;
+            appended = self.pending.append(s);
+        }
+        cached.store(self.pending.series_key(appended?), Ordering::Relaxed);
+        self.pending_samples += 1;
+        self.settle(was_empty, wake)
+    }
+
     /// Sends what is pending and, best effort, the transfer debt; waits for room like a call.
     fn flush(&mut self, wake: &Condvar) -> Result<(), Error> {
         let result = self.send_pending(self.call_wait(), Keep::Never, wake);
@@ -532,6 +556,12 @@ impl Client {
 
     fn inner(&self) -> &Inner {
         &self.handle.inner
+    }
+
+    /// One sample through a series handle (see [`crate::Series`]); validated by its caller.
+    pub(crate) fn submit_indexed(&self, sample: &Sample<'_>, cached: &AtomicU64) -> Result<(), Error> {
+        let inner = self.inner();
+        inner.lock().add_indexed(sample, cached, &inner.wake)
     }
 
     /// Validates the samples of one call, then adds them as one group (one datagram).

@@ -106,7 +106,7 @@ fn label_name_ok(name: &str) -> bool {
 
 /// The value rules of PROTOCOL.md 1.3 for numeric samples: finite, and >= 0 for counters;
 /// gauge sets take anything.
-fn value_ok(kind: Kind, value: f64) -> bool {
+pub(crate) fn value_ok(kind: Kind, value: f64) -> bool {
     kind == Kind::GaugeSet || (value.is_finite() && !(kind == Kind::Counter && value < 0.0))
 }
 
@@ -203,6 +203,33 @@ fn string_len(s: &[u8]) -> usize {
     uvarint_len(s.len() as u64) + s.len()
 }
 
+/// Bytes of a sample record referencing series `index`.
+fn sample_len(index: u32, value: Value<'_>) -> usize {
+    let (form, bits) = value_form(value);
+    let value_len = match value {
+        Value::Key(key) => string_len(key),
+        _ if form == FORM_F64 => 8,
+        _ => uvarint_len(bits),
+    };
+    1 + uvarint_len(u64::from(index)) + value_len
+}
+
+/// Writes a sample record (tag, series index, value in its canonical form) at `at`.
+fn put_sample(buf: &mut [u8], at: usize, kind: Kind, index: u32, value: Value<'_>) {
+    let (form, bits) = value_form(value);
+    buf[at] = (kind as u8) << 4 | form;
+    let at = put_uvarint(buf, at + 1, u64::from(index));
+    match value {
+        Value::Key(key) => {
+            put_bytes(buf, at, key);
+        }
+        _ if form == FORM_F64 => buf[at..at + 8].copy_from_slice(&bits.to_le_bytes()),
+        _ => {
+            put_uvarint(buf, at, bits);
+        }
+    }
+}
+
 /// FNV-1a over the name and labels, each followed by a 0 byte as separator.
 fn series_hash(name: &str, labels: Labels<'_>) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -243,6 +270,8 @@ pub(crate) struct Datagram {
     series: u32,
     slots: [Slot; SLOTS],
     used_slots: usize,
+    /// Changes whenever the datagram starts afresh (series handles cache indices of one).
+    generation: u32,
 }
 
 /// Where an append may be rolled back to (a group of samples that must travel together).
@@ -255,7 +284,7 @@ pub(crate) struct Mark {
 
 impl Datagram {
     pub fn new() -> Self {
-        Datagram { buf: vec![0u8; HEADER + CAPACITY].into_boxed_slice(), len: 0, series: 0, slots: [Slot::default(); SLOTS], used_slots: 0 }
+        Datagram { buf: vec![0u8; HEADER + CAPACITY].into_boxed_slice(), len: 0, series: 0, slots: [Slot::default(); SLOTS], used_slots: 0, generation: 0 }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -274,6 +303,30 @@ impl Datagram {
 
     pub fn clear(&mut self) {
         self.rollback(Mark { len: 0, series: 0, used_slots: 0 });
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// `generation << 32 | index`: where a series handle finds its series record again.
+    pub fn series_key(&self, index: u32) -> u64 {
+        u64::from(self.generation) << 32 | u64::from(index)
+    }
+
+    /// The index of a series handle's record when `key` is still valid in this datagram.
+    pub fn cached_index(&self, key: u64) -> Option<u32> {
+        let index = key as u32;
+        ((key >> 32) as u32 == self.generation && index < self.series).then_some(index)
+    }
+
+    /// Appends one numeric sample of the series already defined at `index`: just the tag, the
+    /// index and the value. `Err(Error::TooLarge)` when it does not fit.
+    pub fn append_indexed(&mut self, kind: Kind, index: u32, value: Value<'_>) -> Result<(), Error> {
+        let need = sample_len(index, value);
+        if need > CAPACITY - self.len {
+            return Err(Error::TooLarge);
+        }
+        put_sample(&mut self.buf, HEADER + self.len, kind, index, value);
+        self.len += need;
+        Ok(())
     }
 
     /// Whether the series record at `offset` encodes exactly `name` and `labels`, in order.
@@ -297,8 +350,9 @@ impl Datagram {
     }
 
     /// Appends one validated sample, with its series record unless the same series is already
-    /// in this datagram. `Err(Error::TooLarge)` when it does not fit; nothing changes then.
-    pub fn append(&mut self, s: &Sample<'_>) -> Result<(), Error> {
+    /// in this datagram; returns the series index. `Err(Error::TooLarge)` when it does not fit;
+    /// nothing changes then.
+    pub fn append(&mut self, s: &Sample<'_>) -> Result<u32, Error> {
         let mut record_len =
             1 + string_len(s.name.as_bytes()) + uvarint_len(s.labels.len() as u64);
         for &(n, v) in s.labels {
@@ -316,13 +370,7 @@ impl Datagram {
                 break;
             }
         }
-        let (form, bits) = value_form(s.value);
-        let value_len = match (form, s.value) {
-            (FORM_F64, _) => 8,
-            (_, Value::Key(key)) => string_len(key),
-            _ => uvarint_len(bits),
-        };
-        let need = record_len + 1 + uvarint_len(u64::from(index)) + value_len;
+        let need = record_len + sample_len(index, s.value);
         if need > CAPACITY - self.len || (record_len > 0 && self.series >= MAX_SERIES) {
             return Err(Error::TooLarge);
         }
@@ -342,19 +390,9 @@ impl Datagram {
                 at = put_bytes(buf, at, v.as_bytes());
             }
         }
-        buf[at] = (s.kind as u8) << 4 | form;
-        at = put_uvarint(buf, at + 1, u64::from(index));
-        match s.value {
-            Value::Key(key) => {
-                put_bytes(buf, at, key);
-            }
-            _ if form == FORM_F64 => buf[at..at + 8].copy_from_slice(&bits.to_le_bytes()),
-            _ => {
-                put_uvarint(buf, at, bits);
-            }
-        }
+        put_sample(buf, at, s.kind, index, s.value);
         self.len += need;
-        Ok(())
+        Ok(index)
     }
 
     /// Writes the magic byte and, when `drops` > 0, a drop report just before the records;

@@ -62,10 +62,12 @@
 
 mod client;
 mod encode;
+mod series;
 mod transfer;
 
 pub use client::{Batch, Client, Mode, Stats};
 pub use encode::{Labels, MAX_DATAGRAM};
+pub use series::Series;
 pub use transfer::TransferGuard;
 
 use std::sync::atomic::{AtomicPtr, Ordering};

@@ -457,3 +457,46 @@ fn a_transfer_with_oversized_labels_still_ends() {
     c.flush().unwrap();
     assert_exact(&d, &expect(&[("p2p_transfers_active", 0.0), (DROPPED, 0.0)]));
 }
+
+/// Series handles shared by 4 threads, mixed with generic calls of the same series, on the
+/// defaults: every increment arrives, exact.
+#[test]
+fn series_handles_from_four_threads_exact() {
+    let d = Daemon::start();
+    let c = Client::open(&d.socket).unwrap();
+    let bytes = c.series("p2p.bytes_transferred.total", &[("peer", "node-7")]).unwrap();
+    let seconds = c.series("p2p.transfer.duration", &[("peer", "node-7")]).unwrap();
+    assert!(matches!(c.series("h", &[("le", "1")]).unwrap().histogram_observe(1.0), Err(Error::Invalid(_))));
+    assert!(matches!(bytes.counter_add_f64(-1.0), Err(Error::Invalid(_))));
+    assert!(matches!(c.series("bad name", &[]), Err(Error::Invalid(_))));
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (c, bytes, seconds) = (&c, &bytes, &seconds);
+            s.spawn(move || {
+                for i in 0..10_000u64 {
+                    if i % 10 == 0 {
+                        c.counter_add("p2p.bytes_transferred.total", 1 << 40, &[("peer", "node-7")]).unwrap();
+                    } else {
+                        bytes.counter_add(t + 1).unwrap();
+                    }
+                    if i % 100 == 0 {
+                        seconds.histogram_observe(0.5).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    c.flush().unwrap();
+    // Per thread: 1,000 generic adds of 2^40 and 9,000 handle adds of t+1.
+    let want = 4.0 * 1000.0 * (1u64 << 40) as f64 + 9000.0 * (1.0 + 2.0 + 3.0 + 4.0);
+    assert_exact(
+        &d,
+        &expect(&[
+            ("p2p_bytes_transferred_total{peer=\"node-7\"}", want),
+            ("p2p_transfer_duration_count{peer=\"node-7\"}", 400.0),
+            ("p2p_transfer_duration_sum{peer=\"node-7\"}", 200.0),
+            (DROPPED, 0.0),
+        ]),
+    );
+    assert_eq!(c.stats().dropped_datagrams, 0);
+}

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{hex, Receiver};
-use p2pmetrics::{Client, Error, Mode};
+use p2pmetrics::{Client, Error, Mode, Series};
 
 struct Call {
     kind: String,
@@ -118,6 +118,56 @@ fn make_drops(client: &Client, r: &Receiver, drops: u64) {
     }
     assert_eq!(client.dropped(), drops);
     assert_eq!(r.drain(), sent);
+}
+
+/// Replays one numeric call through a series handle, one handle per distinct series (so that
+/// repeated series take the handle's cached path). `None` for item-key calls (no handles).
+fn call_through_handle<'v>(client: &Client, handles: &mut Vec<(&'v Call, Series<'v>)>, c: &'v Call, labels: &'v [(&'v str, &'v str)]) -> Option<Result<(), Error>> {
+    let position = handles.iter().position(|(other, _)| other.name == c.name && other.labels == c.labels);
+    let index = match position {
+        Some(i) => i,
+        None => {
+            handles.push((c, client.series(&c.name, labels).ok()?));
+            handles.len() - 1
+        }
+    };
+    let h = &handles[index].1;
+    let number = c.value.parse::<f64>().ok()?;
+    Some(match c.kind.as_str() {
+        "counter_add" => match c.value.parse::<u64>() {
+            Ok(v) => h.counter_add(v),
+            Err(_) => h.counter_add_f64(number),
+        },
+        "gauge_set" => h.gauge_set(number),
+        "gauge_add" => h.gauge_add(number),
+        "histogram_observe" => h.histogram_observe(number),
+        _ => return None,
+    })
+}
+
+/// Every vector made only of numeric calls, replayed through series handles.
+#[test]
+fn series_handles_replay_the_numeric_vectors_byte_for_byte() {
+    let vectors = load();
+    let mut replayed = 0;
+    for v in vectors.iter().filter(|v| v.calls.iter().all(|c| !c.kind.ends_with("_add") || c.kind == "counter_add" || c.kind == "gauge_add")) {
+        let labels: Vec<Vec<(&str, &str)>> =
+            v.calls.iter().map(|c| c.labels.iter().map(|(k, l)| (k.as_str(), l.as_str())).collect()).collect();
+        let r = Receiver::new();
+        let client = Client::open(&r.path).unwrap();
+        client.set_mode(Mode::Immediate);
+        make_drops(&client, &r, v.drops);
+        let mut handles = Vec::new();
+        let batch = client.batch();
+        for (c, l) in v.calls.iter().zip(&labels) {
+            let result = call_through_handle(&client, &mut handles, c, l).expect("numeric call");
+            assert_eq!(result, Ok(()), "vector {}", v.id);
+        }
+        batch.end().unwrap();
+        assert_eq!(hex(&r.recv().expect("one datagram")), v.hex, "vector {} through handles", v.id);
+        replayed += 1;
+    }
+    assert!(replayed >= 12, "{replayed} numeric vectors");
 }
 
 fn replay(v: &Vector, exact: bool) -> String {
