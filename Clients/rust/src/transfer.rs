@@ -14,6 +14,8 @@ use crate::Error;
 /// stopped) is kept by the client and added to the next datagram that is sent (or to a datagram
 /// of its own, tried every [`crate::RECONNECT`] by the flusher), so `p2p.transfers.active`
 /// always ends at the number of transfers started and not ended. Ending twice is impossible.
+/// A process that dies without unwinding (`panic = "abort"`, a signal) runs no destructor: the
+/// sidecar then withdraws the +1s the dead process added and did not take back.
 #[must_use = "the transfer ends when this guard is dropped"]
 pub struct TransferGuard<'a> {
     client: Client,
