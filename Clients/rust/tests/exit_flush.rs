@@ -87,3 +87,49 @@ fn samples_pending_at_exit_are_delivered() {
     assert_eq!(m.value("exit_total{how=\"main_returns\"}"), 8.0);
     assert_eq!(m.value("p2pmetricsd_client_dropped_datagrams_total"), 0.0);
 }
+
+const ABORT_ENV: &str = "P2PM_ABORT_CHILD";
+
+/// Runs only as the child (with ABORT_ENV set): starts a transfer, delivers its +1, and dies
+/// without unwinding.
+#[test]
+fn child_starts_a_transfer_then_aborts() {
+    if std::env::var_os(ABORT_ENV).is_none() {
+        return;
+    }
+    let guard = p2pmetrics::start_transfer();
+    p2pmetrics::flush().unwrap();
+    std::mem::forget(guard);
+    std::process::abort();
+}
+
+/// No destructor runs in a process that aborts: the sidecar withdraws the +1 of the dead process.
+#[test]
+fn a_process_that_aborts_mid_transfer_leaves_no_active_transfer() {
+    if std::env::var_os(ABORT_ENV).is_some() || std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    let d = Daemon::start();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_starts_a_transfer_then_aborts", "--test-threads=1", "--quiet"])
+        .env(ABORT_ENV, "1")
+        .env(p2pmetrics::SOCKET_ENV, &d.socket)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(!child.wait().unwrap().success(), "the child aborted");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    loop {
+        let m = d.scrape();
+        seen.push(m.get("p2p_transfers_active"));
+        if m.get("p2p_transfers_active") == Some(0.0) || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(seen.last().copied().flatten(), Some(0.0), "active transfers seen: {seen:?}");
+    let m = d.scrape();
+    assert_eq!(m.value("p2pmetricsd_datagrams_received_total"), 1.0, "the child's +1 arrived");
+    assert_eq!(m.value("p2pmetricsd_processes_withdrawn_total"), 1.0);
+}
