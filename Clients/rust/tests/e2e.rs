@@ -370,6 +370,7 @@ fn blocking_mode_waits_for_room_up_to_its_timeout() {
     assert!(failed_after >= timeout - Duration::from_millis(10), "gave up after {failed_after:?}");
     assert!(failed_after < Duration::from_secs(5), "waited {failed_after:?}");
     // A call that finds room while it waits is delivered.
+    c.set_mode(Mode::Blocking { timeout: Duration::from_secs(10) });
     let resumer = std::thread::spawn({
         let pid = d.signal_target();
         move || {
