@@ -34,17 +34,23 @@ impl Default for Mode {
     }
 }
 
-/// What a client did since it was opened ([`Client::stats`]).
+/// What a client did since it was opened ([`Client::stats`]). Samples recorded =
+/// `sent_samples + dropped_samples + kept_samples + buffered_samples`; samples the sidecar
+/// applies = `sent_samples + resent_adds`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Datagrams the kernel accepted.
     pub sent_datagrams: u64,
-    /// Samples in them.
+    /// Samples recorded by calls that were in them.
     pub sent_samples: u64,
     /// Datagrams lost (= [`Client::dropped`]); reported in-band.
     pub dropped_datagrams: u64,
-    /// Samples in them: exactly the samples lost.
+    /// Samples in them that are lost: exactly the samples lost.
     pub dropped_samples: u64,
+    /// Transfer +1/-1s in lost datagrams: kept, and resent as their sum.
+    pub kept_samples: u64,
+    /// `p2p.transfers.active` adds sent for kept samples.
+    pub resent_adds: u64,
     /// Samples in the pending datagram now.
     pub buffered_samples: u64,
     /// Sends that found the queue full and waited for room.
@@ -233,7 +239,9 @@ impl State {
         }
         let mark = self.pending.mark();
         let fold = Sample { kind: Kind::GaugeAdd, name: ACTIVE_TRANSFERS, labels: &[], value: Value::F64(debt as f64) };
+        self.pending.keep_debt_room(false); // the fold may use the room kept for it
         let folded = debt != 0 && self.pending.append(&fold).is_ok();
+        self.pending.keep_debt_room(debt != 0);
         let data = self.pending.finish(self.pending_drops);
         let result = self.link.transmit(data, wait, &mut self.stats);
         match result {
@@ -248,7 +256,8 @@ impl State {
                     self.active_debt -= debt;
                 }
                 self.stats.sent_datagrams += 1;
-                self.stats.sent_samples += self.pending_samples + u64::from(folded);
+                self.stats.sent_samples += self.pending_samples;
+                self.stats.resent_adds += u64::from(folded);
             }
             Err(e) => {
                 // The transfer adds of a lost datagram are not lost: they are resent later.
@@ -259,12 +268,14 @@ impl State {
                 }
                 self.stats.dropped_datagrams += 1;
                 self.stats.dropped_samples += self.pending_samples - self.kept_pending;
+                self.stats.kept_samples += self.kept_pending;
                 if e == Error::QueueFull && !wait.is_zero() && matches!(self.mode, Mode::Buffered { .. }) {
                     self.stalled = true; // the sidecar is stopped or stuck: calls stop waiting
                 }
             }
         }
         self.reset_pending();
+        self.pending.keep_debt_room(self.active_debt != 0);
         result
     }
 

@@ -18,6 +18,8 @@ const CAPACITY: usize = MAX_DATAGRAM - HEADER;
 /// Series remembered for reuse within one datagram (later ones are still valid, never reused).
 const SLOTS: usize = 64;
 const MAX_SERIES: u32 = 4096;
+/// Room kept for the fold of the transfer debt: a series record and a sample (37 bytes at most).
+const DEBT_ROOM: usize = 40;
 const MAX_NAME: usize = 200;
 const MAX_LABELS: usize = 16;
 const MAX_LABEL_NAME: usize = 100;
@@ -272,6 +274,8 @@ pub(crate) struct Datagram {
     used_slots: usize,
     /// Changes whenever the datagram starts afresh (series handles cache indices of one).
     generation: u32,
+    /// Room (and a series record) kept for the fold of the transfer debt.
+    keep_debt_room: bool,
 }
 
 /// Where an append may be rolled back to (a group of samples that must travel together).
@@ -284,7 +288,19 @@ pub(crate) struct Mark {
 
 impl Datagram {
     pub fn new() -> Self {
-        Datagram { buf: vec![0u8; HEADER + CAPACITY].into_boxed_slice(), len: 0, series: 0, slots: [Slot::default(); SLOTS], used_slots: 0, generation: 0 }
+        Datagram { buf: vec![0u8; HEADER + CAPACITY].into_boxed_slice(), len: 0, series: 0, slots: [Slot::default(); SLOTS], used_slots: 0, generation: 0, keep_debt_room: false }
+    }
+
+    /// While transfer adds wait to be resent (the debt), room for their fold is kept, so that it
+    /// always fits in the next datagram (and a -1 never travels before its kept +1).
+    pub fn keep_debt_room(&mut self, keep: bool) {
+        self.keep_debt_room = keep;
+    }
+
+    /// Bytes left for records.
+    fn room(&self) -> usize {
+        let kept = if self.keep_debt_room { DEBT_ROOM } else { 0 };
+        CAPACITY.saturating_sub(self.len + kept)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -321,7 +337,7 @@ impl Datagram {
     /// index and the value. `Err(Error::TooLarge)` when it does not fit.
     pub fn append_indexed(&mut self, kind: Kind, index: u32, value: Value<'_>) -> Result<(), Error> {
         let need = sample_len(index, value);
-        if need > CAPACITY - self.len {
+        if need > self.room() {
             return Err(Error::TooLarge);
         }
         put_sample(&mut self.buf, HEADER + self.len, kind, index, value);
@@ -371,7 +387,8 @@ impl Datagram {
             }
         }
         let need = record_len + sample_len(index, s.value);
-        if need > CAPACITY - self.len || (record_len > 0 && self.series >= MAX_SERIES) {
+        let max_series = MAX_SERIES - u32::from(self.keep_debt_room);
+        if need > self.room() || (record_len > 0 && self.series >= max_series) {
             return Err(Error::TooLarge);
         }
         let buf = &mut self.buf[..];

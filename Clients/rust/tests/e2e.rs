@@ -300,6 +300,9 @@ fn stopped_sidecar_bounds_calls_and_loses_only_what_it_reports() {
         &d,
         &expect(&[("p2p_transfers_active", 0.0), ("after_total", 1.0), (DROPPED, stats.dropped_datagrams as f64)]),
     );
+    // Every recorded sample is accounted for: the +1, the burst, the end's -1 and duration, after.
+    let recorded = stats.sent_samples + stats.dropped_samples + stats.kept_samples + stats.buffered_samples;
+    assert_eq!(recorded, CALLS + 4, "{stats:?}");
     let burst: f64 = ["a", "b", "c", "d"].iter().map(|w| m.value(&format!("burst_total{{worker=\"{w}\"}}"))).sum();
     let durations = m.value("p2p_transfer_duration_count");
     // Every sample recorded while stopped (the burst and the transfer's duration) arrived unless

@@ -257,3 +257,50 @@ fn a_helper_never_straddles_two_datagrams() {
     assert_eq!(total, 3 * CALLS);
     assert!(datagrams > 5);
 }
+
+/// Sum of the `p2p.transfers.active` adds in decoded samples.
+fn active_adds(samples: &[Decoded]) -> i64 {
+    samples
+        .iter()
+        .filter(|s| s.name == "p2p.transfers.active" && s.kind == 3)
+        .map(|s| match s.value {
+            Val::U(v) => v as i64,
+            Val::S(v) => v,
+            ref other => panic!("transfer add {other:?}"),
+        })
+        .sum()
+}
+
+/// A transfer's +1 that was dropped is kept and resent; room is kept for it in every datagram,
+/// so it travels with (or before) the datagram that holds its -1: applied datagram by datagram,
+/// `p2p.transfers.active` never goes below zero. Every fill level near a full datagram.
+#[test]
+fn a_kept_transfer_add_travels_no_later_than_its_end() {
+    let mut scenarios = 0;
+    for fillers in 2380..2500 {
+        let r = common::Receiver::new();
+        let c = Client::open(&r.path).unwrap();
+        c.set_mode(Mode::Immediate);
+        while c.counter_add("filler", 1, &[]).is_ok() {} // the receiver's queue is full
+        let guard = c.start_transfer(); // its +1 is dropped: kept as debt
+        assert_eq!(guard.start_result(), Err(p2pmetrics::Error::QueueFull));
+        let batch = c.batch();
+        c.counter_add("f", 1, &[]).unwrap(); // pending: the flusher leaves the debt to us
+        r.drain();
+        for i in 1..fillers {
+            c.counter_add("f", if i % 3 == fillers % 3 { 200 } else { 1 }, &[]).unwrap();
+        }
+        guard.end().unwrap();
+        batch.end().unwrap();
+        c.flush().unwrap();
+        let mut active = 0;
+        while let Some(d) = r.recv_now() {
+            let (_, samples) = decode(&d);
+            active += active_adds(&samples);
+            assert!(active >= 0, "{fillers} fillers: the -1 arrived before its kept +1");
+        }
+        assert_eq!(active, 0, "{fillers} fillers");
+        scenarios += 1;
+    }
+    assert_eq!(scenarios, 120);
+}

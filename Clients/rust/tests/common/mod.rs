@@ -59,6 +59,15 @@ impl Receiver {
         Some(buf)
     }
 
+    /// The next queued datagram, without waiting.
+    pub fn recv_now(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 65536];
+        self.socket.set_nonblocking(true).unwrap();
+        let n = self.socket.recv(&mut buf).ok()?;
+        buf.truncate(n);
+        Some(buf)
+    }
+
     /// Receives every queued datagram without waiting; returns how many.
     pub fn drain(&self) -> usize {
         let mut buf = vec![0u8; 65536];
