@@ -24,7 +24,8 @@ pub enum Mode {
     Buffered { max_wait: Duration },
     /// One datagram per call, never waiting: dropped (and counted) when the queue is full.
     Immediate,
-    /// One datagram per call, waiting up to `timeout` for room.
+    /// One datagram per call, waiting up to `timeout` for room — each time: a stopped sidecar
+    /// costs every call its timeout (plus the waits of the threads ahead of it on the lock).
     Blocking { timeout: Duration },
 }
 
