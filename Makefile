@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SWIFT_BUILD_FLAGS ?=
 ARGS ?=
 
-.PHONY: all deps build release run test test-swift test-c test-rust test-integration clean bench
+.PHONY: all deps build release run test test-swift test-c test-integration clean bench
 
 all: build
 
@@ -51,6 +51,7 @@ test-c:
 ## The Rust client (Clients/rust): its tests (vectors, encoder, end to end against the built
 ## daemon) and clippy. Uses the cargo on PATH (or ~/.cargo/bin), else installs Debian's.
 CARGO = PATH="$$PATH:$$HOME/.cargo/bin" cargo
+.PHONY: test-rust
 test-rust:
 	@$(CARGO) --version >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq cargo rust-clippy >/dev/null
 	cd Clients/rust && $(CARGO) test --offline
