@@ -25,9 +25,10 @@
 //! `max_wait` (default [`SEND_WAIT`]; back-pressure: the sender slows down to what the sidecar
 //! absorbs) before the full datagram is dropped. After such a timed-out wait (a stopped or stuck
 //! sidecar) calls stop waiting until a datagram gets through again. **Bounds**, whatever the
-//! sidecar does (absent, stopped with SIGSTOP, gone): a call returns within its own wait
-//! (`max_wait`) plus at most one other thread's wait it queues behind on the client's lock
-//! (< 2 × `max_wait`, 100 ms by default); an absent sidecar never makes a call wait.
+//! sidecar does (absent, stopped with SIGSTOP, gone): a call waits at most its own wait
+//! (`max_wait`) plus one other thread's wait it queues behind on the client's lock
+//! (< 2 × `max_wait`, 100 ms by default; beyond that only CPU scheduling); an absent sidecar
+//! never makes a call wait.
 //! [`Mode::Immediate`]: every call is sent at once as its own datagram, never waiting (a full
 //! queue drops it: [`Error::QueueFull`]). [`Mode::Blocking`]: every call is sent at once and
 //! waits up to its timeout for room. Inside a [`Client::batch`] samples are packed into shared
