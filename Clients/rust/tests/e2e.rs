@@ -557,3 +557,19 @@ fn four_threads_of_100k_helper_calls_account_for_every_sample() {
         at(1.0)
     );
 }
+
+/// Dropping the last clone of a client sends what it holds (here held by a batch never ended,
+/// so only the drop can send it); dropping another clone sends nothing.
+#[test]
+fn dropping_the_last_clone_sends_what_is_pending() {
+    let d = Daemon::start();
+    let c = Client::open(&d.socket).unwrap();
+    std::mem::forget(c.batch());
+    c.counter_add("closed.total", 5, &[]).unwrap();
+    let other = c.clone();
+    drop(c);
+    std::thread::sleep(p2pmetrics::LINGER * 4);
+    assert_eq!(other.stats().sent_datagrams, 0, "a clone's drop sends nothing");
+    drop(other);
+    assert_exact(&d, &expect(&[("closed_total", 5.0), (DROPPED, 0.0)]));
+}
