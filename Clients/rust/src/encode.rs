@@ -448,7 +448,7 @@ mod tests {
         want.extend_from_slice(b"p2p.image.downloads.total");
         want.extend_from_slice(&[0x00, 0x10, 0x00, 0x01]);
         assert_eq!(encode(&[s], 0), want);
-        assert_eq!(want.len(), 32); // PROTOCOL.md section 5 says 31; the vector has 32
+        assert_eq!(want.len(), 32); // magic, tag, name (1 + 25), label count, 3-byte sample
     }
 
     #[test]
