@@ -81,6 +81,7 @@ int main(int argc, char **argv)
     if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) { perror("client-bench: connect"); return 2; }
     p2pm_client *c = p2pm_open(path);
     if (!c) { perror("client-bench: p2pm_open"); return 2; }
+    p2pm_set_mode(c, P2PM_IMMEDIATE, 0);   /* the immediate path; batches are explicit below */
 
     result raw = {0}, immediate = {0}, batched = {0}, batched0 = {0}, raw_paced = {0}, immediate_paced = {0},
            batched_handle = {0};

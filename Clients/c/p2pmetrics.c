@@ -9,7 +9,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +35,7 @@ enum {
     CAP = P2PM_MAX_DATAGRAM - HDR,     /* room for records */
     SLOTS = 64,                        /* series remembered for reuse within one datagram */
     MAX_SERIES = 4096,                 /* series records per datagram (PROTOCOL.md 1.5) */
+    DEBT_ROOM = 40,                    /* the fold of the transfer debt: series record + sample */
     MAX_NAME = 200, MAX_LABELS = 16, MAX_LABEL_NAME = 100, MAX_LABEL_VALUE = 1024,
 };
 
@@ -44,6 +47,22 @@ struct slot {
 
 struct p2pm_client {
     pthread_mutex_t lock;
+    pthread_cond_t wake;          /* the flusher waits on it (CLOCK_MONOTONIC) */
+    pthread_t flusher;
+    bool flusher_running;         /* the thread exists (in this process) */
+    bool stopping;                /* p2pm_close(): the flusher must exit */
+    p2pm_client *next;            /* the list of open clients (exit flush, fork) */
+    p2pm_mode mode;
+    int wait_ms;                  /* longest wait for room in the sidecar's queue */
+    bool stalled;                 /* a wait timed out: no waiting until a send gets through */
+    struct timespec first_at;     /* CLOCK_MONOTONIC time of the pending datagram's first sample */
+    struct timespec debt_try;     /* last debt-only send attempt */
+    int64_t active_debt;          /* p2p.transfers.active adds dropped: resent in a later datagram */
+    int64_t active_pending;       /* p2p.transfers.active adds in the pending datagram */
+    bool folding;                 /* appending the debt itself: may use the room kept for it */
+    uint64_t pending_samples;     /* samples in the pending datagram */
+    uint64_t kept_pending;        /* of which transfer adds (kept when the datagram is dropped) */
+    p2pm_stats stats;
     int fd;
     bool connected;
     bool owned;                   /* allocated by p2pm_open() */
@@ -52,7 +71,6 @@ struct p2pm_client {
     struct timespec last_try;
     struct sockaddr_un addr;
     uint64_t pending_drops;       /* not reported yet */
-    uint64_t total_drops;
     unsigned batch_depth;
     uint64_t generation;          /* changes whenever the pending datagram starts afresh */
     size_t len;                   /* bytes of records in buf[HDR..] */
@@ -203,6 +221,10 @@ static int value_form(const struct sample *s, uint64_t *bits)
         *bits = ~((uint64_t)(int64_t)v << 1);   /* zigzag of a negative n: ~(2n) */
         return FORM_SVARINT;
     }
+    if (v != v) {   /* any NaN: the canonical quiet NaN (PROTOCOL.md section 3) */
+        *bits = 0x7ff8000000000000u;
+        return FORM_F64;
+    }
     memcpy(bits, &v, sizeof v);
     return FORM_F64;
 }
@@ -244,6 +266,14 @@ static bool same_series(const unsigned char *rec, const struct sample *s)
     return p != NULL;
 }
 
+/* Room left for records in the pending datagram. While transfer adds wait to be resent (the
+ * debt), room for their fold is kept, so that it always fits in the next datagram. */
+static size_t room(const p2pm_client *c)
+{
+    size_t keep = c->active_debt && !c->folding ? DEBT_ROOM : 0;
+    return CAP - c->len > keep ? CAP - c->len - keep : 0;
+}
+
 /* Appends one validated sample (and its series record unless reused) to the pending datagram.
  * -EMSGSIZE when it does not fit; nothing is changed then. */
 static int append(p2pm_client *c, const struct sample *s, unsigned *series_index)
@@ -267,7 +297,8 @@ static int append(p2pm_client *c, const struct sample *s, unsigned *series_index
     int form = value_form(s, &bits);
     need = rec_len + 1 + uvarint_len(index) +
            (form == FORM_F64 ? 8 : uvarint_len(bits) + (form == FORM_BYTES ? s->key_len : 0));
-    if (need > CAP - c->len || (rec_len && c->nseries >= MAX_SERIES))
+    unsigned max_series = c->active_debt && !c->folding ? MAX_SERIES - 1 : MAX_SERIES;
+    if (need > room(c) || (rec_len && c->nseries >= max_series))
         return -EMSGSIZE;
 
     unsigned char *p = c->buf + HDR + c->len;
@@ -306,7 +337,7 @@ static int append_indexed(p2pm_client *c, const struct sample *s, unsigned index
     uint64_t bits;
     int form = value_form(s, &bits);
     size_t need = 1 + uvarint_len(index) + (form == FORM_F64 ? 8 : uvarint_len(bits));
-    if (need > CAP - c->len)
+    if (need > room(c))
         return -EMSGSIZE;
     unsigned char *p = c->buf + HDR + c->len;
     *p++ = (unsigned char)(s->kind << 4 | form);
@@ -320,19 +351,41 @@ static int append_indexed(p2pm_client *c, const struct sample *s, unsigned index
     return 0;
 }
 
+/* ---- Time ---- */
+
+static struct timespec now_mono(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t;
+}
+
+static struct timespec plus_ms(struct timespec t, int64_t ms)
+{
+    t.tv_sec += (time_t)(ms / 1000);
+    t.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
+
+/* Milliseconds from a to b, rounded up (negative when b is before a). */
+static int64_t ms_between(const struct timespec *a, const struct timespec *b)
+{
+    int64_t ns = (int64_t)(b->tv_sec - a->tv_sec) * 1000000000 + (b->tv_nsec - a->tv_nsec);
+    return ns > 0 ? (ns + 999999) / 1000000 : ns / 1000000;
+}
+
 /* ---- Sending ---- */
 
 /* (Re)connects the socket, at most once per P2PM_RECONNECT_MS. 0 or a negative errno. */
 static int reconnect(p2pm_client *c)
 {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    if (c->tried) {
-        int64_t ms = (int64_t)(now.tv_sec - c->last_try.tv_sec) * 1000 +
-                     (now.tv_nsec - c->last_try.tv_nsec) / 1000000;
-        if (ms < P2PM_RECONNECT_MS)
-            return c->last_err ? c->last_err : -ECONNREFUSED;
-    }
+    struct timespec now = now_mono();
+    if (c->tried && ms_between(&c->last_try, &now) <= P2PM_RECONNECT_MS)
+        return c->last_err ? c->last_err : -ECONNREFUSED;
     c->tried = true;
     c->last_try = now;
     if (connect(c->fd, (const struct sockaddr *)&c->addr, sizeof c->addr) == 0) {
@@ -350,9 +403,13 @@ static bool peer_gone(int e)
            e == EDESTADDRREQ;
 }
 
-static int transmit(p2pm_client *c, const unsigned char *p, size_t n)
+/* Sends one datagram. When the sidecar's queue is full, waits up to wait_ms for room
+ * (poll(POLLOUT) on the connected socket) before giving up with -EAGAIN. An absent sidecar
+ * fails at once. */
+static int transmit(p2pm_client *c, const unsigned char *p, size_t n, int wait_ms)
 {
-    bool retried = false;
+    bool retried = false, waited = false;
+    struct timespec deadline = { 0, 0 };
     if (!c->connected && reconnect(c) < 0)
         return c->last_err;
     for (;;) {
@@ -361,8 +418,22 @@ static int transmit(p2pm_client *c, const unsigned char *p, size_t n)
         int e = errno;
         if (e == EINTR)
             continue;
-        if (e == EWOULDBLOCK)
-            return -EAGAIN;
+        if (e == EAGAIN || e == EWOULDBLOCK) {
+            struct timespec now = now_mono();
+            if (!waited) {
+                if (wait_ms <= 0)
+                    return -EAGAIN;
+                waited = true;
+                c->stats.waits++;
+                deadline = plus_ms(now, wait_ms);
+            }
+            int64_t left = ms_between(&now, &deadline);
+            if (left <= 0)
+                return -EAGAIN;
+            struct pollfd pfd = { .fd = c->fd, .events = POLLOUT };
+            poll(&pfd, 1, (int)left);
+            continue;
+        }
         if (!peer_gone(e))
             return -e;
         c->connected = false;   /* the sidecar went away: try its socket path again */
@@ -373,11 +444,45 @@ static int transmit(p2pm_client *c, const unsigned char *p, size_t n)
     }
 }
 
-/* Sends the pending datagram, led by the pending drop report, then starts an empty one. */
-static int send_pending(p2pm_client *c)
+/* How long a call may wait for room: never in P2PM_IMMEDIATE mode, nor in P2PM_BUFFERED mode
+ * once a wait timed out (until a datagram gets through again). */
+static int call_wait_ms(const p2pm_client *c)
 {
-    if (c->len == 0)
+    if (c->mode == P2PM_IMMEDIATE || (c->mode == P2PM_BUFFERED && c->stalled))
         return 0;
+    return c->wait_ms;
+}
+
+enum keep { DROP, KEEP_IF_FULL, KEEP_ALWAYS };
+
+static void reset_pending(p2pm_client *c)
+{
+    c->len = 0;
+    c->nseries = 0;
+    c->nslots = 0;
+    c->generation++;
+    c->pending_samples = 0;
+    c->active_pending = 0;
+    c->kept_pending = 0;
+}
+
+/* Sends the pending datagram, led by the pending drop report and followed by the undelivered
+ * p2p.transfers.active adds (the debt, for which room is kept), then starts an empty one. The
+ * datagram is applied whole, so a -1 in it never meets a gauge still missing its kept +1. With KEEP_*, a
+ * failed send (KEEP_IF_FULL: only a full queue) leaves everything as it was and is not counted;
+ * otherwise a failure drops the datagram: counted, and its transfer adds become debt. */
+static int send_pending(p2pm_client *c, int wait_ms, enum keep keep)
+{
+    int64_t debt = c->active_debt;
+    if (c->len == 0 && !(debt && keep == KEEP_ALWAYS))
+        return 0;
+    size_t len = c->len;
+    unsigned nseries = c->nseries, nslots = c->nslots;
+    struct sample fold = { KIND_GAUGE_ADD, "p2p.transfers.active", NULL, 0, false, 0, (double)debt,
+                           NULL, 0 };
+    c->folding = true;   /* the room kept for it: the fold always fits */
+    bool folded = debt != 0 && append(c, &fold, NULL) == 0;
+    c->folding = false;
     unsigned char hdr[HDR], *p = hdr;
     *p++ = MAGIC;
     if (c->pending_drops) {
@@ -386,28 +491,126 @@ static int send_pending(p2pm_client *c)
     }
     size_t hlen = (size_t)(p - hdr);
     memcpy(c->buf + HDR - hlen, hdr, hlen);
-    int r = transmit(c, c->buf + HDR - hlen, hlen + c->len);
-    c->len = 0;
-    c->nseries = 0;
-    c->nslots = 0;
-    c->generation++;
+    int r = transmit(c, c->buf + HDR - hlen, hlen + c->len, wait_ms);
+    if (r != 0 && (keep == KEEP_ALWAYS || (keep == KEEP_IF_FULL && r == -EAGAIN))) {
+        c->len = len;   /* take the debt out again: the datagram stays pending as it was */
+        c->nseries = nseries;
+        c->nslots = nslots;
+        return r;
+    }
     if (r == 0) {
         c->pending_drops = 0;
+        c->stalled = false;
+        c->active_debt -= folded ? debt : 0;
+        c->stats.sent_datagrams++;
+        c->stats.sent_samples += c->pending_samples;
+        c->stats.resent_adds += folded;
     } else {
+        /* The transfer adds of a lost datagram are not lost: they are resent later. */
         c->pending_drops++;
-        c->total_drops++;
+        c->active_debt += c->active_pending;
+        if (c->active_debt)
+            pthread_cond_signal(&c->wake);   /* the flusher delivers it if no call does */
+        c->stats.dropped_datagrams++;
+        c->stats.dropped_samples += c->pending_samples - c->kept_pending;
+        c->stats.kept_samples += c->kept_pending;
+        if (r == -EAGAIN && wait_ms > 0 && c->mode == P2PM_BUFFERED)
+            c->stalled = true;   /* the sidecar is stopped or stuck: calls stop waiting */
     }
+    reset_pending(c);
     return r;
 }
 
-/* Appends samples that must travel in one datagram, sending the batch so far first if they do
- * not fit after it (its failure is counted, not returned: it is not about these samples); sends
- * at once outside batch mode. Called with the lock held. */
-static int add_group(p2pm_client *c, const struct sample *s, size_t n)
+/* ---- The flusher thread (P2PM_BUFFERED) ---- */
+
+static void *flusher_main(void *arg)
 {
+    p2pm_client *c = arg;
+    pthread_mutex_lock(&c->lock);
+    while (!c->stopping) {
+        struct timespec now = now_mono();
+        if (c->len && !c->batch_depth) {
+            struct timespec due = plus_ms(c->first_at, P2PM_LINGER_MS);
+            if (ms_between(&now, &due) > 0) {
+                pthread_cond_timedwait(&c->wake, &c->lock, &due);
+                continue;
+            }
+            if (send_pending(c, 0, KEEP_IF_FULL) == -EAGAIN) {
+                /* The queue is full: keep the samples, wait for room without the lock (callers
+                 * go on recording; one whose samples do not fit waits for room itself). */
+                struct pollfd pfd = { .fd = c->fd, .events = POLLOUT };
+                pthread_mutex_unlock(&c->lock);
+                poll(&pfd, 1, P2PM_LINGER_MS);
+                pthread_mutex_lock(&c->lock);
+            }
+            continue;
+        }
+        if (c->active_debt && !c->len) {   /* a transfer's +-1 waits for a datagram of its own */
+            struct timespec due = plus_ms(c->debt_try, P2PM_RECONNECT_MS);
+            if (ms_between(&now, &due) > 0) {
+                pthread_cond_timedwait(&c->wake, &c->lock, &due);
+                continue;
+            }
+            c->debt_try = now;
+            send_pending(c, 0, KEEP_ALWAYS);
+            continue;
+        }
+        pthread_cond_wait(&c->wake, &c->lock);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return NULL;
+}
+
+/* Starts the flusher thread (at open; in a forked child at its first buffered call), with every
+ * signal blocked so that signals go to the application's threads. Called with the lock held or
+ * before the client is shared. */
+static int start_flusher(p2pm_client *c)
+{
+    pthread_attr_t attr;
+    sigset_t all, old;
+    int r = pthread_attr_init(&attr);
+    if (r)
+        return -r;
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    r = pthread_create(&c->flusher, &attr, flusher_main, c);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (r)
+        return -r;
+    c->flusher_running = true;
+    return 0;
+}
+
+/* After samples were appended: sends at once outside P2PM_BUFFERED mode (and outside batches);
+ * in P2PM_BUFFERED mode wakes the flusher when the pending datagram just started. */
+static int settle(p2pm_client *c, bool was_empty)
+{
+    if (c->batch_depth)
+        return 0;
+    if (c->mode != P2PM_BUFFERED)
+        return send_pending(c, call_wait_ms(c), DROP);
+    if (was_empty) {
+        c->first_at = now_mono();
+        if (!c->flusher_running && !c->stopping)
+            start_flusher(c);   /* a forked child's first call (when it fails: flush/close/exit send) */
+        pthread_cond_signal(&c->wake);
+    }
+    return 0;
+}
+
+/* Appends samples that must travel in one datagram, sending the pending datagram first if they
+ * do not fit after it (its failure is counted, not returned: it is not about these samples), then
+ * settles them. active_delta: the p2p.transfers.active add among them (the transfer guard), which
+ * is never lost. Called with the lock held. */
+static int add_group(p2pm_client *c, const struct sample *s, size_t n, int active_delta)
+{
+    size_t len;
     for (;;) {
-        size_t len = c->len, i = 0;
+        size_t i = 0;
         unsigned nseries = c->nseries, nslots = c->nslots;
+        len = c->len;
         while (i < n && append(c, &s[i], NULL) == 0)
             i++;
         if (i == n)
@@ -417,15 +620,87 @@ static int add_group(p2pm_client *c, const struct sample *s, size_t n)
         c->nslots = nslots;
         if (len == 0)
             return -EMSGSIZE;      /* does not fit even in an empty datagram */
-        send_pending(c);           /* then try again in an empty datagram */
+        send_pending(c, call_wait_ms(c), DROP);   /* then try again in an empty datagram */
     }
-    return c->batch_depth ? 0 : send_pending(c);
+    c->pending_samples += n;
+    if (active_delta) {
+        c->active_pending += active_delta;
+        c->kept_pending++;
+    }
+    return settle(c, len == 0);
 }
 
 /* ---- Clients ---- */
 
 static _Atomic(p2pm_client *) default_client;
 static pthread_mutex_t default_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Every open client, for the exit flush and fork (lock order: registry_lock, then clients). */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static p2pm_client *registry;
+static pthread_once_t hooks_once = PTHREAD_ONCE_INIT;
+
+/* Sends what is pending and, best effort, the transfer debt; waits for room like a call. */
+static void flush_locked(p2pm_client *c)
+{
+    send_pending(c, call_wait_ms(c), DROP);
+    if (c->active_debt)
+        send_pending(c, call_wait_ms(c), KEEP_ALWAYS);
+}
+
+static void flush_all_at_exit(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (p2pm_client *c = registry; c; c = c->next) {
+        pthread_mutex_lock(&c->lock);
+        flush_locked(c);
+        pthread_mutex_unlock(&c->lock);
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+/* fork(): no client is in the middle of a call while the process is copied. */
+static void before_fork(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (p2pm_client *c = registry; c; c = c->next)
+        pthread_mutex_lock(&c->lock);
+}
+
+static void after_fork_parent(void)
+{
+    for (p2pm_client *c = registry; c; c = c->next)
+        pthread_mutex_unlock(&c->lock);
+    pthread_mutex_unlock(&registry_lock);
+}
+
+/* The child starts with nothing pending: the parent sends its own samples, drop reports and
+ * transfer debt. Its flusher does not exist here; the child's first buffered call starts one. */
+static void after_fork_child(void)
+{
+    for (p2pm_client *c = registry; c; c = c->next) {
+        reset_pending(c);
+        c->pending_drops = 0;
+        c->active_debt = 0;
+        c->flusher_running = false;
+        /* The parent's flusher may have been waiting on it: start it afresh (not destroyed, as
+         * destroying a condition with waiters blocks). */
+        memset(&c->wake, 0, sizeof c->wake);
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&c->wake, &ca);
+        pthread_condattr_destroy(&ca);
+        pthread_mutex_unlock(&c->lock);
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+static void install_hooks(void)
+{
+    atexit(flush_all_at_exit);
+    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+}
 
 /* Replaces NULL by the default client, opening it on first use. */
 static int resolve(p2pm_client **c)
@@ -478,6 +753,8 @@ p2pm_client *p2pm_open_in(void *mem, size_t size, const char *socket_path)
     }
     c->addr.sun_family = AF_UNIX;
     memcpy(c->addr.sun_path, path, n);
+    c->mode = P2PM_BUFFERED;
+    c->wait_ms = P2PM_SEND_WAIT_MS;
 #ifdef SOCK_CLOEXEC
     c->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 #else
@@ -489,13 +766,32 @@ p2pm_client *p2pm_open_in(void *mem, size_t size, const char *socket_path)
 #endif
     if (c->fd < 0)
         return NULL;
+    pthread_condattr_t ca;
     int r = pthread_mutex_init(&c->lock, NULL);
+    if (r == 0 && (r = pthread_condattr_init(&ca)) == 0) {
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        r = pthread_cond_init(&c->wake, &ca);
+        pthread_condattr_destroy(&ca);
+        if (r)
+            pthread_mutex_destroy(&c->lock);
+    } else if (r == 0) {
+        pthread_mutex_destroy(&c->lock);
+    }
+    if (r == 0 && (r = -start_flusher(c)) != 0) {
+        pthread_cond_destroy(&c->wake);
+        pthread_mutex_destroy(&c->lock);
+    }
     if (r != 0) {
         close(c->fd);
         errno = r;
         return NULL;
     }
     reconnect(c);   /* an absent sidecar is fine: sends connect later */
+    pthread_once(&hooks_once, install_hooks);
+    pthread_mutex_lock(&registry_lock);
+    c->next = registry;
+    registry = c;
+    pthread_mutex_unlock(&registry_lock);
     return c;
 }
 
@@ -519,9 +815,24 @@ void p2pm_close(p2pm_client *c)
 {
     if (!c)
         return;
+    pthread_mutex_lock(&registry_lock);
+    for (p2pm_client **p = &registry; *p; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    pthread_mutex_unlock(&registry_lock);
     pthread_mutex_lock(&c->lock);
-    send_pending(c);
+    c->stopping = true;
+    pthread_cond_signal(&c->wake);
+    bool join = c->flusher_running;
     pthread_mutex_unlock(&c->lock);
+    if (join)
+        pthread_join(c->flusher, NULL);
+    pthread_mutex_lock(&c->lock);
+    flush_locked(c);
+    pthread_mutex_unlock(&c->lock);
+    pthread_cond_destroy(&c->wake);
     pthread_mutex_destroy(&c->lock);
     close(c->fd);
     if (c->owned)
@@ -533,14 +844,45 @@ uint64_t p2pm_dropped(p2pm_client *c)
     if (!c && !(c = atomic_load_explicit(&default_client, memory_order_acquire)))
         return 0;
     pthread_mutex_lock(&c->lock);
-    uint64_t n = c->total_drops;
+    uint64_t n = c->stats.dropped_datagrams;
     pthread_mutex_unlock(&c->lock);
     return n;
 }
 
+int p2pm_get_stats(p2pm_client *c, p2pm_stats *out)
+{
+    int r = out ? resolve(&c) : -EINVAL;
+    if (r)
+        return r;
+    pthread_mutex_lock(&c->lock);
+    *out = c->stats;
+    out->buffered_samples = c->pending_samples;
+    pthread_mutex_unlock(&c->lock);
+    return 0;
+}
+
+int p2pm_set_mode(p2pm_client *c, p2pm_mode mode, int timeout_ms)
+{
+    if ((mode != P2PM_BUFFERED && mode != P2PM_IMMEDIATE && mode != P2PM_BLOCKING) ||
+        timeout_ms < 0)
+        return -EINVAL;
+    int r = resolve(&c);
+    if (r)
+        return r;
+    pthread_mutex_lock(&c->lock);
+    if (!c->batch_depth)
+        send_pending(c, call_wait_ms(c), DROP);
+    c->mode = mode;
+    c->wait_ms = mode == P2PM_IMMEDIATE ? 0 : timeout_ms;
+    c->stalled = false;
+    pthread_mutex_unlock(&c->lock);
+    return 0;
+}
+
 /* ---- Samples and batches ---- */
 
-static int submit(p2pm_client *c, const struct sample *s, size_t n)
+/* Validates the samples of one call, then adds them as one group (see add_group()). */
+static int submit_group(p2pm_client *c, const struct sample *s, size_t n, int active_delta)
 {
     int r = resolve(&c);
     for (size_t i = 0; r == 0 && i < n; i++)
@@ -548,9 +890,14 @@ static int submit(p2pm_client *c, const struct sample *s, size_t n)
     if (r)
         return r;
     pthread_mutex_lock(&c->lock);
-    r = add_group(c, s, n);
+    r = add_group(c, s, n, active_delta);
     pthread_mutex_unlock(&c->lock);
     return r;
+}
+
+static int submit(p2pm_client *c, const struct sample *s, size_t n)
+{
+    return submit_group(c, s, n, 0);
 }
 
 #define SAMPLE(kind, name, labels, n, v) \
@@ -631,7 +978,9 @@ int p2pm_series_init(p2pm_series *h, p2pm_client *c, const char *name, const p2p
     for (size_t i = 0; i < n_labels; i++)
         if (strcmp(labels[i].name, "le") == 0)
             h->histogram_ok = false;
+    pthread_mutex_lock(&c->lock);        /* generation changes under the lock */
     h->generation = c->generation - 1;   /* no index known yet */
+    pthread_mutex_unlock(&c->lock);
     return 0;
 }
 
@@ -646,24 +995,25 @@ static int series_submit(p2pm_series *h, struct sample *s)
     if (!value_ok(s))
         return -EINVAL;
     p2pm_client *c = h->client;
-    int r = 0;
+    int r;
     pthread_mutex_lock(&c->lock);
+    bool was_empty = c->len == 0;
     if (h->generation == c->generation && h->index < c->nseries && append_indexed(c, s, h->index) == 0) {
-        if (!c->batch_depth)
-            r = send_pending(c);
+        c->pending_samples++;
+        r = settle(c, was_empty);
     } else {
-        size_t len = c->len;
         unsigned index;
         r = append(c, s, &index);
-        if (r == -EMSGSIZE && len > 0) {   /* the pending datagram is full: send it, start anew */
-            send_pending(c);
+        if (r == -EMSGSIZE && !was_empty) {   /* the pending datagram is full: send it, start anew */
+            send_pending(c, call_wait_ms(c), DROP);
+            was_empty = true;
             r = append(c, s, &index);
         }
         if (r == 0) {
             h->generation = c->generation;
             h->index = index;
-            if (!c->batch_depth)
-                r = send_pending(c);
+            c->pending_samples++;
+            r = settle(c, was_empty);
         }
     }
     pthread_mutex_unlock(&c->lock);
@@ -725,7 +1075,7 @@ int p2pm_batch_end(p2pm_client *c)
     if (c->batch_depth == 0)
         r = -EINVAL;
     else if (--c->batch_depth == 0)
-        r = send_pending(c);
+        r = send_pending(c, call_wait_ms(c), DROP);
     pthread_mutex_unlock(&c->lock);
     return r;
 }
@@ -736,33 +1086,67 @@ int p2pm_flush(p2pm_client *c)
     if (r)
         return r;
     pthread_mutex_lock(&c->lock);
-    r = send_pending(c);
+    r = send_pending(c, call_wait_ms(c), DROP);
+    if (c->active_debt)
+        send_pending(c, 0, KEEP_ALWAYS);
     pthread_mutex_unlock(&c->lock);
     return r;
 }
 
 /* ---- P2P helpers ---- */
 
-int p2pm_record_image_import(p2pm_client *c, const char *artifact_type, bool success,
-                             uint64_t size_bytes)
+/* A helper's label list: its own label (if any) followed by the caller's extra labels. */
+struct label_list {
+    p2pm_label l[MAX_LABELS];
+    size_t n;
+};
+
+/* Fills out; -EINVAL when the lists together exceed MAX_LABELS (or extra is NULL with n > 0). */
+static int join_labels(struct label_list *out, const char *own_name, const char *own_value,
+                       const p2pm_label *extra, size_t n_extra)
 {
-    p2pm_label l = { "artifact_type", artifact_type };
-    struct sample s[2] = { SAMPLE_U64("p2p.image.imports.total", &l, 1, 1) };
+    out->n = 0;
+    if (own_name)
+        out->l[out->n++] = (p2pm_label){ own_name, own_value };
+    if (n_extra > MAX_LABELS - out->n || (n_extra && !extra))
+        return -EINVAL;
+    for (size_t i = 0; i < n_extra; i++)
+        out->l[out->n++] = extra[i];
+    return 0;
+}
+
+int p2pm_record_image_import_labels(p2pm_client *c, const char *artifact_type, bool success,
+                                    uint64_t size_bytes, const p2pm_label *labels, size_t n_labels)
+{
+    struct label_list l;
+    if (join_labels(&l, "artifact_type", artifact_type, labels, n_labels))
+        return -EINVAL;
+    struct sample s[2] = { SAMPLE_U64("p2p.image.imports.total", l.l, l.n, 1) };
     if (!success)
-        s[1] = SAMPLE_U64("p2p.image.imports.failed", &l, 1, 1);
+        s[1] = SAMPLE_U64("p2p.image.imports.failed", l.l, l.n, 1);
     else
-        s[1] = SAMPLE_U64("p2p.bytes_transferred.total", &l, 1, size_bytes);
+        s[1] = SAMPLE_U64("p2p.bytes_transferred.total", l.l, l.n, size_bytes);
     return submit(c, s, success && size_bytes == 0 ? 1 : 2);
 }
 
-int p2pm_record_image_download(p2pm_client *c, const char *image_id, bool success,
-                               double duration_secs)
+int p2pm_record_image_import(p2pm_client *c, const char *artifact_type, bool success,
+                             uint64_t size_bytes)
+{
+    return p2pm_record_image_import_labels(c, artifact_type, success, size_bytes, NULL, 0);
+}
+
+int p2pm_record_image_download_labels(p2pm_client *c, const char *image_id, bool success,
+                                      double duration_secs, const p2pm_label *labels,
+                                      size_t n_labels)
 {
     (void)image_id;   /* not a label: one series per image would be unbounded */
+    struct label_list l;
+    if (join_labels(&l, NULL, NULL, labels, n_labels))
+        return -EINVAL;
     struct sample s[3] = {
-        SAMPLE_U64("p2p.image.downloads.total", NULL, 0, 1),
-        SAMPLE(KIND_HISTOGRAM, "p2p.transfer.duration", NULL, 0, duration_secs),
-        SAMPLE_U64("p2p.image.downloads.failed", NULL, 0, 1),
+        SAMPLE_U64("p2p.image.downloads.total", l.l, l.n, 1),
+        SAMPLE(KIND_HISTOGRAM, "p2p.transfer.duration", l.l, l.n, duration_secs),
+        SAMPLE_U64("p2p.image.downloads.failed", l.l, l.n, 1),
     };
     if (!success) {   /* order of the seed: total, failed, duration */
         struct sample h = s[1];
@@ -772,25 +1156,47 @@ int p2pm_record_image_download(p2pm_client *c, const char *image_id, bool succes
     return submit(c, s, success ? 2 : 3);
 }
 
+int p2pm_record_image_download(p2pm_client *c, const char *image_id, bool success,
+                               double duration_secs)
+{
+    return p2pm_record_image_download_labels(c, image_id, success, duration_secs, NULL, 0);
+}
+
+/* One chunk: its counters with the extra labels, and its hash in the unlabeled distinct count. */
+static int record_chunk(p2pm_client *c, uint64_t chunk_size, bool deduplicated,
+                        const char *chunk_hash, const p2pm_label *labels, size_t n_labels)
+{
+    struct label_list l;
+    if (join_labels(&l, NULL, NULL, labels, n_labels))
+        return -EINVAL;
+    struct sample s[3] = {
+        SAMPLE_U64("p2p.chunks_transferred.total", l.l, l.n, 1),
+        SAMPLE_U64("p2p.bytes_transferred.total", l.l, l.n, chunk_size),
+    };
+    size_t n = deduplicated ? 1 : 2;
+    if (deduplicated)
+        s[0] = SAMPLE_U64("p2p.chunks_deduplicated.total", l.l, l.n, 1);
+    if (chunk_hash)
+        s[n++] = SAMPLE_KEY(KIND_DISTINCT, "p2p.chunks.unique", NULL, 0, chunk_hash,
+                            strnlen(chunk_hash, MAX_KEY + 1));
+    return submit(c, s, n);
+}
+
 int p2pm_record_chunk_transfer(p2pm_client *c, uint64_t chunk_size, bool deduplicated)
 {
-    return p2pm_record_chunk_transfer_hash(c, chunk_size, deduplicated, NULL);
+    return record_chunk(c, chunk_size, deduplicated, NULL, NULL, 0);
+}
+
+int p2pm_record_chunk_transfer_labels(p2pm_client *c, uint64_t chunk_size, bool deduplicated,
+                                      const p2pm_label *labels, size_t n_labels)
+{
+    return record_chunk(c, chunk_size, deduplicated, NULL, labels, n_labels);
 }
 
 int p2pm_record_chunk_transfer_hash(p2pm_client *c, uint64_t chunk_size, bool deduplicated,
                                     const char *chunk_hash)
 {
-    struct sample s[3] = {
-        SAMPLE_U64("p2p.chunks_transferred.total", NULL, 0, 1),
-        SAMPLE_U64("p2p.bytes_transferred.total", NULL, 0, chunk_size),
-    };
-    size_t n = deduplicated ? 1 : 2;
-    if (deduplicated)
-        s[0] = SAMPLE_U64("p2p.chunks_deduplicated.total", NULL, 0, 1);
-    if (chunk_hash)
-        s[n++] = SAMPLE_KEY(KIND_DISTINCT, "p2p.chunks.unique", NULL, 0, chunk_hash,
-                            strnlen(chunk_hash, MAX_KEY + 1));
-    return submit(c, s, n);
+    return record_chunk(c, chunk_size, deduplicated, chunk_hash, NULL, 0);
 }
 
 int p2pm_record_chunk_request(p2pm_client *c, const char *chunk_hash)
@@ -819,11 +1225,19 @@ p2pm_transfer p2pm_transfer_start(p2pm_client *c)
 {
     p2pm_transfer t = { c, { 0, 0 }, 1, 0 };
     clock_gettime(CLOCK_MONOTONIC, &t.start);
-    t.err = p2pm_gauge_add(c, "p2p.transfers.active", 1, NULL, 0);
+    p2pm_client *resolved = c;
+    if ((t.err = resolve(&resolved)) != 0) {   /* no client: no +1 to answer */
+        t.active = 0;
+        return t;
+    }
+    /* From here the +1 is in the client whatever the send does: a dropped +1 is kept and
+     * delivered later, so the transfer is active and its end must send the -1. */
+    struct sample s = SAMPLE(KIND_GAUGE_ADD, "p2p.transfers.active", NULL, 0, 1);
+    t.err = submit_group(resolved, &s, 1, +1);
     return t;
 }
 
-int p2pm_transfer_end(p2pm_transfer *t)
+int p2pm_transfer_end_labels(p2pm_transfer *t, const p2pm_label *labels, size_t n_labels)
 {
     if (!t || !t->active)
         return 0;
@@ -834,11 +1248,15 @@ int p2pm_transfer_end(p2pm_transfer *t)
                   (double)(now.tv_nsec - t->start.tv_nsec) / 1e9;
     struct sample s[2] = {
         SAMPLE(KIND_GAUGE_ADD, "p2p.transfers.active", NULL, 0, -1),
-        SAMPLE(KIND_HISTOGRAM, "p2p.transfer.duration", NULL, 0, secs < 0 ? 0 : secs),
+        SAMPLE(KIND_HISTOGRAM, "p2p.transfer.duration", labels, n_labels, secs < 0 ? 0 : secs),
     };
-    /* A start whose +1 never reached the sidecar must not be answered by a -1: that would leave
-     * p2p.transfers.active stuck below zero. The duration is still worth recording. */
-    if (t->err != 0)
-        return submit(t->client, &s[1], 1);
-    return submit(t->client, s, 2);
+    int r = submit_group(t->client, s, 2, -1);
+    if (r == -EINVAL || r == -EMSGSIZE)   /* bad labels: the -1 alone, so it cannot stick */
+        submit_group(t->client, s, 1, -1);
+    return r;
+}
+
+int p2pm_transfer_end(p2pm_transfer *t)
+{
+    return p2pm_transfer_end_labels(t, NULL, 0);
 }

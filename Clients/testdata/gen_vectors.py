@@ -2,7 +2,8 @@
 """Regenerates vectors.txt: the shared wire-protocol test vectors (see ../PROTOCOL.md §7).
 
 This is an independent third encoder of the protocol (beside the C and Swift clients), written
-straight from the spec. Run it after changing the spec; commit the output.
+straight from the spec. Run it after changing the spec; commit the output. `gen_vectors.py FILE`
+writes FILE instead (the tests check that the committed file is what this script writes).
 """
 import math
 import struct
@@ -219,6 +220,49 @@ REJECT = [
     ("gauge_add_nan", bytes([MAGIC]) + SERIES_C + b"\x32\x00" + struct.pack("<d", float("nan")), "non_finite"),
     ("histogram_neg_inf", bytes([MAGIC]) + SERIES_C + b"\x42\x00" + struct.pack("<d", float("-inf")), "non_finite"),
     ("good_then_bad_applies_nothing", bytes([MAGIC]) + SERIES_C + b"\x10\x00\x05" + b"\x10\x00\x80", "truncated"),
+    # Limits (PROTOCOL.md §1.5).
+    ("oversized", (bytes([MAGIC]) + SERIES_C + b"\x10\x00\x01" * 21845)[:65536] + b"\x01", "oversized"),
+    ("too_many_series", bytes([MAGIC]) + SERIES_C * 4097 + b"\x10\x00\x01", "too_many_series"),
+    ("label_name_too_long", bytes([MAGIC, 0x01]) + s("c") + b"\x01" + s("l" * 101) + s("v") + b"\x10\x00\x01", "too_long"),
+    # Empty label values are no label, but the record's rules hold as sent (§1.4).
+    ("empty_le_on_histogram", bytes([MAGIC, 0x01]) + s("h") + b"\x01" + s("le") + s("") + b"\x40\x00\x01", "reserved_label"),
+    ("empty_value_duplicate_label", bytes([MAGIC, 0x01]) + s("c") + b"\x02" + s("a") + s("") + s("a") + s("x") + b"\x10\x00\x01", "duplicate_label"),
+    # The order of checks when a datagram breaks several rules (§2.1).
+    ("order_structure_before_characters", bytes([MAGIC, 0x01]) + s("bad-name") + b"\x11" + b"".join(s("l%d" % i) + s("v") for i in range(17)) + b"\x10\x00\x01", "too_many_labels"),
+    ("order_length_before_characters", bytes([MAGIC, 0x01]) + s("-" * 201) + b"\x00\x10\x00\x01", "too_long"),
+    ("order_truncated_before_too_long", bytes([MAGIC, 0x01]) + uvarint(300) + b"n" * 10, "truncated"),
+    ("order_label_structure_before_metric_name", bytes([MAGIC, 0x01]) + s("bad-name") + b"\x01" + s("l") + s("v" * 1025) + b"\x10\x00\x01", "too_long"),
+    ("order_metric_name_before_labels", bytes([MAGIC, 0x01]) + s("bad-name") + b"\x01" + s("bad-label") + b"\x02\xc3\x28" + b"\x10\x00\x01", "bad_metric_name"),
+    ("order_bad_chars_before_reserved", bytes([MAGIC, 0x01]) + s("p2pmetricsd_x-y") + b"\x00\x10\x00\x01", "bad_metric_name"),
+    ("order_label_name_before_value", bytes([MAGIC, 0x01]) + s("c") + b"\x01" + s("bad-label") + b"\x02\xc3\x28" + b"\x10\x00\x01", "bad_label_name"),
+    ("order_value_before_duplicate", bytes([MAGIC, 0x01]) + s("c") + b"\x02" + s("a") + s("1") + s("a") + b"\x02\xc3\x28" + b"\x10\x00\x01", "bad_utf8"),
+    ("order_first_record_wins", bytes([MAGIC]) + SERIES_C + b"\x10\x01\x01" + b"\x07", "bad_series_ref"),
+    ("order_form_before_series_ref", bytes([MAGIC]) + b"\x13\x05\x01", "unknown_record"),
+    ("order_series_ref_before_value", bytes([MAGIC]) + b"\x11\x00\x01", "bad_series_ref"),
+    ("order_reserved_label_before_value", bytes([MAGIC, 0x01]) + s("h") + b"\x01" + s("le") + s("1") + b"\x42\x00" + struct.pack("<d", float("nan")), "reserved_label"),
+    ("order_series_count_before_series_bytes", bytes([MAGIC]) + SERIES_C * 4096 + b"\x01\x05", "too_many_series"),
+    ("order_topk_length_before_utf8", bytes([MAGIC]) + SERIES_C + b"\x63\x00" + uvarint(129) + b"\xc3\x28" * 64 + b"\xc3", "too_long"),
+    ("order_negative_before_later_truncation", bytes([MAGIC]) + SERIES_C + b"\x11\x00\x01" + b"\x10\x00\x80", "negative_counter"),
+    ("order_magic_before_empty", bytes([0xF6]), "bad_magic"),
+] + [
+    # Every first byte from 0x80 to 0xF4 (UTF-8 continuation and lead bytes: never text, never v1).
+    ("bad_first_byte_%02x" % b, bytes([b]) + SERIES_C + b"\x10\x00\x01", "bad_magic") for b in range(0x80, 0xF5)
+]
+
+# Valid datagrams a canonical encoder never emits, which every decoder must accept:
+# (id, bytes, drops, calls) — decoded samples must equal the calls, and the drop records' sum `drops`.
+ACCEPT = [
+    ("drop_only", bytes([MAGIC, 0x02, 0x05]), 5, []),
+    ("drop_record_not_first", bytes([MAGIC]) + SERIES_C + b"\x10\x00\x01" + b"\x02\x07", 7,
+     [("counter_add", "c", 1, [])]),
+    ("drop_records_add_up", bytes([MAGIC, 0x02, 0x03]) + SERIES_C + b"\x02\x00" + b"\x10\x00\x02" + b"\x02\x04", 7,
+     [("counter_add", "c", 2, [])]),
+    ("unreferenced_series_record", bytes([MAGIC]) + SERIES_C + b"\x01" + s("unused") + b"\x00" + b"\x10\x00\x01", 0,
+     [("counter_add", "c", 1, [])]),
+    ("series_repeated_in_one_datagram", bytes([MAGIC]) + SERIES_C + SERIES_C + b"\x10\x00\x01\x10\x01\x02", 0,
+     [("counter_add", "c", 1, []), ("counter_add", "c", 2, [])]),
+    ("non_minimal_value_form", bytes([MAGIC]) + SERIES_C + b"\x12\x00" + struct.pack("<d", 3.0) + b"\x11\x00\x04", 0,
+     [("counter_add", "c", 3.0, []), ("counter_add", "c", 2, [])]),
 ]
 
 
@@ -247,15 +291,25 @@ def main() -> None:
         lines.append("bytes " + bytes(b.out).hex())
         lines.append("end")
         lines.append("")
+    for aid, data, drops, calls in ACCEPT:
+        lines.append("accept " + aid)
+        if drops:
+            lines.append("drops %d" % drops)
+        for kind, name, v, labels in calls:
+            parts = ["call", kind, tok(name), fmt_value(float(v))] + [tok(k) + "=" + tok(val) for k, val in labels]
+            lines.append(" ".join(parts))
+        lines.append("bytes " + data.hex())
+        lines.append("end")
+        lines.append("")
     for rid, data, reason in REJECT:
         lines.append("reject " + rid)
         lines.append("bytes " + data.hex())
         lines.append("reason " + reason)
         lines.append("end")
         lines.append("")
-    out = Path(__file__).with_name("vectors.txt")
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("vectors.txt")
     out.write_text("\n".join(lines))
-    print("wrote %s (%d valid, %d reject)" % (out, len(VALID), len(REJECT)), file=sys.stderr)
+    print("wrote %s (%d valid, %d accept, %d reject)" % (out, len(VALID), len(ACCEPT), len(REJECT)), file=sys.stderr)
 
 
 if __name__ == "__main__":

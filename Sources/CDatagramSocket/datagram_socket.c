@@ -7,7 +7,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -35,12 +34,13 @@ int p2pmd_receive_batch(int fd, p2pmd_datagram *slots, unsigned count, int crede
             messages[i].msg_hdr.msg_controllen = sizeof(control[i].buffer);
         }
     }
-    int n = recvmmsg(fd, messages, count, MSG_DONTWAIT, NULL);
+    /* MSG_TRUNC: msg_len is the datagram's real length even when it did not fit the slot. */
+    int n = recvmmsg(fd, messages, count, MSG_DONTWAIT | MSG_TRUNC, NULL);
     if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
     for (int i = 0; i < n; i++) {
         p2pmd_datagram *slot = &slots[i];
+        slot->truncated = (messages[i].msg_hdr.msg_flags & MSG_TRUNC) != 0 || messages[i].msg_len > slot->capacity;
         slot->length = messages[i].msg_len;
-        slot->truncated = (messages[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
         slot->has_credentials = 0;
         if (!credentials) continue;
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&messages[i].msg_hdr); c; c = CMSG_NXTHDR(&messages[i].msg_hdr, c)) {
@@ -91,29 +91,34 @@ int p2pmd_set_nonblocking(int fd) {
     return 0;
 }
 
-int p2pmd_bind_datagram(const char *path, unsigned mode) {
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+static int unix_address(const char *path, struct sockaddr_un *addr) {
+    memset(addr, 0, sizeof(*addr));
+    addr->sun_family = AF_UNIX;
     size_t len = strlen(path);
-    if (len == 0 || len >= sizeof(addr.sun_path)) return -ENAMETOOLONG;
-    memcpy(addr.sun_path, path, len + 1);
+    if (len == 0 || len >= sizeof(addr->sun_path)) return -ENAMETOOLONG;
+    memcpy(addr->sun_path, path, len + 1);
+    return 0;
+}
 
+int p2pmd_probe_datagram(const char *path) {
+    struct sockaddr_un addr;
+    int rc = unix_address(path, &addr);
+    if (rc != 0) return rc;
+    int probe = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (probe < 0) return -errno;
+    rc = connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0 ? 0 : -errno;
+    close(probe);
+    return rc;
+}
+
+int p2pmd_bind_datagram(const char *path, unsigned mode) {
+    struct sockaddr_un addr;
+    int rc = unix_address(path, &addr);
+    if (rc != 0) return rc;
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
-
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode)) { close(fd); return -EEXIST; }
-        /* A live socket accepts a connect; a stale one refuses it. */
-        int probe = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        if (probe >= 0) {
-            int live = connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0;
-            close(probe);
-            if (live) { close(fd); return -EADDRINUSE; }
-        }
-        unlink(path);
-    }
     mode_t old = umask(0777 & ~mode);
-    int rc = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
+    rc = bind(fd, (struct sockaddr *)&addr, sizeof(addr));
     int err = errno;
     umask(old);
     if (rc != 0) { close(fd); return -err; }
@@ -121,26 +126,14 @@ int p2pmd_bind_datagram(const char *path, unsigned mode) {
     return fd;
 }
 
-int p2pmd_bind_udp(const char *host, unsigned short port) {
-    struct sockaddr_storage addr;
-    socklen_t len;
-    memset(&addr, 0, sizeof(addr));
-    struct sockaddr_in *v4 = (struct sockaddr_in *)&addr;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&addr;
-    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons(port);
-        len = sizeof(*v4);
-    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons(port);
-        len = sizeof(*v6);
-    } else {
-        return -EINVAL;
-    }
-    int fd = socket(addr.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+int p2pmd_bind_udp(const struct sockaddr *addr, unsigned length) {
+    int fd = socket(addr->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
-    if (bind(fd, (struct sockaddr *)&addr, len) != 0) {
+    if (addr->sa_family == AF_INET6) {
+        int off = 0; /* [::]:PORT means IPv4 too, whatever net.ipv6.bindv6only says (as libuv does for TCP) */
+        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof(off));
+    }
+    if (bind(fd, addr, (socklen_t)length) != 0) {
         int err = errno;
         close(fd);
         return -err;

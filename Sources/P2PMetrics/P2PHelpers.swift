@@ -40,48 +40,58 @@ extension P2PMetricsClient {
     /// Records an image import, in one datagram: `p2p.image.imports.total{artifact_type} += 1`;
     /// on failure `p2p.image.imports.failed{artifact_type} += 1`; on success with
     /// `sizeBytes > 0`, `p2p.bytes_transferred.total{artifact_type} += sizeBytes`.
-    /// `artifactType`: microvm, container, storepath, closure…
+    /// `artifactType`: microvm, container, storepath, closure… `labels`: extra labels on every
+    /// sample (e.g. `[("peer", "node-7")]`, the per-peer convention).
     @discardableResult
-    public func recordImageImport(artifactType: String, success: Bool, sizeBytes: UInt64) -> RecordResult {
+    public func recordImageImport(
+        artifactType: String, success: Bool, sizeBytes: UInt64, labels: [(String, String)] = []
+    ) -> RecordResult {
         let label = ("artifact_type", artifactType)
-        let total = HelperSample(.counterAdd, P2PMetricNames.imagesImported, label, .unsigned(1))
+        let total = HelperSample(.counterAdd, P2PMetricNames.imagesImported, label, .unsigned(1), extra: labels)
         if !success {
-            return recordGroup(total, HelperSample(.counterAdd, P2PMetricNames.imageImportsFailed, label, .unsigned(1)))
+            return recordGroup(total, HelperSample(.counterAdd, P2PMetricNames.imageImportsFailed, label, .unsigned(1), extra: labels))
         }
         if sizeBytes == 0 { return recordGroup(total) }
-        return recordGroup(total, HelperSample(.counterAdd, P2PMetricNames.bytesTransferred, label, .unsigned(sizeBytes)))
+        return recordGroup(total, HelperSample(.counterAdd, P2PMetricNames.bytesTransferred, label, .unsigned(sizeBytes), extra: labels))
     }
 
     /// Records an image download, in one datagram: `p2p.image.downloads.total += 1`; on failure
     /// `p2p.image.downloads.failed += 1`; `p2p.transfer.duration` observes `seconds` (finite).
-    /// `imageID` is not sent: one series per image would be unbounded.
+    /// `imageID` is not sent: one series per image would be unbounded. `labels`: extra labels on
+    /// every sample.
     @discardableResult
-    public func recordImageDownload(imageID: String?, success: Bool, duration seconds: Double) -> RecordResult {
-        let total = HelperSample(.counterAdd, P2PMetricNames.imageDownloads, nil, .unsigned(1))
-        let observed = HelperSample(.histogramObserve, P2PMetricNames.transferDuration, nil, SampleValue(canonical: seconds))
+    public func recordImageDownload(
+        imageID: String?, success: Bool, duration seconds: Double, labels: [(String, String)] = []
+    ) -> RecordResult {
+        let total = HelperSample(.counterAdd, P2PMetricNames.imageDownloads, nil, .unsigned(1), extra: labels)
+        let observed = HelperSample(
+            .histogramObserve, P2PMetricNames.transferDuration, nil, SampleValue(canonical: seconds), extra: labels)
         if success { return recordGroup(total, observed) }
         // the seed's order: total, failed, duration
-        return recordGroup(total, HelperSample(.counterAdd, P2PMetricNames.imageDownloadsFailed, nil, .unsigned(1)), observed)
+        return recordGroup(
+            total, HelperSample(.counterAdd, P2PMetricNames.imageDownloadsFailed, nil, .unsigned(1), extra: labels), observed)
     }
 
     /// Records an image download whose duration is a `Duration` (see
     /// ``recordImageDownload(imageID:success:duration:)-(_,_,Double)``).
     @discardableResult
-    public func recordImageDownload(imageID: String?, success: Bool, duration: Duration) -> RecordResult {
-        recordImageDownload(imageID: imageID, success: success, duration: duration.seconds)
+    public func recordImageDownload(
+        imageID: String?, success: Bool, duration: Duration, labels: [(String, String)] = []
+    ) -> RecordResult {
+        recordImageDownload(imageID: imageID, success: success, duration: duration.seconds, labels: labels)
     }
 
     /// Records one chunk, in one datagram: when `deduplicated`, `p2p.chunks_deduplicated.total += 1`;
     /// otherwise `p2p.chunks_transferred.total += 1` and `p2p.bytes_transferred.total += size`
-    /// (no labels).
+    /// (no labels but the caller's extra `labels`, e.g. `[("peer", "node-7")]`).
     @discardableResult
-    public func recordChunkTransfer(size: UInt64, deduplicated: Bool) -> RecordResult {
+    public func recordChunkTransfer(size: UInt64, deduplicated: Bool, labels: [(String, String)] = []) -> RecordResult {
         if deduplicated {
-            return recordGroup(HelperSample(.counterAdd, P2PMetricNames.chunksDeduplicated, nil, .unsigned(1)))
+            return recordGroup(HelperSample(.counterAdd, P2PMetricNames.chunksDeduplicated, nil, .unsigned(1), extra: labels))
         }
         return recordGroup(
-            HelperSample(.counterAdd, P2PMetricNames.chunksTransferred, nil, .unsigned(1)),
-            HelperSample(.counterAdd, P2PMetricNames.bytesTransferred, nil, .unsigned(size)))
+            HelperSample(.counterAdd, P2PMetricNames.chunksTransferred, nil, .unsigned(1), extra: labels),
+            HelperSample(.counterAdd, P2PMetricNames.bytesTransferred, nil, .unsigned(size), extra: labels))
     }
 
     /// Records one chunk as `recordChunkTransfer(size:deduplicated:)` does, then adds `hash` to
@@ -122,13 +132,14 @@ extension P2PMetricsClient {
     // MARK: Transfers
 
     /// Starts a transfer: `p2p.transfers.active += 1`, and notes the monotonic start time.
-    /// Call ``TransferToken/finish()`` when it ends (or use ``withTransfer(_:)-(()->R)``).
-    public func startTransfer() -> TransferToken {
-        let token = TransferToken(client: self)
+    /// Call ``TransferToken/finish()`` when it ends (or use ``withTransfer(labels:_:)-(_,()->R)``).
+    /// `labels` (e.g. `[("peer", "node-7")]`; not `le`) go on the duration observed at the end.
+    public func startTransfer(labels: [(String, String)] = []) -> TransferToken {
+        let token = TransferToken(client: self, labels: labels)
         let (result, schedule) = state.withLock { s in
             s.addGroup(
                 HelperSample(.gaugeAdd, P2PMetricNames.transfersActive, nil, .unsigned(1)), nil, nil,
-                transferStart: token)
+                activeDelta: 1)
         }
         token.started(result)
         if schedule { scheduleFlush() }
@@ -136,74 +147,60 @@ extension P2PMetricsClient {
     }
 
     /// Runs `body` as one transfer: `p2p.transfers.active` is `+1` while it runs, and when it
-    /// returns **or throws**, `-1` and `p2p.transfer.duration` observes its duration (one datagram).
-    public func withTransfer<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
-        let token = startTransfer()
+    /// returns **or throws**, `-1` and `p2p.transfer.duration{labels}` observes its duration (one
+    /// datagram).
+    public func withTransfer<R, E: Error>(labels: [(String, String)] = [], _ body: () throws(E) -> R) throws(E) -> R {
+        let token = startTransfer(labels: labels)
         defer { token.finish() }
         return try body()
     }
 
-    /// Runs the asynchronous `body` as one transfer, like ``withTransfer(_:)-(()->R)``: the
-    /// duration and the `-1` are recorded when it returns, throws, or is cancelled and throws.
+    /// Runs the asynchronous `body` as one transfer, like ``withTransfer(labels:_:)-(_,()->R)``:
+    /// the duration and the `-1` are recorded when it returns, throws, or is cancelled and throws.
     public func withTransfer<R, E: Error>(
+        labels: [(String, String)] = [],
         isolation: isolated (any Actor)? = #isolation, _ body: () async throws(E) -> R
     ) async throws(E) -> R {
-        let token = startTransfer()
+        let token = startTransfer(labels: labels)
         defer { token.finish() }
         return try await body()
     }
 }
 
-/// An active transfer, for code that cannot wrap it in ``P2PMetricsClient/withTransfer(_:)-(()->R)``:
-/// keep the token from ``P2PMetricsClient/startTransfer()`` and call ``finish()`` once.
+/// An active transfer, for code that cannot wrap it in ``P2PMetricsClient/withTransfer(labels:_:)-(_,()->R)``:
+/// keep the token from ``P2PMetricsClient/startTransfer(labels:)`` and call ``finish()`` once.
 ///
-/// Like the C client's `p2pm_transfer`: finishing again does nothing, and when the start's
-/// `p2p.transfers.active += 1` never reached the sidecar, finishing records only the duration,
-/// so the gauge never goes below zero. Unlike C, this also holds in batched mode: the token
-/// learns the fate of the batch its `+1` travelled in.
+/// Like the C client's `p2pm_transfer`: finishing again does nothing, and `p2p.transfers.active`
+/// cannot stick: a `+1` or `-1` whose datagram is dropped (sidecar absent or stopped) is kept by the
+/// client and sent later as a datagram of its own (`+1`s before the next datagram, `-1`s after,
+/// so the gauge never goes below zero), by the next send or the flush timer.
 public final class TransferToken: Sendable {
-    enum StartFate { case pending, sent, dropped }
     struct State {
         var finished = false
-        var fate = StartFate.pending
         var startResult = RecordResult.buffered
     }
 
     private let client: P2PMetricsClient
+    private let labels: [(String, String)]
     /// When the transfer started (monotonic).
     public let startInstant: ContinuousClock.Instant
     private let state = Mutex(State())
 
-    init(client: P2PMetricsClient) {
+    init(client: P2PMetricsClient, labels: [(String, String)]) {
         self.client = client
+        self.labels = labels
         startInstant = .now
     }
 
-    /// The fate of the start's `p2p.transfers.active += 1` when it was recorded.
+    /// The fate of the start's `p2p.transfers.active += 1` when it was recorded (when dropped, it
+    /// is kept and delivered later).
     public var startResult: RecordResult { state.withLock { $0.startResult } }
 
     /// Whether ``finish()`` was called.
     public var isFinished: Bool { state.withLock { $0.finished } }
 
     func started(_ result: RecordResult) {
-        state.withLock { s in
-            s.startResult = result
-            switch result {
-            case .sent: s.fate = .sent
-            case .buffered: break   // resolved when its batch is sent (or was already, see resolveStart)
-            default: s.fate = .dropped
-            }
-        }
-    }
-
-    /// Called under the client's lock when the batch holding the `+1` was sent or dropped.
-    func resolveStart(sent: Bool) {
-        state.withLock { $0.fate = sent ? .sent : .dropped }
-    }
-
-    /// Read under the client's lock: whether a `-1` may be sent.
-    var startReachedSidecar: Bool {
-        state.withLock { $0.fate != .dropped }
+        state.withLock { $0.startResult = result }
     }
 
     /// Ends the transfer, in one datagram: `p2p.transfers.active -= 1` and `p2p.transfer.duration`
@@ -221,12 +218,13 @@ public final class TransferToken: Sendable {
             return !s.finished
         }
         guard first else { return nil }
-        let token = self
+        let end = HelperSample(.gaugeAdd, P2PMetricNames.transfersActive, nil, .signed(-1))
+        let duration = HelperSample(
+            .histogramObserve, P2PMetricNames.transferDuration, nil, SampleValue(canonical: seconds), extra: labels)
         let (result, schedule) = client.state.withLock { s in
-            s.addGroup(
-                HelperSample(.gaugeAdd, P2PMetricNames.transfersActive, nil, .signed(-1)),
-                HelperSample(.histogramObserve, P2PMetricNames.transferDuration, nil, SampleValue(canonical: seconds)),
-                nil, transferEnd: token)
+            var r = s.addGroup(end, duration, nil, activeDelta: -1)
+            if case .invalid = r.0 { r = s.addGroup(end, nil, nil, activeDelta: -1) }   // bad labels: the -1 alone
+            return r
         }
         if schedule { client.scheduleFlush() }
         return result

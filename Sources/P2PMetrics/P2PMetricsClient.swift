@@ -15,16 +15,21 @@ import Darwin
 ///
 /// * **Thread-safe and `Sendable`**: any number of threads or tasks may record on one client.
 ///   All state sits behind one `Mutex`; no `@unchecked Sendable` anywhere.
-/// * **Never blocks** by default: when the sidecar's queue is full (`EAGAIN`) or the sidecar is
-///   absent, the datagram is dropped and counted, and the count travels in-band as the first record
-///   of the next datagram that is sent (PROTOCOL.md §4), so it shows up as
-///   `p2pmetricsd_client_dropped_datagrams_total`. An absent sidecar is retried at most once per
-///   ``Configuration/reconnectInterval``; nothing throws, nothing is printed.
-/// * **Batched** by default: samples are packed into datagrams of at most
-///   ``Configuration/maxDatagramSize`` bytes (8,192), sent when the next sample does not fit, at the
-///   latest ``Configuration/flushInterval`` (10 ms) after the first sample of a batch (a Dispatch
-///   timer, armed only while samples wait), or on ``flush()``. ``Configuration/immediate`` sends
-///   each call as its own datagram instead, like the C client outside batch mode.
+/// * **Batched, lossless in bursts** by default (like the C client's `P2PM_BUFFERED`): samples are
+///   packed into datagrams of at most ``Configuration/maxDatagramSize`` bytes (8,192), sent when
+///   the next sample does not fit, at the latest ``Configuration/flushInterval`` (10 ms) after the
+///   first sample of a batch (a Dispatch timer, armed only while samples wait), or on ``flush()``.
+///   When the sidecar's queue is full (`EAGAIN`; the kernel's default is 10 datagrams) the timer
+///   keeps the batch and tries again 5 ms later, and a call whose samples do not fit waits for room
+///   up to ``defaultSendTimeout`` (50 ms) before the full batch is dropped; after such a timed-out
+///   wait (a stopped sidecar) calls stop waiting until a datagram gets through again. An absent
+///   sidecar never makes a call wait. So no call waits longer than about 2 x 50 ms.
+/// * **Drops are real and counted**: a dropped datagram is counted (``statistics``) and the count
+///   travels in-band as the first record of the next datagram that is sent (PROTOCOL.md §4), so it
+///   shows up as `p2pmetricsd_client_dropped_datagrams_total`. An absent sidecar is retried at most
+///   once per ``Configuration/reconnectInterval``; nothing throws, nothing is printed.
+///   ``Configuration/immediate`` sends each call as its own datagram instead, without waiting
+///   (unless ``Configuration/sendTimeout`` is set: blocking mode).
 /// * The P2P helpers (``recordImageImport(artifactType:success:sizeBytes:)`` …) put all the
 ///   samples of one call into the same datagram, so the sidecar applies them atomically.
 ///
@@ -44,11 +49,12 @@ public final class P2PMetricsClient: Sendable {
         /// In batched mode, the longest time a sample waits in a batch before it is sent
         /// (default 10 ms). `nil`: only full batches and explicit ``P2PMetricsClient/flush()`` send.
         public var flushInterval: Duration?
-        /// `nil` (default): never block; a full sidecar queue drops the datagram (counted).
-        /// A duration: **opt-in blocking mode** for tests and batch tools that want every sample
-        /// delivered: a send waits (with `poll`) up to this long for room in the sidecar's queue
-        /// before it drops. The wait happens while holding the client's lock, so it applies
-        /// back-pressure to every recording thread. An absent sidecar still fails at once.
+        /// The longest wait (with `poll`) for room in the sidecar's queue before a datagram is
+        /// dropped. `nil` (default): ``P2PMetricsClient/defaultSendTimeout`` in batched mode, no
+        /// wait at all in immediate mode. A duration: that wait (in immediate mode: **blocking
+        /// mode**, every call waits up to it); `.zero`: never wait. The wait happens while holding
+        /// the client's lock, so it applies back-pressure to every recording thread. An absent
+        /// sidecar still fails at once.
         public var sendTimeout: Duration?
         /// Minimum time between two connection attempts to an absent sidecar (default 100 ms).
         public var reconnectInterval: Duration
@@ -85,9 +91,20 @@ public final class P2PMetricsClient: Sendable {
         public var unreportedDrops: UInt64 = 0
         /// Samples waiting in the current batch.
         public var bufferedSamples: UInt64 = 0
+        /// Transfer `±1`s in dropped datagrams: not lost, resent as their sum (``resentAdds``).
+        public var keptSamples: UInt64 = 0
+        /// `p2p.transfers.active` adds sent for kept samples (the sidecar applies
+        /// `sentSamples + resentAdds`).
+        public var resentAdds: UInt64 = 0
+        /// Sends that found the sidecar's queue full and waited for room.
+        public var waits: UInt64 = 0
         /// The errno of the last failed send (0 if none failed).
         public var lastErrno: Int32 = 0
     }
+
+    /// The longest wait of a batched client for room in the sidecar's queue (50 ms, the C
+    /// client's `P2PM_SEND_WAIT_MS`).
+    public static let defaultSendTimeout: Duration = .milliseconds(50)
 
     /// Socket path used when neither a path nor `$P2PM_SOCKET` is given.
     public static let defaultSocketPath = "/run/p2pmetricsd/ingest.sock"
@@ -108,6 +125,7 @@ public final class P2PMetricsClient: Sendable {
     public let configuration: Configuration
     let state: Mutex<ClientState>
     private let flushDelayNanos: Int?
+    private let debtRetryNanos: Int?
 
     /// Creates a client. Never fails: an absent sidecar (or an unusable path) only makes calls
     /// drop and count until the socket can be reached.
@@ -115,7 +133,11 @@ public final class P2PMetricsClient: Sendable {
         self.configuration = configuration
         let timed = !configuration.immediate && configuration.flushInterval != nil
         flushDelayNanos = timed ? Int(SidecarSocket.nanoseconds(configuration.flushInterval!)) : nil
+        // immediate clients arm the timer only to deliver kept transfer adds
+        debtRetryNanos = configuration.flushInterval == nil ? nil
+            : max(Int(SidecarSocket.nanoseconds(configuration.reconnectInterval)), 1_000_000)
         state = Mutex(ClientState(configuration: configuration, timed: timed))
+        state.withLock { $0.debtTimer = configuration.flushInterval != nil }
         if !configuration.immediate { ExitFlush.register(self) }
     }
 
@@ -138,6 +160,7 @@ public final class P2PMetricsClient: Sendable {
             var st = s.stats
             st.unreportedDrops = s.pendingDrops
             st.bufferedSamples = s.pendingSamples
+            st.waits = s.socket.waits
             return st
         }
     }
@@ -149,7 +172,11 @@ public final class P2PMetricsClient: Sendable {
     /// pending) or ``RecordResult/dropped(errno:)`` (the batch was dropped and counted).
     @discardableResult
     public func flush() -> RecordResult {
-        let e = state.withLock { $0.sendPending() }
+        let e = state.withLock { s in
+            let e = s.sendPending()
+            if s.activeDebt != 0 { _ = s.sendDebt() }
+            return e
+        }
         return e == 0 ? .sent : .dropped(errno: e)
     }
 
@@ -245,30 +272,48 @@ public final class P2PMetricsClient: Sendable {
         return result
     }
 
-    /// Arms the flush timer (called once per batch, outside the lock).
-    func scheduleFlush() {
-        guard let delay = flushDelayNanos else { return }
+    /// Arms the flush timer (called once per batch, outside the lock). When the sidecar's queue is
+    /// full the timer keeps the batch and tries again 5 ms later; undelivered transfer adds are
+    /// retried every reconnect interval.
+    func scheduleFlush(afterNanos: Int? = nil) {
+        guard let delay = afterNanos ?? flushDelayNanos ?? debtRetryNanos, let retryNanos = debtRetryNanos else { return }
         DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(delay)) { [weak self] in
-            self?.state.withLock { s in
+            guard let self else { return }
+            let again = self.state.withLock { s -> Int? in
                 s.flushScheduled = false
-                s.sendPending()
+                if !s.encoder.isEmpty, s.sendPending(keepIfFull: true) == EAGAIN, !s.encoder.isEmpty {
+                    s.flushScheduled = true
+                    return 5_000_000
+                }
+                if s.activeDebt != 0, s.encoder.isEmpty, s.sendDebt() != 0 {
+                    s.flushScheduled = true
+                    return retryNanos
+                }
+                return nil
             }
+            if let again { self.scheduleFlush(afterNanos: again) }
         }
     }
 }
 
-/// One sample of a P2P helper: a constant metric name and at most one label.
+/// One sample of a P2P helper: a constant metric name, at most one label of its own, and the
+/// caller's extra labels (the per-peer convention).
 struct HelperSample {
     var kind: SampleKind
     var name: String
     var label: (String, String)?
     var value: SampleValue
+    var extra: [(String, String)]
 
-    init(_ kind: SampleKind, _ name: String, _ label: (String, String)? = nil, _ value: SampleValue) {
+    init(
+        _ kind: SampleKind, _ name: String, _ label: (String, String)? = nil, _ value: SampleValue,
+        extra: [(String, String)] = []
+    ) {
         self.kind = kind
         self.name = name
         self.label = label
         self.value = value
+        self.extra = extra
     }
 
     /// Upper bound of the bytes this sample adds to a datagram: its series record and the sample
@@ -276,7 +321,7 @@ struct HelperSample {
     var worstCaseSize: Int {
         let n = name.utf8.count
         var size = 1 + Varint.encodedLength(UInt64(n)) + n + 1
-        if let (k, v) = label {
+        for (k, v) in (label.map { [$0] } ?? []) + extra {
             let kn = k.utf8.count, vn = v.utf8.count
             size += Varint.encodedLength(UInt64(kn)) + kn + Varint.encodedLength(UInt64(vn)) + vn
         }
@@ -288,6 +333,14 @@ struct HelperSample {
         if let (_, v) = label, v.utf8.count > WireFormat.maxLabelValueLength { return .tooLong }
         if case .double(let d) = value, !d.isFinite, kind != .gaugeSet { return .nonFinite }
         if case .double(let d) = value, d < 0, kind == .counterAdd { return .negativeCounter }
+        if !extra.isEmpty {   // the caller's labels: encode once on the side, so a group never fails halfway
+            var probe = DatagramEncoder(maxSize: WireFormat.maxDatagramSize)
+            do {
+                _ = try probe.append(kind, name: name, labels: (label.map { [$0] } ?? []) + extra, value: value)
+            } catch {
+                return error.reason
+            }
+        }
         return nil
     }
 }
@@ -304,10 +357,21 @@ struct ClientState {
     var pendingDrops: UInt64 = 0
     var stats = P2PMetricsClient.Statistics()
     var flushScheduled = false
-    /// Transfers whose `p2p.transfers.active += 1` waits in the current batch.
-    var startsInDatagram: [TransferToken] = []
+    /// `p2p.transfers.active` adds of dropped datagrams, not delivered yet (sent on their own).
+    var activeDebt: Int64 = 0
+    /// `p2p.transfers.active` adds of the transfer helpers in the current batch, and how many.
+    var activePending: Int64 = 0
+    var keptPending: UInt64 = 0
+    /// A wait for room timed out (a stopped sidecar): batched calls do not wait until a send works.
+    var stalled = false
+    /// The datagram that carries the debt.
+    var debtEncoder = DatagramEncoder(maxSize: 64)
     let immediate: Bool
     let timed: Bool
+    /// The timer may run to deliver kept transfer adds (a flush interval is configured).
+    var debtTimer = false
+    /// How long a call waits for room (nil: not at all).
+    let callWaitNanos: UInt64?
 
     /// Room for the drop report: its tag and a 10-byte varint (the magic byte is the encoder's).
     static let reportRoom = 11
@@ -321,6 +385,8 @@ struct ClientState {
             sendTimeout: configuration.sendTimeout)
         immediate = configuration.immediate
         self.timed = timed
+        let wait = configuration.sendTimeout ?? (configuration.immediate ? nil : P2PMetricsClient.defaultSendTimeout)
+        callWaitNanos = wait.map(SidecarSocket.nanoseconds)
         _ = socket.reconnect()   // an absent sidecar is fine: sends connect later
     }
 
@@ -365,12 +431,10 @@ struct ClientState {
         return complete()
     }
 
-    /// Appends up to three samples that must share a datagram. `transferStart` is the transfer
-    /// whose start this is; `transferEnd` the transfer this ends (its `-1` is left out when the
-    /// start's `+1` never reached the sidecar).
+    /// Appends up to three samples that must share a datagram. `activeDelta`: the transfer
+    /// guard's `p2p.transfers.active` add among them (the first sample), which is never lost.
     mutating func addGroup(
-        _ a: HelperSample, _ b: HelperSample?, _ c: HelperSample?,
-        transferStart: TransferToken? = nil, transferEnd: TransferToken? = nil
+        _ a: HelperSample, _ b: HelperSample?, _ c: HelperSample?, activeDelta: Int64 = 0
     ) -> (RecordResult, Bool) {
         if let p = a.problem ?? b?.problem ?? c?.problem { return (.invalid(p), false) }
         let need = a.worstCaseSize + (b?.worstCaseSize ?? 0) + (c?.worstCaseSize ?? 0)
@@ -380,13 +444,10 @@ struct ClientState {
             || appendsSinceReset + count > WireFormat.maxSeriesPerDatagram {
             sendPending()
         }
-        // Read after the flush above: the start's datagram has been sent by now, or it is the
-        // current one (then the -1 shares its fate).
-        let skipFirst = transferEnd.map { !$0.startReachedSidecar } ?? false
         var appended = 0
         do {
             // Cannot fail: the samples were checked and the room reserved above.
-            if !skipFirst, try append(a) { appended += 1 }
+            if try append(a) { appended += 1 }
             if let b, try append(b) { appended += 1 }
             if let c, try append(c) { appended += 1 }
         } catch {
@@ -394,11 +455,17 @@ struct ClientState {
         }
         pendingSamples += UInt64(appended)
         appendsSinceReset += appended
-        if let t = transferStart { startsInDatagram.append(t) }
+        if activeDelta != 0 {
+            activePending += activeDelta
+            keptPending += 1
+        }
         return complete()
     }
 
     private mutating func append(_ s: HelperSample) throws(EncodingError) -> Bool {
+        if !s.extra.isEmpty {   // the encoder validates the caller's labels (names, repeats, count)
+            return try encoder.append(s.kind, name: s.name, labels: (s.label.map { [$0] } ?? []) + s.extra, value: s.value)
+        }
         if let l = s.label {
             return try encoder.append(s.kind, name: s.name, labels: CollectionOfOne(l), value: s.value)
         }
@@ -409,7 +476,9 @@ struct ClientState {
     private mutating func complete() -> (RecordResult, Bool) {
         if immediate {
             let e = sendPending()
-            return (e == 0 ? .sent : .dropped(errno: e), false)
+            let retry = debtTimer && activeDebt != 0 && !flushScheduled
+            if retry { flushScheduled = true }
+            return (e == 0 ? .sent : .dropped(errno: e), retry)
         }
         if timed && !flushScheduled {
             flushScheduled = true
@@ -418,39 +487,67 @@ struct ClientState {
         return (.buffered, false)
     }
 
+    /// How long a call may wait for room now: not at all once a batched wait timed out.
+    var waitNanos: UInt64? { !immediate && stalled ? nil : callWaitNanos }
+
     /// Sends the pending datagram, led by the pending drop report, then starts an empty one.
-    /// Returns 0 or the errno of the failed send (the datagram is then dropped and counted).
+    /// Returns 0 or the errno of the failed send (the datagram is then dropped and counted; its
+    /// transfer adds become debt). `keepIfFull` (the flush timer): never wait, and keep the batch
+    /// when the sidecar's queue is full. Undelivered transfer `+1`s go first (so a `-1` in this
+    /// datagram never finds the gauge at zero), `-1`s after it.
     @discardableResult
-    mutating func sendPending() -> Int32 {
+    mutating func sendPending(keepIfFull: Bool = false) -> Int32 {
         guard !encoder.isEmpty else { return 0 }
-        let e: Int32
-        if pendingDrops == 0 {
-            e = encoder.bytes.withUnsafeBytes { socket.send($0) }
-        } else {
-            withReport.removeAll(keepingCapacity: true)
-            withReport.append(WireFormat.magic)
-            withReport.append(WireFormat.Tag.dropped)
-            Varint.append(pendingDrops, to: &withReport)
-            withReport.append(contentsOf: encoder.bytes.dropFirst())
-            e = withReport.withUnsafeBytes { socket.send($0) }
+        let wait = keepIfFull ? nil : waitNanos
+        var e: Int32 = activeDebt > 0 ? sendDebt(waitNanos: wait) : 0
+        if e == 0 {
+            if pendingDrops == 0 {
+                e = encoder.bytes.withUnsafeBytes { socket.send($0, waitNanos: wait) }
+            } else {
+                withReport.removeAll(keepingCapacity: true)
+                withReport.append(WireFormat.magic)
+                withReport.append(WireFormat.Tag.dropped)
+                Varint.append(pendingDrops, to: &withReport)
+                withReport.append(contentsOf: encoder.bytes.dropFirst())
+                e = withReport.withUnsafeBytes { socket.send($0, waitNanos: wait) }
+            }
         }
+        if keepIfFull && e == EAGAIN { return e }
         let samples = pendingSamples
-        encoder.reset()
-        pendingSamples = 0
-        appendsSinceReset = 0
         if e == 0 {
             pendingDrops = 0
+            stalled = false
             stats.sentDatagrams += 1
             stats.sentSamples += samples
         } else {
             pendingDrops += 1
+            activeDebt += activePending
             stats.droppedDatagrams += 1
-            stats.droppedSamples += samples
+            stats.droppedSamples += samples - keptPending
+            stats.keptSamples += keptPending
             stats.lastErrno = e
+            if e == EAGAIN, (wait ?? 0) > 0, !immediate { stalled = true }
         }
-        if !startsInDatagram.isEmpty {
-            for t in startsInDatagram { t.resolveStart(sent: e == 0) }
-            startsInDatagram.removeAll(keepingCapacity: true)
+        encoder.reset()
+        pendingSamples = 0
+        appendsSinceReset = 0
+        activePending = 0
+        keptPending = 0
+        if e == 0 && activeDebt < 0 { _ = sendDebt(waitNanos: nil) }
+        return e
+    }
+
+    /// Sends the undelivered transfer adds as one `p2p.transfers.active` add of their sum, in a
+    /// datagram of their own. 0 (the debt is paid) or the errno (it stays; nothing is counted).
+    mutating func sendDebt(waitNanos: UInt64? = nil) -> Int32 {
+        guard activeDebt != 0 else { return 0 }
+        debtEncoder.reset()
+        let value: SampleValue = activeDebt > 0 ? .unsigned(UInt64(activeDebt)) : .signed(activeDebt)
+        _ = try? debtEncoder.append(.gaugeAdd, name: P2PMetricNames.transfersActive, labels: EmptyCollection(), value: value)
+        let e = debtEncoder.bytes.withUnsafeBytes { socket.send($0, waitNanos: waitNanos) }
+        if e == 0 {
+            activeDebt = 0
+            stats.resentAdds += 1
         }
         return e
     }

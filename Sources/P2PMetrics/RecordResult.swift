@@ -2,8 +2,9 @@ import P2PMetricsWire
 
 /// The fate of the samples of one call, like the return value of the C client's functions.
 ///
-/// Recording never throws and never blocks (unless blocking sends are opted into); callers that
-/// do not care simply ignore the result (every recording method is `@discardableResult`).
+/// Recording never throws and never waits longer than the client's bounded wait for room (50 ms
+/// by default in batched mode, none in immediate mode); callers that do not care simply ignore the
+/// result (every recording method is `@discardableResult`).
 public enum RecordResult: Sendable, Equatable {
     /// The samples left in a datagram the kernel accepted (immediate mode, or an explicit flush).
     case sent

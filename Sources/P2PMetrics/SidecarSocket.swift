@@ -8,8 +8,8 @@ import Darwin
 
 /// The client's Unix datagram socket to the sidecar (PROTOCOL.md §4).
 ///
-/// Not thread-safe on its own: it lives inside the client's mutex-protected state. Sends never
-/// block unless a send timeout is configured; an absent sidecar is retried at most once per
+/// Not thread-safe on its own: it lives inside the client's mutex-protected state. A send waits
+/// for room only up to the wait it is given; an absent sidecar is retried at most once per
 /// reconnect interval (monotonic clock), exactly like the C client's `reconnect()`.
 struct SidecarSocket {
     private var fd: Int32 = -1
@@ -20,7 +20,9 @@ struct SidecarSocket {
     private var lastTry: UInt64?
     private(set) var lastError: Int32 = 0
     private let reconnectIntervalNanos: UInt64
-    private let sendTimeoutNanos: UInt64?
+    let sendTimeoutNanos: UInt64?
+    /// Sends that found the sidecar's queue full and waited for room.
+    private(set) var waits: UInt64 = 0
 
     init(path: String, reconnectInterval: Duration, sendTimeout: Duration?) {
         self.path = Array(path.utf8)
@@ -101,6 +103,12 @@ struct SidecarSocket {
     /// Sends one datagram. Returns 0, `EAGAIN` when the sidecar's queue is full (after waiting up
     /// to the send timeout, if any), or another errno value when the sidecar is absent.
     mutating func send(_ datagram: UnsafeRawBufferPointer) -> Int32 {
+        send(datagram, waitNanos: sendTimeoutNanos)
+    }
+
+    /// Sends one datagram, waiting up to `waitNanos` (`nil` or 0: not at all) for room in the
+    /// sidecar's queue. Counts the sends that had to wait in ``waits``.
+    mutating func send(_ datagram: UnsafeRawBufferPointer, waitNanos: UInt64?) -> Int32 {
         if !connected {
             let e = reconnect()
             if e != 0 { return e }
@@ -122,9 +130,10 @@ struct SidecarSocket {
             let e = errno
             if e == EINTR { continue }
             if e == EAGAIN || e == EWOULDBLOCK {
-                // Opt-in blocking mode: wait for room in the sidecar's queue, up to the timeout.
-                guard let timeout = sendTimeoutNanos else { return EAGAIN }
+                // Wait for room in the sidecar's queue, up to the timeout.
+                guard let timeout = waitNanos, timeout > 0 else { return EAGAIN }
                 let now = Self.monotonicNanos()
+                if deadline == nil { waits &+= 1 }
                 let end = deadline ?? now &+ timeout
                 deadline = end
                 guard now < end else { return EAGAIN }

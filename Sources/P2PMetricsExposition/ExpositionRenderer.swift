@@ -115,10 +115,14 @@ public struct ExpositionRenderer {
                     TextFormat.appendDecimal(cumulative, to: &out)
                     out.append(0x0A)
                 }
-                Self.appendSampleStart(family.name, suffix: "_sum", id, store, &out)
-                out.append(0x20)
-                TextFormat.appendValue(sum, to: &out)
-                out.append(0x0A)
+                // OpenMetrics: the sum is a counter, never negative (a histogram of negative
+                // observations is exposed there without it).
+                if format != .openMetrics || sum >= 0 {
+                    Self.appendSampleStart(family.name, suffix: "_sum", id, store, &out)
+                    out.append(0x20)
+                    TextFormat.appendValue(sum, to: &out)
+                    out.append(0x0A)
+                }
                 Self.appendSampleStart(family.name, suffix: "_count", id, store, &out)
                 out.append(0x20)
                 TextFormat.appendDecimal(count, to: &out)

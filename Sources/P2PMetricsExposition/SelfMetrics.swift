@@ -17,6 +17,12 @@ public struct SelfMetrics: Sendable {
     public var startTimeSeconds: Double
     /// Processes whose exit the daemon watches (they have gauge adds outstanding).
     public var trackedProcesses: Int
+    /// HTTP connections: open, refused at the cap, evicted to make room.
+    public var httpConnections = HTTPConnectionStatistics()
+    /// The process's resident set size in bytes, when known.
+    public var residentMemoryBytes: Int?
+    /// The store's memory budget (`limits.max_memory_bytes`), when known.
+    public var seriesMemoryLimitBytes: Int?
 
     public init(
         version: String, statistics: IngestStatistics, liveSeries: Int, seriesMemoryBytes: Int,
@@ -82,7 +88,18 @@ public struct SelfMetrics: Sendable {
                 statistics.gaugeAddsUntracked, &out)
         gauge("p2pmetricsd_tracked_processes", "Sending processes watched for exit.", Double(trackedProcesses), &out)
         gauge("p2pmetricsd_series", "Live series in the store.", Double(liveSeries), &out)
-        gauge("p2pmetricsd_series_memory_bytes", "Bytes held by the series tables.", Double(seriesMemoryBytes), &out)
+        gauge("p2pmetricsd_series_memory_bytes",
+              "Bytes held by the series tables (keys, values, buckets, sketches, names, wire cache); bounded by limits.max_memory_bytes.",
+              Double(seriesMemoryBytes), &out)
+        if let seriesMemoryLimitBytes {
+            gauge("p2pmetricsd_series_memory_limit_bytes",
+                  "The budget of p2pmetricsd_series_memory_bytes (limits.max_memory_bytes); new series past it are refused.",
+                  Double(seriesMemoryLimitBytes), &out)
+        }
+        if let residentMemoryBytes {
+            gauge("p2pmetricsd_resident_memory_bytes", "Resident set size of the p2pmetricsd process.",
+                  Double(residentMemoryBytes), &out)
+        }
         gauge("p2pmetricsd_last_scrape_duration_seconds",
               "Time the previous complete /metrics response took to render and send.", lastScrapeDurationSeconds, &out)
         family("p2pmetricsd_scrapes_total", "counter", "Completed /metrics responses, by exposition format.", &out)
@@ -91,6 +108,15 @@ public struct SelfMetrics: Sendable {
         family("p2pmetricsd_http_responses_total", "counter", "HTTP responses sent, by status code.", &out)
         for (code, count) in httpResponses {
             line("p2pmetricsd_http_responses_total{code=\"\(code)\"}", Double(count), &out)
+        }
+        gauge("p2pmetricsd_http_connections", "Open HTTP connections.", Double(httpConnections.open), &out)
+        counter("p2pmetricsd_http_connections_refused_total",
+                "HTTP connections closed at once: at the cap, with every connection busy with a request.",
+                httpConnections.refused, &out)
+        family("p2pmetricsd_http_connections_evicted_total", "counter",
+               "HTTP connections closed to make room for a new one at the cap, by reason.", &out)
+        for (reason, count) in httpConnections.evicted {
+            line("p2pmetricsd_http_connections_evicted_total{reason=\"\(reason)\"}", Double(count), &out)
         }
         gauge("p2pmetricsd_start_time_seconds", "Start time of the process since the Unix epoch, in seconds.",
               startTimeSeconds, &out)
@@ -107,16 +133,31 @@ public struct SelfMetrics: Sendable {
         out.append(0x0A)
     }
 
-    private func counter(_ name: String, _ help: String, _ value: UInt64, _ out: inout [UInt8]) {
+    private func counter(_ name: String, _ help: String, _ value: some FixedWidthInteger & UnsignedInteger,
+                         _ out: inout [UInt8]) {
         family(name, "counter", help, &out)
         out.append(contentsOf: name.utf8)
         out.append(0x20)
-        TextFormat.appendDecimal(value, to: &out)
+        TextFormat.appendDecimal(UInt128(value), to: &out)
         out.append(0x0A)
     }
 
     private func gauge(_ name: String, _ help: String, _ value: Double, _ out: inout [UInt8]) {
         family(name, "gauge", help, &out)
         line(name, value, &out)
+    }
+}
+
+/// What the HTTP listener reports about its connections.
+public struct HTTPConnectionStatistics: Sendable {
+    public var open: Int
+    public var refused: UInt64
+    /// Evictions by reason, every reason listed.
+    public var evicted: [(reason: String, count: UInt64)]
+
+    public init(open: Int = 0, refused: UInt64 = 0, evicted: [(reason: String, count: UInt64)] = []) {
+        self.open = open
+        self.refused = refused
+        self.evicted = evicted
     }
 }

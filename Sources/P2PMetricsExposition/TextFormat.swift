@@ -120,6 +120,25 @@ public enum TextFormat {
         }
     }
 
+    /// Appends an unsigned 128-bit integer in decimal.
+    public static func appendDecimal(_ value: UInt128, to out: inout [UInt8]) {
+        if let small = UInt64(exactly: value) {
+            appendDecimal(small, to: &out)
+            return
+        }
+        let tenToThe19: UInt128 = 10_000_000_000_000_000_000
+        appendDecimal(value / tenToThe19, to: &out)
+        appendDecimal(UInt64(value % tenToThe19), width: 19, to: &out)
+    }
+
+    /// Appends `value` in decimal with leading zeros up to `width` digits.
+    static func appendDecimal(_ value: UInt64, width: Int, to out: inout [UInt8]) {
+        var digits: [UInt8] = []
+        appendDecimal(value, to: &digits)
+        out.append(contentsOf: repeatElement(0x30, count: max(width - digits.count, 0)))
+        out.append(contentsOf: digits)
+    }
+
     /// Appends a float value: integers exactly as integers, `+Inf`, `-Inf`, `NaN`, and everything
     /// else in the shortest form that reads back to the same double.
     @inlinable
@@ -136,13 +155,82 @@ public enum TextFormat {
         }
     }
 
-    /// Appends a counter total kept as an exact integer part plus fractional adds.
-    @inlinable
-    public static func appendCounter(integer: UInt64, fraction: Double, to out: inout [UInt8]) {
-        if fraction == 0 {
-            appendDecimal(integer, to: &out)
-        } else {
-            appendValue(Double(integer) + fraction, to: &out)
+    /// Appends a counter total kept as an exact integer part plus a binary64 part (the sum of its
+    /// fractional adds), exactly as PROTOCOL.md §1.3 says: the integer part plus the binary64
+    /// part's whole part, in full decimal however large, then the binary64 part's fractional
+    /// remainder as its shortest round-trip decimal (`1152921504606846979.1`). Only a binary64 part
+    /// that overflowed to +Inf is written as `+Inf`.
+    public static func appendCounter(integer: UInt128, fraction: Double, to out: inout [UInt8]) {
+        guard fraction.isFinite, fraction >= 0 else {  // +Inf (never negative: adds are validated ≥ 0)
+            appendValue(fraction, to: &out)
+            return
         }
+        let whole = fraction.rounded(.down)
+        if whole < 0x1p64, case (let sum, false) = integer.addingReportingOverflow(UInt128(whole)) {
+            appendDecimal(sum, to: &out)
+        } else {
+            appendDecimalSum(integer, whole, to: &out)
+        }
+        let remainder = fraction - whole  // exact: the low bits of `fraction`
+        if remainder > 0 { appendFractionDigits(remainder, to: &out) }
+    }
+
+    /// Appends `integer + whole` in decimal, exactly, for an integral double `whole` of any size.
+    static func appendDecimalSum(_ integer: UInt128, _ whole: Double, to out: inout [UInt8]) {
+        // Base 10^9 digits, least significant first. `whole` = significand × 2^exponent.
+        let base: UInt64 = 1_000_000_000
+        var limbs: [UInt64] = []
+        func addSmall(_ value: UInt128) {
+            var carry = value
+            var i = 0
+            while carry > 0 {
+                if i == limbs.count { limbs.append(0) }
+                let sum = limbs[i] + UInt64(carry % UInt128(base))  // below 2 × 10^9
+                carry = carry / UInt128(base) + UInt128(sum / base)
+                limbs[i] = sum % base
+                i += 1
+            }
+        }
+        var remaining = 0
+        if whole < 0x1p64 {
+            addSmall(UInt128(whole))
+        } else {
+            addSmall(UInt128(whole.significandBitPattern | 1 << UInt64(Double.significandBitCount)))
+            remaining = Int(whole.exponent) - Double.significandBitCount
+        }
+        while remaining > 0 {  // × 2^exponent, up to 2^30 at a time (limbs stay below 2^60)
+            let shift = UInt64(min(remaining, 30))
+            var carry: UInt64 = 0
+            for i in limbs.indices {
+                let product = limbs[i] << shift + carry
+                limbs[i] = product % base
+                carry = product / base
+            }
+            while carry > 0 {
+                limbs.append(carry % base)
+                carry /= base
+            }
+            remaining -= Int(shift)
+        }
+        addSmall(integer)
+        appendDecimal(limbs.last ?? 0, to: &out)
+        for limb in limbs.dropLast().reversed() { appendDecimal(limb, width: 9, to: &out) }
+    }
+
+    /// Appends `.digits` of `value` in (0, 1): its shortest round-trip decimal, never in exponent form.
+    public static func appendFractionDigits(_ value: Double, to out: inout [UInt8]) {
+        let text = value.description  // "0.1", or "1.25e-05" below 1e-4
+        var digits = Substring(text)
+        var leadingZeros = 0
+        if let e = text.firstIndex(of: "e") {
+            leadingZeros = (Int(text[text.index(after: e)...]).map { -$0 } ?? 1) - 1
+            digits = text[..<e]
+            digits.removeAll { $0 == "." }
+        } else if let dot = text.firstIndex(of: ".") {
+            digits = text[text.index(after: dot)...]
+        }
+        out.append(0x2E)
+        out.append(contentsOf: repeatElement(0x30, count: max(leadingZeros, 0)))
+        out.append(contentsOf: digits.utf8)
     }
 }

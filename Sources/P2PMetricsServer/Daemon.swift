@@ -9,17 +9,24 @@ import P2PMetricsWire
 /// The running sidecar: one libuv loop driving the ingest socket, the HTTP listener, signals and
 /// systemd notifications around one `MetricStore`.
 public final class Daemon: ExpositionSource {
-    private let configuration: ServerConfiguration
+    private var configuration: ServerConfiguration
+    /// Resolves the configuration again from the same file and flags (SIGHUP); nil: no file.
+    private let reloadConfiguration: (() throws -> ServerConfiguration)?
     private let loop: UnsafeMutablePointer<uv_loop_t>
     private var store: MetricStore
     private var receiver: IngestReceiver?
     private var udpReceiver: IngestReceiver?
     private var processWatcher: ProcessWatcher?
-    private var activeScrapes = 0
+    /// Renderings in progress; expiry waits for none to be (their positions must stay valid).
+    private var activeRenderings = 0
+    private var expiryDue = false
     private var http: HTTPServer?
     private var timers: [UnsafeMutablePointer<uv_timer_t>] = []
     private var signals: [UnsafeMutablePointer<uv_signal_t>] = []
     private let startTime: Double
+    /// The ingest socket this daemon bound itself (nil: systemd's).
+    private var boundSocket: IngestSocketFile?
+    private var supplementaryGroups = SupplementaryGroups()
 
     // Self-metric state.
     private var lastScrapeDuration = 0.0
@@ -30,9 +37,11 @@ public final class Daemon: ExpositionSource {
     public private(set) var socketOrigin = ""
 
     /// Takes the sockets from systemd (socket activation) or binds them, and prepares the loop.
-    /// Throws a `DaemonError` with one clear line when a socket cannot be had.
-    public init(configuration: ServerConfiguration) throws {
+    /// Throws a `DaemonError` with one clear line when a socket cannot be had. On SIGHUP the
+    /// daemon calls `reloadConfiguration` (when given) and applies what can change while running.
+    public init(configuration: ServerConfiguration, reloadConfiguration: (() throws -> ServerConfiguration)? = nil) throws {
         self.configuration = configuration
+        self.reloadConfiguration = reloadConfiguration
         store = MetricStore(configuration: configuration.store)
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
@@ -41,13 +50,48 @@ public final class Daemon: ExpositionSource {
         loop = .allocate(capacity: 1)
         uv_loop_init(loop)
 
+        // First: a signal during a long restore is then handled by the loop once it runs (drain,
+        // save, exit 0) instead of killing the process after the state file was consumed.
+        for signal in ProcessSignals.terminating + [SIGHUP] {
+            let handle = UnsafeMutablePointer<uv_signal_t>.allocate(capacity: 1)
+            uv_signal_init(loop, handle)
+            handle.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+            uv_signal_start(handle, { handle, signal in
+                guard let data = handle?.pointee.data else { return }
+                Unmanaged<Daemon>.fromOpaque(data).takeUnretainedValue().received(signal)
+            }, signal)
+            signals.append(handle)
+        }
+        if configuration.udpAddress != nil, configuration.store.requiresCredentials {
+            throw DaemonError("--udp cannot be combined with an allow-list: UDP datagrams carry no credentials")
+        }
+        if let path = configuration.stateFile { try StateFile.checkUsable(path) }
         let activated = try ActivatedSockets.take()
         let ingestFD: Int32
         if let fd = activated.ingest {
             ingestFD = fd
         } else {
-            ingestFD = try Self.bindIngest(path: configuration.socketPath, mode: configuration.socketMode)
+            let bound = try IngestSocketFile.bind(
+                path: configuration.socketPath, mode: configuration.socketMode,
+                privateDirectory: configuration.privateSocketDirectory)
+            boundSocket = bound
+            ingestFD = bound.fd
         }
+        do {
+            try startServing(ingestFD: ingestFD, activated: activated)
+        } catch {
+            boundSocket?.remove()  // a daemon that fails to start leaves no socket file behind
+            throw error
+        }
+        addTimer(every: 5_000) { $0.notifyStatus() }
+        addTimer(every: 1_000) { $0.tick() }
+        if let interval = ServiceManager.watchdogPingIntervalMilliseconds() {
+            addTimer(every: interval) { _ in ServiceManager.notify("WATCHDOG=1") }
+        }
+    }
+
+    /// Everything after the ingest socket is had: receivers, HTTP, the state file.
+    private func startServing(ingestFD: Int32, activated: ActivatedSockets) throws {
         _ = p2pmd_set_receive_buffer(ingestFD, configuration.receiveBufferBytes)
         socketOrigin = [
             activated.ingest != nil ? "ingest from systemd" : "ingest bound at \(configuration.socketPath)",
@@ -58,7 +102,7 @@ public final class Daemon: ExpositionSource {
         let wantCredentials = configuration.store.requiresCredentials || configuration.store.trackProcessGauges
         let receiver = try IngestReceiver(
             loop: loop, fd: ingestFD, credentials: wantCredentials,
-            apply: { [unowned self] bytes, sender in self.store.ingest(bytes, from: sender) },
+            apply: { [unowned self] bytes, sender in self.store.ingest(bytes, from: self.withSupplementaryGroups(sender)) },
             refuseTruncated: { [unowned self] length in self.store.countRejected(.oversized, bytes: length) })
         self.receiver = receiver
         if configuration.store.trackProcessGauges {
@@ -69,16 +113,8 @@ public final class Daemon: ExpositionSource {
             }
         }
         if let address = configuration.udpAddress {
-            guard !configuration.store.requiresCredentials else {
-                throw DaemonError("--udp cannot be combined with an allow-list: UDP datagrams carry no credentials")
-            }
-            guard let (host, port) = parseHostPort(address) else {
-                throw DaemonError("bad --udp address '\(address)': expected HOST:PORT with a numeric host, e.g. 127.0.0.1:8125")
-            }
-            let fd = p2pmd_bind_udp(host, port)
-            guard fd >= 0 else {
-                throw DaemonError("cannot bind UDP \(address): \(fd == -EINVAL ? "not a numeric address" : String(cString: strerror(-fd)))")
-            }
+            let fd = address.withSocketAddress { p2pmd_bind_udp($0, UInt32($1)) }
+            guard fd >= 0 else { throw DaemonError("cannot bind UDP \(address): \(String(cString: strerror(-fd)))") }
             _ = p2pmd_set_receive_buffer(fd, configuration.receiveBufferBytes)
             udpReceiver = try IngestReceiver(
                 loop: loop, fd: fd, credentials: false,
@@ -90,31 +126,19 @@ public final class Daemon: ExpositionSource {
 
         // Only once both sockets are had: a daemon that fails to start must not consume the file.
         if let path = configuration.stateFile {
-            switch StateFile.load(from: path, into: &store) {
+            switch try StateFile.load(from: path, into: &store) {
             case .absent: break
-            case .restored(let n): writeStandardError("p2pmetricsd: restored counters from \(path) (\(n) datagrams)")
+            case .restored(let samples, let refused):
+                let total = refused.reduce(0) { $0 + $1.count }
+                let reasons = refused.map { "\($0.reason) \($0.count)" }.joined(separator: ", ")
+                writeStandardError(
+                    "p2pmetricsd: restored counters from \(path): \(samples) samples restored, \(total) refused\(total == 0 ? "" : " (\(reasons))")")
             case .refused(let reason): writeStandardError("p2pmetricsd: ignoring state file \(path): \(reason)")
             }
         }
-
-        for signal in [SIGTERM, SIGINT] {
-            let handle = UnsafeMutablePointer<uv_signal_t>.allocate(capacity: 1)
-            uv_signal_init(loop, handle)
-            handle.pointee.data = Unmanaged.passUnretained(self).toOpaque()
-            uv_signal_start(handle, { handle, _ in
-                guard let data = handle?.pointee.data else { return }
-                Unmanaged<Daemon>.fromOpaque(data).takeUnretainedValue().shutdown()
-            }, signal)
-            signals.append(handle)
-        }
-        addTimer(every: 5_000) { $0.notifyStatus() }
-        addTimer(every: 1_000) { $0.tick() }
-        if let interval = ServiceManager.watchdogPingIntervalMilliseconds() {
-            addTimer(every: interval) { _ in ServiceManager.notify("WATCHDOG=1") }
-        }
     }
 
-    /// Runs until SIGTERM or SIGINT; returns the process exit status.
+    /// Runs until a terminating signal (see `ProcessSignals`); returns the process exit status.
     public func run() -> Int32 {
         ServiceManager.notify("READY=1")
         notifyStatus()
@@ -124,14 +148,69 @@ public final class Daemon: ExpositionSource {
         if let path = configuration.stateFile, let error = StateFile.save(store.counterSnapshot(), to: path) {
             writeStandardError("p2pmetricsd: could not save counters: \(error)")
         }
+        boundSocket?.remove()
         let s = store.statistics
         writeStandardError("p2pmetricsd: shutdown: datagrams_received=\(s.datagramsReceived) samples_applied=\(s.samplesApplied)")
         return 0
     }
 
-    /// Drains what is already queued on the ingest socket, then closes every handle so the loop ends.
+    /// The sender with its supplementary groups when only they could admit it (`allowed_gids`).
+    private func withSupplementaryGroups(_ sender: SenderCredentials?) -> SenderCredentials? {
+        guard let sender, !configuration.store.allowedGIDs.isEmpty, !configuration.store.admits(sender) else { return sender }
+        return supplementaryGroups.resolve(sender, now: store.now)
+    }
+
+    /// SIGHUP reloads the configuration file; every other signal the daemon catches ends it
+    /// cleanly: drain, save state, exit 0.
+    private func received(_ signal: Int32) {
+        let name = ProcessSignals.name(signal)
+        if signal == SIGHUP {
+            reload()
+            return
+        }
+        writeStandardError("p2pmetricsd: \(name): \(configuration.stateFile == nil ? "exiting" : "saving state and exiting")")
+        shutdown()
+    }
+
+    /// Applies a reloaded configuration file: allow-lists, series limits, default buckets and TTL,
+    /// metric entries (for metrics without series yet). What needs a socket, a listener or the
+    /// process tracker again is kept until a restart, and named in the log line. A file with an
+    /// error, or an allow-list the running sockets cannot enforce, changes nothing.
+    private func reload() {
+        guard let reloadConfiguration else {
+            writeStandardError("p2pmetricsd: SIGHUP: no configuration file (--config) to reload")
+            return
+        }
+        let new: ServerConfiguration
+        do {
+            new = try reloadConfiguration()
+            if new.store.requiresCredentials && !configuration.store.requiresCredentials {
+                guard configuration.udpAddress == nil else {
+                    throw DaemonError("an allow-list cannot be combined with --udp: UDP datagrams carry no credentials")
+                }
+                guard configuration.store.trackProcessGauges else {
+                    throw DaemonError("an allow-list needs a restart here: sender credentials were not enabled at start")
+                }
+            }
+        } catch {
+            let line = (error as? DaemonError)?.description ?? "\(error)"
+            writeStandardError("p2pmetricsd: SIGHUP: reload refused, the running configuration stays: \(line)")
+            return
+        }
+        let kept = new.keysKeptUntilRestart(running: configuration, existingMetrics: Set(store.families.map(\.name)))
+        store.reconfigure(new.store)
+        configuration.store = store.configuration
+        let path = new.configFile ?? "the configuration"
+        writeStandardError(
+            "p2pmetricsd: SIGHUP: reloaded \(path)\(kept.isEmpty ? "" : "; kept until a restart: \(kept.joined(separator: ", "))")")
+    }
+
+    /// Stops a self-bound ingest socket from accepting (senders get EPIPE), drains what the kernel
+    /// had accepted, then closes every handle so the loop ends. A socket from systemd is left
+    /// accepting: it belongs to systemd, and the next instance reads what queues meanwhile.
     private func shutdown() {
         ServiceManager.notify("STOPPING=1")
+        if boundSocket != nil, let fd = receiver?.fd { _ = Glibc.shutdown(fd, Int32(SHUT_RD)) }
         for r in [receiver, udpReceiver].compactMap({ $0 }) {
             r.drain(maxBatches: 1 << 20)
             r.close()
@@ -146,7 +225,12 @@ public final class Daemon: ExpositionSource {
             timer.pointee.data = nil
             closeAndFree(timer.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { $0 })
         }
-        for signal in signals { closeAndFree(signal.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { $0 }) }
+        for signal in signals {
+            let signum = signal.pointee.signum
+            closeAndFree(signal.withMemoryRebound(to: uv_handle_t.self, capacity: 1) { $0 })
+            // Closing restored the default action: a second signal must not cut the state save short.
+            Glibc.signal(signum, SIG_IGN)
+        }
         timers = []
         signals = []
     }
@@ -177,7 +261,14 @@ public final class Daemon: ExpositionSource {
     /// sliced scrape, whose position in the series lists must stay valid.
     private func tick() {
         store.now = UInt32(truncatingIfNeeded: uv_now(loop) / 1_000)
-        if activeScrapes == 0 { store.expireStale() }
+        expiryDue = true
+        expireIfDue()
+    }
+
+    private func expireIfDue() {
+        guard expiryDue, activeRenderings == 0 else { return }
+        expiryDue = false
+        store.expireStale()
     }
 
     private func notifyStatus() {
@@ -186,28 +277,10 @@ public final class Daemon: ExpositionSource {
             "STATUS=\(store.seriesCount) series, \(s.samplesApplied) samples applied, \(s.datagramsReceived) datagrams received")
     }
 
-    private static func bindIngest(path: String, mode: UInt32) throws -> Int32 {
-        let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        if !directory.isEmpty {
-            var st = stat()
-            if stat(directory, &st) != 0 {
-                guard mkdir(directory, 0o755) == 0 || errno == EEXIST else {
-                    throw DaemonError("cannot create \(directory) for the ingest socket: \(String(cString: strerror(errno)))")
-                }
-            }
-        }
-        let fd = p2pmd_bind_datagram(path, mode)
-        guard fd >= 0 else {
-            let reason = fd == -EADDRINUSE ? "another process is serving it" : String(cString: strerror(-fd))
-            throw DaemonError("cannot bind the ingest socket \(path): \(reason)")
-        }
-        return fd
-    }
-
     // MARK: ExpositionSource
 
     func beginScrape(into out: inout [UInt8], format: ExpositionFormat) {
-        activeScrapes += 1
+        activeRenderings += 1
         var selfMetrics = SelfMetrics(
             version: configuration.version, statistics: store.statistics, liveSeries: store.seriesCount,
             seriesMemoryBytes: store.memoryFootprint, lastScrapeDurationSeconds: lastScrapeDuration,
@@ -216,6 +289,9 @@ public final class Daemon: ExpositionSource {
             httpResponses: responses.sorted { $0.key.rawValue < $1.key.rawValue }.map { ($0.key.rawValue, $0.value) },
             startTimeSeconds: startTime)
         selfMetrics.format = format
+        selfMetrics.httpConnections = http?.connectionStatistics ?? HTTPConnectionStatistics()
+        selfMetrics.residentMemoryBytes = ProcessMemory.residentBytes()
+        selfMetrics.seriesMemoryLimitBytes = configuration.store.maxMemoryBytes
         selfMetrics.render(into: &out)
     }
 
@@ -223,14 +299,18 @@ public final class Daemon: ExpositionSource {
         renderer.render(store, into: &out, budget: budget)
     }
 
-    func scrapeFinished(durationSeconds: Double, format: ExpositionFormat) {
-        activeScrapes -= 1
-        lastScrapeDuration = durationSeconds
-        if format == .openMetrics { scrapes.openMetrics += 1 } else { scrapes.text += 1 }
+    func renderEnded() {
+        activeRenderings -= 1
+        expireIfDue()
     }
 
-    func scrapeAborted() {
-        activeScrapes -= 1
+    func drainIngest() {
+        for receiver in [receiver, udpReceiver].compactMap({ $0 }) { receiver.drainOneTurn() }
+    }
+
+    func scrapeFinished(durationSeconds: Double, format: ExpositionFormat) {
+        lastScrapeDuration = durationSeconds
+        if format == .openMetrics { scrapes.openMetrics += 1 } else { scrapes.text += 1 }
     }
 
     func countResponse(_ status: HTTPStatus) {

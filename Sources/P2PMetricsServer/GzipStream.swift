@@ -1,7 +1,7 @@
 import CZlib
 
-/// A streaming gzip compressor for sliced responses: each slice is compressed and flushed, so
-/// every chunk sent can be decompressed as it arrives, and the stream ends with `finish`.
+/// A streaming gzip compressor for sliced renderings: each slice is compressed as it is rendered
+/// (deflate keeps its window across slices), and the stream ends with `finish`.
 final class GzipStream {
     private var stream = z_stream()
     private var output = [UInt8](repeating: 0, count: 64 * 1024)
@@ -23,7 +23,7 @@ final class GzipStream {
         input.withUnsafeMutableBufferPointer { source in
             stream.next_in = source.baseAddress
             stream.avail_in = UInt32(source.count)
-            let mode = finish ? Z_FINISH : Z_SYNC_FLUSH
+            let mode = finish ? Z_FINISH : Z_NO_FLUSH
             repeat {
                 output.withUnsafeMutableBufferPointer { sink in
                     stream.next_out = sink.baseAddress

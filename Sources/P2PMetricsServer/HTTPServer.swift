@@ -4,31 +4,46 @@ import Glibc
 import P2PMetricsExposition
 import P2PMetricsHTTP
 
-/// What the HTTP side needs from the daemon: the exposition and a place to count responses.
+/// What the HTTP side needs from the daemon: the exposition, the ingest socket, and a place to
+/// count responses.
 protocol ExpositionSource: AnyObject {
-    /// Appends the self-metrics that open every scrape.
+    /// Appends the self-metrics that open every rendering (a rendering is in progress from here
+    /// until `renderEnded`).
     func beginScrape(into out: inout [UInt8], format: ExpositionFormat)
     /// Appends the next slice of the store's exposition; returns true when it is complete.
     func renderSlice(_ renderer: inout ExpositionRenderer, into out: inout [UInt8], budget: Int) -> Bool
+    /// A rendering finished or was dropped.
+    func renderEnded()
+    /// A complete /metrics response was sent.
     func scrapeFinished(durationSeconds: Double, format: ExpositionFormat)
-    /// A sliced scrape whose connection went away before it finished.
-    func scrapeAborted()
     func countResponse(_ status: HTTPStatus)
+    /// Receives a bounded batch from the ingest socket (called between render slices).
+    func drainIngest()
 }
 
-/// The HTTP/1.1 listener: keep-alive, pipelining, bounded heads, timeouts, a connection cap.
+/// The HTTP/1.x listener: keep-alive, pipelining, bounded heads, timeouts, a connection cap at
+/// which the least useful connection is evicted so that a new scrape always gets in.
 final class HTTPServer {
-    /// Bytes rendered per slice of a large scrape: well under a millisecond of work, after which
-    /// the loop gets to drain the ingest socket again.
-    static let sliceBytes = 64 * 1024
+    /// Bytes handed to the kernel per write of a response body (a progress step of the send timeout).
+    static let writeBytes = 256 * 1024
+    /// Renderings still being sent may hold this many bytes (or four times the newest one, if
+    /// more); past it, the connections still sending the oldest ones are closed.
+    static let retainedRenderingBytes = 64 << 20
 
     let loop: UnsafeMutablePointer<uv_loop_t>
     let configuration: ServerConfiguration
     unowned let source: ExpositionSource
+    let renderer: RenderScheduler
+    /// One read buffer for all connections: each read is consumed before the next one starts.
+    let readBuffer = UnsafeMutableRawPointer.allocate(byteCount: HTTPServer.readBufferBytes, alignment: 16)
+    static let readBufferBytes = 16 * 1024
     private let listener: UnsafeMutableRawPointer
     private let isPipe: Bool
     private var connections: [ObjectIdentifier: HTTPConnection] = [:]
+    /// Connections not yet closing (the cap counts these).
+    private var openConnections = 0
     private(set) var refusedConnections: UInt64 = 0
+    private(set) var evictedConnections = [UInt64](repeating: 0, count: EvictionReason.allCases.count)
 
     var stream: UnsafeMutablePointer<uv_stream_t> { listener.assumingMemoryBound(to: uv_stream_t.self) }
 
@@ -38,6 +53,7 @@ final class HTTPServer {
         self.loop = loop
         self.configuration = configuration
         self.source = source
+        renderer = RenderScheduler(loop: loop, source: source)
         if let fd = inheritedFD, p2pmd_socket_family(fd) == AF_UNIX {
             isPipe = true
             listener = .allocate(byteCount: uv_handle_size(UV_NAMED_PIPE), alignment: 16)
@@ -56,32 +72,27 @@ final class HTTPServer {
                 try Self.bind(tcp, to: configuration.listenAddress)
             }
         }
+        renderer.onCompleted = { [unowned self] newest in self.limitRetainedRenderings(newest: newest) }
         stream.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         let rc = uv_listen(stream, 128) { server, status in
             guard let server, let data = server.pointee.data, status == 0 else { return }
             Unmanaged<HTTPServer>.fromOpaque(data).takeUnretainedValue().accept()
         }
         guard rc == 0 else {
-            throw DaemonError("cannot listen on \(inheritedFD == nil ? configuration.listenAddress : "the inherited HTTP socket"): \(uvError(rc))")
+            throw DaemonError("cannot listen on \(inheritedFD == nil ? configuration.listenAddress.description : "the inherited HTTP socket"): \(uvError(rc))")
         }
     }
 
-    private static func bind(_ tcp: UnsafeMutablePointer<uv_tcp_t>, to address: String) throws {
-        guard let (host, port) = parseHostPort(address) else {
-            throw DaemonError("bad --listen address '\(address)': expected HOST:PORT, e.g. 127.0.0.1:9478 or [::1]:9478")
-        }
-        var storage = sockaddr_storage()
-        let rc: Int32 = withUnsafeMutablePointer(to: &storage) { ptr in
-            if host.contains(":") {
-                return ptr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { uv_ip6_addr(host, Int32(port), $0) }
-            }
-            return ptr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { uv_ip4_addr(host, Int32(port), $0) }
-        }
-        guard rc == 0 else { throw DaemonError("bad --listen address '\(address)': \(uvError(rc))") }
-        let bound = withUnsafePointer(to: &storage) { ptr in
-            ptr.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_bind(tcp, $0, 0) }
-        }
+    private static func bind(_ tcp: UnsafeMutablePointer<uv_tcp_t>, to address: NetworkAddress) throws {
+        let bound = address.withSocketAddress { address, _ in uv_tcp_bind(tcp, address, 0) }
         guard bound == 0 else { throw DaemonError("cannot listen on \(address): \(uvError(bound))") }
+    }
+
+    /// Connection counts for the self-metrics: open, refused at the cap, evicted by reason.
+    var connectionStatistics: HTTPConnectionStatistics {
+        HTTPConnectionStatistics(
+            open: openConnections, refused: refusedConnections,
+            evicted: zip(EvictionReason.allCases, evictedConnections).map { ($0.rawValue, $1) })
     }
 
     private func accept() {
@@ -93,14 +104,52 @@ final class HTTPServer {
             uv_tcp_init(loop, client.assumingMemoryBound(to: uv_tcp_t.self))
         }
         let clientStream = client.assumingMemoryBound(to: uv_stream_t.self)
-        guard uv_accept(stream, clientStream) == 0, connections.count < configuration.maxConnections else {
+        guard uv_accept(stream, clientStream) == 0, openConnections < configuration.maxConnections || evictOne() else {
             refusedConnections += 1
             closeAndFree(client.assumingMemoryBound(to: uv_handle_t.self))
             return
         }
         let connection = HTTPConnection(server: self, stream: clientStream)
         connections[ObjectIdentifier(connection)] = connection
+        openConnections += 1
         connection.start()
+    }
+
+    /// Closes the connection that matters least (see `EvictionPolicy`) so that a new one fits.
+    /// Returns false when every connection is busy with a request making progress.
+    private func evictOne() -> Bool {
+        let open = connections.values.filter { !$0.isClosing }
+        guard let (index, reason) = EvictionPolicy.choose(open.map(\.activity), now: uv_now(loop)) else { return false }
+        evict(open[index], reason)
+        return true
+    }
+
+    private func evict(_ connection: HTTPConnection, _ reason: EvictionReason) {
+        evictedConnections[EvictionReason.allCases.firstIndex(of: reason) ?? 0] += 1
+        connection.close()
+    }
+
+    /// Keeps the memory of renderings that slow or stalled clients are still being sent bounded:
+    /// each holds its whole body, so past the budget the connections holding the oldest ones are
+    /// closed (counted as `stalled`), never one holding the newest rendering.
+    private func limitRetainedRenderings(newest: RenderedBody) {
+        var holders: [ObjectIdentifier: (body: RenderedBody, connections: [HTTPConnection])] = [:]
+        for connection in connections.values {
+            guard let body = connection.sendingBody, body.sequence < newest.sequence else { continue }
+            holders[ObjectIdentifier(body), default: (body, [])].connections.append(connection)
+        }
+        var total = newest.storage.count + holders.values.reduce(0) { $0 + $1.body.storage.count }
+        let budget = max(Self.retainedRenderingBytes, 4 * newest.storage.count)
+        for (body, holding) in holders.values.sorted(by: { $0.body.sequence < $1.body.sequence }) where total > budget {
+            total -= body.storage.count
+            for connection in holding { evict(connection, .stalled) }
+        }
+    }
+
+    /// A connection started closing: it no longer counts against the cap.
+    func closing(_ connection: HTTPConnection) {
+        openConnections -= 1
+        renderer.cancel(connection)
     }
 
     func remove(_ connection: HTTPConnection) {
@@ -109,9 +158,12 @@ final class HTTPServer {
 
     /// Closes the listener and every connection.
     func close() {
+        renderer.close()
         for connection in connections.values { connection.close() }
         closeAndFree(listener.assumingMemoryBound(to: uv_handle_t.self))
     }
+
+    deinit { readBuffer.deallocate() }
 }
 
 /// One client connection and the response it is being sent.
@@ -119,20 +171,31 @@ final class HTTPConnection {
     private unowned let server: HTTPServer
     private let stream: UnsafeMutablePointer<uv_stream_t>
     private let timer: UnsafeMutablePointer<uv_timer_t>
-    private let readBuffer = UnsafeMutableRawPointer.allocate(byteCount: 16 * 1024, alignment: 16)
     private var input: [UInt8] = []
     private var requestStarted = false
     private var responding = false
     private var closeAfterResponse = false
     private var closing = false
+    /// The client shut down its sending side: answer what it asked, then close.
+    private var peerFinished = false
+    /// The last response is out and our side shut down: input is discarded until the client closes.
+    private var lingering = false
     private var openHandles = 2
+    private var completedRequests = 0
+    /// Loop time (ms) of acceptance, and of the last completed request or write.
+    private var acceptedAt: UInt64 = 0
+    private var lastProgress: UInt64 = 0
 
-    // The scrape in progress.
-    private var renderer: ExpositionRenderer?
-    private var gzip: GzipStream?
-    private var chunked = false
+    // The scrape in progress: its request, then the shared body being sent.
     private var scrapeStart: UInt64 = 0
-    private var scrapeFormat = ExpositionFormat.prometheusText
+    private var scrapeMinorVersion = 1
+    private var scrapeKeepAlive = true
+    private var waitingForBody = false
+    private var body: RenderedBody?
+    private var bodyOffset = 0
+
+    /// The rendering this connection is sending, if any.
+    var sendingBody: RenderedBody? { body }
 
     init(server: HTTPServer, stream: UnsafeMutablePointer<uv_stream_t>) {
         self.server = server
@@ -144,21 +207,31 @@ final class HTTPConnection {
         timer.pointee.data = me
     }
 
-    deinit { readBuffer.deallocate() }
-
     private static func from(_ data: UnsafeMutableRawPointer?) -> HTTPConnection? {
         data.map { Unmanaged<HTTPConnection>.fromOpaque($0).takeUnretainedValue() }
     }
 
     func start() {
+        acceptedAt = uv_now(server.loop)
+        lastProgress = acceptedAt
         arm(server.configuration.idleTimeoutMilliseconds)
         startReading()
     }
 
+    var isClosing: Bool { closing }
+
+    /// What the eviction policy looks at.
+    var activity: ConnectionActivity {
+        ConnectionActivity(completedRequests: completedRequests, awaitingResponse: waitingForBody,
+                           responding: responding && !waitingForBody, acceptedAt: acceptedAt, lastProgress: lastProgress)
+    }
+
     private func startReading() {
+        guard !peerFinished else { return }
         uv_read_start(stream, { handle, _, buf in
             guard let handle, let buf, let connection = HTTPConnection.from(handle.pointee.data) else { return }
-            buf.pointee = uv_buf_init(connection.readBuffer.assumingMemoryBound(to: CChar.self), 16 * 1024)
+            buf.pointee = uv_buf_init(connection.server.readBuffer.assumingMemoryBound(to: CChar.self),
+                                      UInt32(HTTPServer.readBufferBytes))
         }, { stream, nread, _ in
             guard let stream, let connection = HTTPConnection.from(stream.pointee.data) else { return }
             connection.didRead(nread)
@@ -166,9 +239,20 @@ final class HTTPConnection {
     }
 
     private func didRead(_ nread: Int) {
+        if lingering {
+            if nread < 0 { close() }
+            return  // discarded
+        }
+        if nread == Int(UV_EOF.rawValue) {
+            // A half-closed request still gets its whole response.
+            peerFinished = true
+            uv_read_stop(stream)
+            if !responding { processInput() }
+            return
+        }
         if nread < 0 { close(); return }
         guard nread > 0 else { return }
-        input.append(contentsOf: UnsafeRawBufferPointer(start: readBuffer, count: nread))
+        input.append(contentsOf: UnsafeRawBufferPointer(start: server.readBuffer, count: nread))
         if input.count > server.configuration.httpLimits.maxHeadBytes * 2 {
             // A client that pipelines more than we are willing to hold waits until we catch up.
             uv_read_stop(stream)
@@ -180,6 +264,7 @@ final class HTTPConnection {
     private func processInput() {
         guard !closing, !responding else { return }
         if input.isEmpty {
+            if peerFinished { close(); return }
             requestStarted = false
             arm(server.configuration.idleTimeoutMilliseconds)
             startReading()
@@ -188,6 +273,7 @@ final class HTTPConnection {
         let result = input.withUnsafeBytes { HTTPRequestParser.parse($0, limits: server.configuration.httpLimits) }
         switch result {
         case .incomplete:
+            if peerFinished { close(); return }  // the rest of the head will never come
             if !requestStarted {
                 requestStarted = true
                 arm(server.configuration.requestTimeoutMilliseconds)
@@ -248,103 +334,108 @@ final class HTTPConnection {
         write(bytes)
     }
 
-    private func beginScrape(minorVersion: Int, keepAlive: Bool, format: ExpositionFormat, gzip useGzip: Bool) {
+    /// Asks for the shared rendering; `deliver` sends it. No timeout runs while the daemon renders.
+    private func beginScrape(minorVersion: Int, keepAlive: Bool, format: ExpositionFormat, gzip: Bool) {
         server.source.countResponse(.ok)
         responding = true
+        waitingForBody = true
         scrapeStart = uv_hrtime()
-        scrapeFormat = format
-        var body: [UInt8] = []
-        body.reserveCapacity(HTTPServer.sliceBytes + 4096)
-        server.source.beginScrape(into: &body, format: format)
-        var renderer = ExpositionRenderer(format: format)
-        let finished = server.source.renderSlice(&renderer, into: &body, budget: HTTPServer.sliceBytes)
-        gzip = useGzip ? GzipStream() : nil
+        scrapeMinorVersion = minorVersion
+        scrapeKeepAlive = keepAlive
+        uv_timer_stop(timer)
+        server.renderer.request(format: format, gzip: gzip, for: self)
+    }
+
+    /// Sends a finished rendering with its exact `Content-Length` (HTTP/1.0 and 1.1 alike: a cut
+    /// body can never look complete), in steps of `HTTPServer.writeBytes`.
+    func deliver(_ rendered: RenderedBody) {
+        guard !closing else { return }
+        waitingForBody = false
+        body = rendered
+        bodyOffset = 0
+        closeAfterResponse = !scrapeKeepAlive
         var headers = [("Vary", "Accept, Accept-Encoding")]
-        if let gzip {
-            headers.append(("Content-Encoding", "gzip"))
-            body = gzip.compress(body, finish: finished)
-        }
-        if finished {
-            gzip = nil
-            closeAfterResponse = !keepAlive
-            var out = HTTPResponseHead.make(.ok, minorVersion: minorVersion, keepAlive: keepAlive,
-                                            contentType: format.contentType, framing: .contentLength(body.count),
-                                            extraHeaders: headers)
-            out += body
-            scrapeDone()
-            write(out)
-            return
-        }
-        self.renderer = renderer
-        chunked = minorVersion == 1
-        closeAfterResponse = !keepAlive || !chunked
-        var out = HTTPResponseHead.make(.ok, minorVersion: minorVersion, keepAlive: !closeAfterResponse,
-                                        contentType: format.contentType, framing: chunked ? .chunked : .untilClose,
-                                        extraHeaders: headers)
-        appendBody(body, to: &out)
-        write(out)
+        if rendered.gzipped { headers.append(("Content-Encoding", "gzip")) }
+        write(HTTPResponseHead.make(.ok, minorVersion: scrapeMinorVersion, keepAlive: scrapeKeepAlive,
+                                    contentType: rendered.format.contentType,
+                                    framing: .contentLength(rendered.storage.count), extraHeaders: headers))
     }
 
-    private func appendBody(_ body: [UInt8], to out: inout [UInt8]) {
-        guard !body.isEmpty else { return }  // an empty chunk would end a chunked body
-        guard chunked else { out += body; return }
-        out += Array(String(body.count, radix: 16).utf8)
-        out += [0x0D, 0x0A]
-        out += body
-        out += [0x0D, 0x0A]
-    }
-
-    private func scrapeDone() {
-        server.source.scrapeFinished(durationSeconds: Double(uv_hrtime() - scrapeStart) / 1e9, format: scrapeFormat)
-    }
-
-    /// Called when a write finished: continues a sliced scrape, or ends the response.
+    /// Called when a write finished: sends the next part of a body, or ends the response.
     private func didWrite(_ status: Int32) {
         guard status == 0, !closing else { close(); return }
-        if var renderer {
-            if renderer.isFinished {
-                self.renderer = nil
-                scrapeDone()
-                if chunked {
-                    write([0x30, 0x0D, 0x0A, 0x0D, 0x0A])  // last chunk
-                    return
-                }
-            } else {
-                var body: [UInt8] = []
-                body.reserveCapacity(HTTPServer.sliceBytes + 4096)
-                let finished = server.source.renderSlice(&renderer, into: &body, budget: HTTPServer.sliceBytes)
-                self.renderer = renderer
-                if let gzip {
-                    body = gzip.compress(body, finish: finished)
-                    if finished { self.gzip = nil }
-                }
-                var out: [UInt8] = []
-                appendBody(body, to: &out)
-                write(out)
+        lastProgress = uv_now(server.loop)
+        if let body {
+            let storage = body.storage
+            if bodyOffset < storage.count, let base = storage.base {
+                let count = min(HTTPServer.writeBytes, storage.count - bodyOffset)
+                let start = base + bodyOffset
+                bodyOffset += count
+                write(start, count: count, owner: body)
                 return
             }
+            self.body = nil
+            server.source.scrapeFinished(durationSeconds: Double(uv_hrtime() - scrapeStart) / 1e9, format: body.format)
         }
         responding = false
-        if closeAfterResponse { close(); return }
+        completedRequests += 1
+        if closeAfterResponse { closeGracefully(); return }
         processInput()
     }
 
+    /// Ends a connection after its last response: shuts our side down once libuv has written
+    /// everything, then discards input until the client closes (at most the idle timeout), so
+    /// unread input never turns the close into a reset that could destroy the response in flight.
+    private func closeGracefully() {
+        guard !closing, !lingering else { return }
+        lingering = true
+        input = []
+        let request = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
+        let rc = uv_shutdown(request, stream) { request, _ in
+            guard let request else { return }
+            let connection = HTTPConnection.from(request.pointee.handle?.pointee.data)
+            request.deallocate()
+            connection?.didShutDown()
+        }
+        guard rc == 0 else { request.deallocate(); close(); return }
+        arm(min(server.configuration.idleTimeoutMilliseconds, Self.lingerMilliseconds))
+    }
+
+    /// How long a closing connection waits for the client to close after our shutdown.
+    static let lingerMilliseconds: UInt64 = 5_000
+
+    private func didShutDown() {
+        guard !closing else { return }
+        if peerFinished { close(); return }
+        startReading()  // lingering: what arrives is discarded
+    }
+
+    /// Writes a copy of `bytes`.
     private func write(_ bytes: [UInt8]) {
-        arm(server.configuration.requestTimeoutMilliseconds)
+        let copy = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
+        bytes.withUnsafeBytes { source in
+            if let from = source.baseAddress { copy.copyMemory(from: from, byteCount: source.count) }
+        }
+        write(copy, count: bytes.count, owner: OwnedBytes(copy))
+    }
+
+    /// Writes `count` bytes at `start`, which `owner` keeps alive until the write callback (libuv
+    /// calls it even when the connection is closed first, with `UV_ECANCELED`).
+    private func write(_ start: UnsafeMutableRawPointer, count: Int, owner: AnyObject) {
+        arm(server.configuration.requestTimeoutMilliseconds)  // the send timeout: progress or close
         let request = UnsafeMutablePointer<uv_write_t>.allocate(capacity: 1)
-        let storage = UnsafeMutableRawPointer.allocate(byteCount: max(bytes.count, 1), alignment: 16)
-        bytes.withUnsafeBytes { storage.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
-        request.pointee.data = storage
-        var buf = uv_buf_init(storage.assumingMemoryBound(to: CChar.self), UInt32(bytes.count))
+        let retained = Unmanaged.passRetained(owner)
+        request.pointee.data = retained.toOpaque()
+        var buf = uv_buf_init(start.assumingMemoryBound(to: CChar.self), UInt32(count))
         let rc = uv_write(request, stream, &buf, 1) { request, status in
             guard let request else { return }
-            request.pointee.data?.deallocate()
+            if let owner = request.pointee.data { Unmanaged<AnyObject>.fromOpaque(owner).release() }
             let connection = HTTPConnection.from(request.pointee.handle?.pointee.data)
             request.deallocate()
             connection?.didWrite(status)
         }
         if rc != 0 {
-            storage.deallocate()
+            retained.release()
             request.deallocate()
             close()
         }
@@ -367,17 +458,16 @@ final class HTTPConnection {
             respond(HTTPResponseHead.simple(.requestTimeout, body: "Request Timeout\n", minorVersion: 1, keepAlive: false),
                     status: .requestTimeout, close: true)
         } else {
-            close()
+            close()  // idle, or a response the client stopped reading: its buffers go with it
         }
     }
 
     func close() {
         guard !closing else { return }
         closing = true
-        if renderer != nil {
-            renderer = nil
-            server.source.scrapeAborted()
-        }
+        server.closing(self)
+        body = nil
+        waitingForBody = false
         uv_timer_stop(timer)
         let done: uv_close_cb = { handle in
             guard let handle else { return }
@@ -395,6 +485,13 @@ final class HTTPConnection {
     }
 }
 
+/// A heap copy of bytes being written, freed with its owner.
+private final class OwnedBytes {
+    let pointer: UnsafeMutableRawPointer
+    init(_ pointer: UnsafeMutableRawPointer) { self.pointer = pointer }
+    deinit { pointer.deallocate() }
+}
+
 func uvError(_ code: Int32) -> String {
     String(cString: uv_strerror(code))
 }
@@ -402,14 +499,4 @@ func uvError(_ code: Int32) -> String {
 /// Closes a handle and frees its memory in the close callback (the only safe place).
 func closeAndFree(_ handle: UnsafeMutablePointer<uv_handle_t>) {
     uv_close(handle) { handle in handle?.deallocate() }
-}
-
-/// Splits `HOST:PORT` or `[V6]:PORT`.
-func parseHostPort(_ address: String) -> (String, UInt16)? {
-    guard let colon = address.lastIndex(of: ":") else { return nil }
-    var host = String(address[..<colon])
-    guard let port = UInt16(address[address.index(after: colon)...]) else { return nil }
-    if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-    guard !host.isEmpty else { return nil }
-    return (host, port)
 }

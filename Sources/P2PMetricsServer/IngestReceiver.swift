@@ -10,6 +10,12 @@ final class IngestReceiver {
     static let batchSize = 64
     /// Batches per readiness callback before yielding to the rest of the loop (HTTP, timers).
     static let batchesPerWakeup = 32
+    /// Datagram bytes per readiness callback before yielding: the store's work per datagram is
+    /// linear in its size, so this bounds one turn's ingest work (about a millisecond in a
+    /// release build) whatever senders send.
+    static let bytesPerWakeup = 64 * 1024
+    /// And time: a readiness callback yields after the batch that passes this.
+    static let nanosecondsPerWakeup: UInt64 = 2_000_000
 
     let fd: Int32
     private let poll: UnsafeMutablePointer<uv_poll_t>
@@ -18,6 +24,9 @@ final class IngestReceiver {
     private let credentials: Bool
     private let apply: (UnsafeRawBufferPointer, SenderCredentials?) -> Void
     private let refuseTruncated: (Int) -> Void
+    /// Mean size of the datagrams of the previous batch: the next batch asks for no more than
+    /// the byte budget has room for.
+    private var averageDatagramBytes = 256
     /// Called after each readiness callback's batches (the daemon picks up new processes to watch).
     var afterDrain: () -> Void = {}
 
@@ -52,19 +61,32 @@ final class IngestReceiver {
         uv_poll_start(poll, Int32(UV_READABLE.rawValue)) { handle, status, _ in
             guard let handle, let data = handle.pointee.data else { return }
             let receiver = Unmanaged<IngestReceiver>.fromOpaque(data).takeUnretainedValue()
-            _ = receiver.drain(maxBatches: IngestReceiver.batchesPerWakeup)
-            receiver.afterDrain()
+            receiver.drainOneTurn()
         }
     }
 
-    /// Receives and applies up to `maxBatches` batches; returns true when the socket is empty.
+    /// One loop turn's share of ingest: a bounded number of datagrams and bytes, then the
+    /// daemon's follow-up (new processes to watch).
+    func drainOneTurn() {
+        drain(maxBatches: Self.batchesPerWakeup, maxBytes: Self.bytesPerWakeup,
+              until: uv_hrtime() + Self.nanosecondsPerWakeup)
+        afterDrain()
+    }
+
+    /// Receives and applies up to `maxBatches` batches, stopping once `maxBytes` were received or
+    /// after the batch that ends past `deadline` (`uv_hrtime`); returns true when the socket is empty.
     @discardableResult
-    func drain(maxBatches: Int) -> Bool {
+    func drain(maxBatches: Int, maxBytes: Int = .max, until deadline: UInt64 = .max) -> Bool {
+        var received = 0
         for _ in 0..<maxBatches {
-            let n = p2pmd_receive_batch(fd, slots.baseAddress, UInt32(Self.batchSize), credentials ? 1 : 0)
+            let room = (maxBytes - received) / max(averageDatagramBytes, 1)
+            let wanted = min(Self.batchSize, max(1, room))
+            let n = Int(p2pmd_receive_batch(fd, slots.baseAddress, UInt32(wanted), credentials ? 1 : 0))
             if n <= 0 { return true }
-            for i in 0..<Int(n) {
+            var batchBytes = 0
+            for i in 0..<n {
                 let slot = slots[i]
+                batchBytes += slot.length
                 if slot.truncated != 0 {
                     refuseTruncated(slot.length)
                 } else {
@@ -72,7 +94,10 @@ final class IngestReceiver {
                     apply(UnsafeRawBufferPointer(start: slot.buffer, count: slot.length), sender)
                 }
             }
-            if n < Self.batchSize { return true }
+            averageDatagramBytes = max(batchBytes / n, 1)
+            received += batchBytes
+            if n < wanted { return true }
+            if received >= maxBytes || (deadline != .max && uv_hrtime() > deadline) { return false }
         }
         return false
     }

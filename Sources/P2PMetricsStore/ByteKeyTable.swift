@@ -28,9 +28,14 @@ struct ByteKeyTable {
     /// Lookups give up after this many slots. A cache sets it low, so that keys aimed at one
     /// probe chain cost a bounded amount of work; an authoritative table keeps it unbounded.
     let maxProbe: Int
+    /// Bytes the arena may hold; slots store 32-bit offsets, so it never passes 4 GiB. Injectable
+    /// so that the boundary can be tested without gigabytes.
+    let maxArenaBytes: Int
+    static let offsetLimit = Int(UInt32.max)
 
-    init(minimumCapacity: Int = 16, maxProbe: Int = .max) {
+    init(minimumCapacity: Int = 16, maxProbe: Int = .max, maxArenaBytes: Int = ByteKeyTable.offsetLimit) {
         self.maxProbe = maxProbe
+        self.maxArenaBytes = min(maxArenaBytes, Self.offsetLimit)
         var size = 16
         while size < minimumCapacity * 2 { size <<= 1 }
         slots = Array(repeating: Slot(), count: size)
@@ -43,8 +48,14 @@ struct ByteKeyTable {
         return UInt32(truncatingIfNeeded: hasher.finalize()) | 1
     }
 
-    /// Bytes held: slots plus arena (for the series memory self-metric and limits).
-    var memoryFootprint: Int { slots.capacity * MemoryLayout<Slot>.stride + arena.capacity }
+    /// Bytes in use: slots plus the arena's bytes (for the series memory self-metric and budget).
+    var memoryFootprint: Int { slots.count * MemoryLayout<Slot>.stride + arena.count }
+
+    /// Bytes the slots grow by when one more key is inserted (0 unless that insert rehashes).
+    var growthBytesOfNextInsert: Int {
+        guard (count + tombstones + 1) * 2 > slots.count, (count + 1) * 4 > slots.count else { return 0 }
+        return slots.count * MemoryLayout<Slot>.stride
+    }
 
     func find(_ key: UnsafeRawBufferPointer, hash: UInt32) -> Int32? {
         slotIndex(of: key, hash: hash).map { slots[$0].value }
@@ -82,9 +93,14 @@ struct ByteKeyTable {
         return false
     }
 
-    /// Inserts a key known to be absent; returns the arena offset its bytes were stored at.
+    /// Whether a key of `length` bytes still fits in the arena (its offsets stay representable).
+    func canStore(length: Int) -> Bool { length <= maxArenaBytes - arena.count }
+
+    /// Inserts a key known to be absent; returns the arena offset its bytes were stored at, or nil
+    /// (storing nothing) when the arena cannot take the key (see `canStore`).
     @discardableResult
-    mutating func insert(_ key: UnsafeRawBufferPointer, hash: UInt32, value: Int32) -> Int {
+    mutating func insert(_ key: UnsafeRawBufferPointer, hash: UInt32, value: Int32) -> Int? {
+        guard canStore(length: key.count) else { return nil }
         if (count + tombstones + 1) * 2 > slots.count { rehash(size: (count + 1) * 4 > slots.count ? slots.count * 2 : slots.count) }
         let offset = arena.count
         arena.append(contentsOf: key)
@@ -126,7 +142,7 @@ struct ByteKeyTable {
     /// Rewrites the arena with the live keys only; `relocated(value, newOffset)` is called for
     /// each, so holders of offsets can follow.
     mutating func compact(_ relocated: (Int32, Int) -> Void) {
-        var fresh: [UInt8] = []
+        var fresh: [UInt8] = []  // live keys only: every offset stays below the old arena's size
         fresh.reserveCapacity(arena.count - deadBytes)
         for i in slots.indices where slots[i].hash & 1 == 1 {
             let start = Int(slots[i].offset)

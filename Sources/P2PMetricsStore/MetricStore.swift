@@ -28,12 +28,14 @@ public struct MetricFamily: Sendable {
 /// datagram exactly as PROTOCOL.md §2 says: validated whole first, then applied sample by sample,
 /// with state-dependent refusals (type clash, limits) counted per sample.
 public struct MetricStore {
-    public let configuration: StoreConfiguration
+    public private(set) var configuration: StoreConfiguration
     public private(set) var statistics = IngestStatistics()
+    /// Every metric by family id. A family whose series all expired is released: its slot keeps
+    /// an empty name and no series until a new family reuses it.
     public private(set) var families: [MetricFamily] = []
 
     // Known metrics by exposed name, and the families that exist by exposed name.
-    private let descriptors: [String: MetricDescriptor]
+    private var descriptors: [String: MetricDescriptor]
     // Per-family facts the apply loop reads, kept out of `MetricFamily` so it touches no strings.
     private var familyTypes: [MetricType] = []
     private var familyProcessScoped: [Bool] = []
@@ -41,10 +43,15 @@ public struct MetricStore {
     /// Indexes of the samples of the current datagram that phase 3 applies.
     private var deferred: [Int] = []
     private var familyIndex: [String: Int32] = [:]
+    /// Every exposed name a family or a known metric claims, so that no two families share one.
+    private var exposedNames = ExposedNames()
+    /// Known (catalog or configured) metrics whose names clash with an earlier known metric: their
+    /// samples are refused as `name_clash`. For the daemon to report at start.
+    public private(set) var configuredNameClashes: [String] = []
 
     // Series: canonical key (family id + labels sorted by name) → series id. The key bytes double
     // as the series' label storage for exposition.
-    private var canonical = ByteKeyTable(minimumCapacity: 1024)
+    private var canonical: ByteKeyTable
     // Series: a datagram's series bytes as sent → series id. A bounded cache in front of `canonical`.
     private var wireCache = ByteKeyTable(minimumCapacity: 1024, maxProbe: 32)
 
@@ -56,6 +63,9 @@ public struct MetricStore {
     private var integerPart: [UInt64] = []
     /// Counter: fractional adds. Gauge: value. Histogram: sum.
     private var floatPart: [Double] = []
+    /// Counter: times its integer part wrapped past 2^64 − 1 (sparse: only counters that did), so
+    /// that integer adds stay exact and never disturb the fractional part.
+    private var counterWraps: [SeriesID: UInt64] = [:]
     /// Histogram: first bucket of the series in `bucketCounts`. Distinct: first register in `sketchRegisters`.
     private var histogramBase: [UInt32] = []
     /// Non-cumulative bucket counts of every histogram series; `+Inf` is the last of each run.
@@ -71,6 +81,10 @@ public struct MetricStore {
     private var freeBucketRuns: [Int: [UInt32]] = [:]
     private var freeSketches: [UInt32] = []
     private var topKSketches = TopKSketches()
+    // Families whose series all expired: their names are dropped and their slots reused.
+    private var freeFamilies: [Int32] = []
+    /// Bytes charged for the families' names, help texts and per-family tables.
+    private var familyBytes = 0
 
     private var processGauges: ProcessGauges
     private var newlyTrackedProcesses: [Int32] = []
@@ -89,18 +103,42 @@ public struct MetricStore {
     private static let unresolved: SeriesID = -1
     private static let refusedBase: SeriesID = -2
     private static let typeClash = refusedBase - SeriesID(SampleRejection.allCases.firstIndex(of: .typeClash) ?? 0)
+    private static let nameClash = refusedBase - SeriesID(SampleRejection.allCases.firstIndex(of: .nameClash) ?? 0)
 
     public init(configuration: StoreConfiguration = StoreConfiguration()) {
         self.configuration = configuration
+        canonical = ByteKeyTable(minimumCapacity: 1024, maxArenaBytes: configuration.offsetLimit)
         processGauges = ProcessGauges(maxProcesses: configuration.maxTrackedProcesses,
                                       maxEntries: configuration.maxTrackedContributions)
         var descriptors: [String: MetricDescriptor] = [:]
         for d in configuration.metrics { descriptors[d.exposedName] = d }
         self.descriptors = descriptors
+        // Known metrics claim their names before any client can (a clashing one stays unclaimed,
+        // and its samples are refused as `name_clash`).
+        var clashes: [String] = []
+        for d in configuration.metrics where descriptors[d.exposedName] == d {
+            if !exposedNames.claim(d.exposedName, type: d.type) { clashes.append(d.name) }
+        }
+        configuredNameClashes = clashes
     }
 
     /// Live series.
     public var seriesCount: Int { seriesFamily.count - freeIDs.count }
+
+    /// Takes a reloaded configuration (the daemon's SIGHUP). Allow-lists, series limits, default
+    /// buckets and TTL, and metric entries apply from the next datagram on; families that exist
+    /// keep the type, buckets, help and TTL they were created with, and existing series are never
+    /// removed by a lower limit. Process tracking and the wire cache keep their start-up settings.
+    public mutating func reconfigure(_ new: StoreConfiguration) {
+        var new = new
+        new.trackProcessGauges = configuration.trackProcessGauges
+        new.maxTrackedProcesses = configuration.maxTrackedProcesses
+        new.maxTrackedContributions = configuration.maxTrackedContributions
+        new.wireCacheCapacity = configuration.wireCacheCapacity
+        configuration = new
+        descriptors = [:]
+        for d in new.metrics { descriptors[d.exposedName] = d }
+    }
 
     // MARK: Ingest
 
@@ -114,7 +152,7 @@ public struct MetricStore {
         statistics.datagramsReceived &+= 1
         statistics.bytesReceived &+= UInt64(bytes.count)
         if configuration.requiresCredentials {
-            guard let sender, configuration.allowedUIDs.contains(sender.uid) || configuration.allowedGIDs.contains(sender.gid) else {
+            guard let sender, configuration.admits(sender) else {
                 statistics.count(.unauthorized)
                 return .unauthorized
             }
@@ -130,23 +168,27 @@ public struct MetricStore {
     /// Transcodes text lines into binary datagrams and applies those, so both formats share one
     /// validation and aggregation path (and the same series for the same name and labels).
     private mutating func ingestText(_ bytes: UnsafeRawBufferPointer) {
-        var encoder = DatagramEncoder(maxSize: WireFormat.maxDatagramSize)
+        var output = StatsDTranscoder.Output(encoder: DatagramEncoder(maxSize: WireFormat.maxDatagramSize))
         var refused: [TextLineRejection] = []
-        let lines = transcoder.transcode(bytes, into: &encoder, flush: { full in
+        let lines = transcoder.transcode(bytes, into: &output, flush: { full in
             self.applyTranscoded(full)
             full.reset()
         }, reject: { refused.append($0) })
-        applyTranscoded(encoder)
+        applyTranscoded(output)
         statistics.textLinesReceived &+= UInt64(lines)
         for reason in refused { statistics.count(reason) }
     }
 
-    private mutating func applyTranscoded(_ encoder: DatagramEncoder) {
-        guard !encoder.isEmpty else { return }
-        encoder.bytes.withUnsafeBytes { _ = ingestBinary($0) }
+    private mutating func applyTranscoded(_ output: StatsDTranscoder.Output) {
+        guard !output.encoder.isEmpty else { return }
+        output.weights.withUnsafeBufferPointer { weights in
+            output.encoder.bytes.withUnsafeBytes { _ = ingestBinary($0, weights: weights) }
+        }
     }
 
-    private mutating func ingestBinary(_ bytes: UnsafeRawBufferPointer) -> DatagramRejection? {
+    /// Applies a binary datagram. `weights`, when given, holds the weight of each sample in order
+    /// (transcoded text: a sampled histogram observation counts round(1/rate) times, in O(1)).
+    private mutating func ingestBinary(_ bytes: UnsafeRawBufferPointer, weights: UnsafeBufferPointer<UInt32>? = nil) -> DatagramRejection? {
         // Validation asks the wire cache about every series record: bytes seen and validated
         // before skip the character checks, and their series id is known at once.
         var known: [SeriesID] = []
@@ -190,7 +232,9 @@ public struct MetricStore {
         swap(&floats, &floatPart)
         swap(&buckets, &bucketCounts)
         var applied: UInt64 = 0
-        var refusals = (clash: UInt64(0), series: UInt64(0), metric: UInt64(0), labels: UInt64(0))
+        let weighted = weights.map { $0.count == samples.count } ?? false
+        assert(weights == nil || weighted, "one weight per transcoded sample")
+        var wrapped: [Int] = []
         deferred.removeAll(keepingCapacity: true)
         let trackingActive = processGauges.entries > 0
         integers.withUnsafeMutableBufferPointer { integers in
@@ -199,18 +243,14 @@ public struct MetricStore {
                     for (index, sample) in samples.enumerated() {
                         let seriesID = resolved[Int(sample.series)]
                         if seriesID < 0 {
-                            switch seriesID {
-                            case Self.unresolved, Self.typeClash: refusals.clash &+= 1
-                            case Self.refusedBase - 1: refusals.series &+= 1
-                            case Self.refusedBase - 2: refusals.metric &+= 1
-                            default: refusals.labels &+= 1
-                            }
+                            // unresolved: a type clash; otherwise the reason `refused(_:)` encoded
+                            statistics.samplesRejected[seriesID == Self.unresolved ? 0 : Int(Self.refusedBase - seriesID)] &+= 1
                             continue
                         }
                         let id = Int(seriesID)
                         let family = Int(seriesFamily[id])
                         guard familyTypes[family] == Self.metricType(ofKind: sample.tag >> 4) else {
-                            refusals.clash &+= 1
+                            statistics.samplesRejected[0] &+= 1  // type clash
                             continue
                         }
                         applied &+= 1
@@ -218,7 +258,7 @@ public struct MetricStore {
                         case 0x10, 0x11:  // counter add, integer (validated ≥ 0)
                             let (sum, overflow) = integers[id].addingReportingOverflow(sample.bits)
                             integers[id] = sum
-                            if overflow { floats[id] += 18_446_744_073_709_551_616.0 }
+                            if overflow { wrapped.append(id) }
                         case 0x12:
                             floats[id] += Double(bitPattern: sample.bits)
                         case 0x20, 0x21, 0x22:  // gauge set
@@ -230,9 +270,10 @@ public struct MetricStore {
                         case 0x40, 0x41, 0x42:  // histogram observe
                             let value = Self.number(sample)
                             let bucket = familyBuckets[family].partitioningIndex { value <= $0 }
-                            buckets[Int(histogramBase[id]) + bucket] &+= 1
-                            integers[id] &+= 1
-                            floats[id] += value
+                            let weight = weighted ? UInt64(weights.unsafelyUnwrapped[index]) : 1
+                            buckets[Int(histogramBase[id]) + bucket] &+= weight
+                            integers[id] &+= weight
+                            floats[id] += weight == 1 ? value : value * Double(weight)
                         default:  // distinct and top-K add
                             deferred.append(index)
                         }
@@ -243,6 +284,7 @@ public struct MetricStore {
         swap(&integers, &integerPart)
         swap(&floats, &floatPart)
         swap(&buckets, &bucketCounts)
+        for id in wrapped { counterWraps[SeriesID(id), default: 0] &+= 1 }
 
         // Phase 3: everything that is not a plain number.
         for index in deferred {
@@ -252,10 +294,6 @@ public struct MetricStore {
         }
 
         statistics.samplesApplied &+= applied
-        if refusals.clash > 0 { statistics.add(refusals.clash, .typeClash) }
-        if refusals.series > 0 { statistics.add(refusals.series, .seriesLimit) }
-        if refusals.metric > 0 { statistics.add(refusals.metric, .metricSeriesLimit) }
-        if refusals.labels > 0 { statistics.add(refusals.labels, .labelLimit) }
         return nil
     }
 
@@ -337,14 +375,17 @@ public struct MetricStore {
 
         let name = Names.exposedName(bytes[definition.nameRange])
         let familyID: Int32
-        if let existing = familyIndex[name] {
+        let existingFamily = familyIndex[name]
+        if let existingFamily {
             // Never create a series under a metric of another type: it would be exposed empty.
-            guard familyTypes[Int(existing)] == kind.metricType else { return Self.typeClash }
-            familyID = existing
+            guard familyTypes[Int(existingFamily)] == kind.metricType else { return Self.typeClash }
+            familyID = existingFamily
         } else {
             let type = descriptors[name]?.type ?? kind.metricType
             guard type == kind.metricType else { return Self.typeClash }
-            familyID = Int32(families.count)
+            // A name (or a name it derives) that another family exposes would break the scrape.
+            guard exposedNames.admits(name, type: type) else { return Self.nameClash }
+            familyID = freeFamilies.last ?? Int32(families.count)  // what `createFamily` will use
         }
 
         // Canonical key: family id, then labels sorted by name, each length-prefixed.
@@ -375,42 +416,144 @@ public struct MetricStore {
                   labelScratch.allSatisfy({ $0.value.count <= configuration.maxLabelValueLength }) else {
                 return refused(.labelLimit)
             }
-            if Int(familyID) < families.count {
+            if existingFamily != nil {
                 guard families[Int(familyID)].series.count < configuration.maxSeriesPerMetric else {
                     return refused(.metricSeriesLimit)
                 }
-            } else {
-                createFamily(named: name, type: kind.metricType)
             }
+            guard admitsSeries(type: kind.metricType, family: existingFamily, name: name) else {
+                return refused(.memoryLimit)
+            }
+            if existingFamily == nil { createFamily(named: name, type: kind.metricType) }
             id = createSeries(family: familyID)
         }
-        if wireCache.count >= configuration.wireCacheCapacity { wireCache.removeAll() }
-        if wireCache.hasRoomNear(wireHash) { wireCache.insert(wireKey, hash: wireHash, value: id) }
+        cacheWireKey(wireKey, hash: wireHash, id: id)
         return id
+    }
+
+    /// Remembers the series of a datagram's series bytes, within the cache's entry and byte bounds.
+    private mutating func cacheWireKey(_ key: UnsafeRawBufferPointer, hash: UInt32, id: SeriesID) {
+        let reserve = configuration.wireCacheReserve
+        func fits() -> Bool {
+            wireCache.memoryFootprint + wireCache.growthBytesOfNextInsert + key.count <= reserve
+                && wireCache.canStore(length: key.count)
+        }
+        if wireCache.count >= configuration.wireCacheCapacity || !fits() { wireCache.removeAll() }
+        if fits() && wireCache.hasRoomNear(hash) { wireCache.insert(key, hash: hash, value: id) }
+    }
+
+    // MARK: Memory budget
+
+    /// Bytes charged per series in the per-series columns (family, key offset and length, the two
+    /// value parts, value base, last seen) and its id in its family's series list.
+    static let bytesPerSeries = 4 + 4 + 2 + 8 + 8 + 4 + 4 + 4
+    /// Bytes charged per family beyond its name: the family record, its per-family columns, its
+    /// index entry and the help text around the name.
+    static let bytesPerFamily = 256
+
+    private static func familyCost(name: String, buckets: Int) -> Int {
+        bytesPerFamily + 3 * name.utf8.count + buckets * 8
+    }
+
+    /// Bytes the series tables hold (without the wire cache), as charged against the budget.
+    private var tableBytes: Int {
+        canonical.memoryFootprint + seriesFamily.count * Self.bytesPerSeries
+            + bucketCounts.count * 8 + sketchRegisters.count + topKSketches.memoryFootprint + familyBytes
+            + counterWraps.capacity * 16
+    }
+
+    /// Whether the series whose canonical key is in `keyScratch` fits the memory budget and the
+    /// 32-bit offset range of every table it extends. Compacts the key arena first when removed
+    /// keys hold space.
+    private mutating func admitsSeries(type: MetricType, family: Int32?, name: String) -> Bool {
+        var cost = keyScratch.count + canonical.growthBytesOfNextInsert
+        if freeIDs.isEmpty { cost += Self.bytesPerSeries }
+        let descriptor = family == nil ? descriptors[name] : nil
+        switch type {
+        case .histogram:
+            let run = (family.map { families[Int($0)].buckets.count } ?? (descriptor?.buckets ?? configuration.defaultBuckets).count) + 1
+            if freeBucketRuns[run]?.isEmpty != false {
+                guard bucketCounts.count + run <= configuration.offsetLimit else { return false }
+                cost += run * 8
+            }
+        case .distinct:
+            if freeSketches.isEmpty {
+                guard sketchRegisters.count + HyperLogLog.registerCount <= configuration.offsetLimit else { return false }
+                cost += HyperLogLog.registerCount
+            }
+        case .topK:
+            cost += topKSketches.growthBytes(allocating: family.map { families[Int($0)].topK } ?? Self.topK(of: descriptor))
+        case .counter, .gauge:
+            break
+        }
+        if family == nil {
+            let buckets = type == .histogram ? (descriptor?.buckets ?? configuration.defaultBuckets).count : 0
+            cost += Self.familyCost(name: name, buckets: buckets)
+        }
+        let limit = configuration.maxMemoryBytes - configuration.wireCacheReserve
+        if tableBytes + cost > limit || !canonical.canStore(length: keyScratch.count), canonical.deadBytes > 0 {
+            compactKeys()
+        }
+        return tableBytes + cost <= limit && canonical.canStore(length: keyScratch.count)
+    }
+
+    private mutating func compactKeys() {
+        canonical.compact { id, offset in seriesKeyOffset[Int(id)] = UInt32(offset) }
+    }
+
+    private static func topK(of descriptor: MetricDescriptor?) -> Int {
+        min(max(descriptor?.topK ?? 10, 1), 100)
     }
 
     private func refused(_ reason: SampleRejection) -> SeriesID {
         Self.refusedBase - SeriesID(SampleRejection.allCases.firstIndex(of: reason) ?? 0)
     }
 
+    /// Creates a family in a released slot if there is one (as `resolve` expects), else at the end.
     private mutating func createFamily(named name: String, type: MetricType) {
         let descriptor = descriptors[name]
         let buckets = type == .histogram ? (descriptor?.buckets ?? configuration.defaultBuckets) : []
         let help = descriptor?.help ?? "Metric \(name) sent by clients of p2pmetricsd."
         let ttl = descriptor?.ttlSeconds ?? (type == .counter ? nil : configuration.defaultTTLSeconds)
-        familyIndex[name] = Int32(families.count)
-        familyTypes.append(type)
-        familyProcessScoped.append(descriptor?.processScoped ?? false)
-        familyBuckets.append(buckets)
-        families.append(MetricFamily(name: name, type: type, help: help, buckets: buckets, ttlSeconds: ttl,
-                                     processScoped: descriptor?.processScoped ?? false,
-                                     topK: min(max(descriptor?.topK ?? 10, 1), 100)))
+        let family = MetricFamily(name: name, type: type, help: help, buckets: buckets, ttlSeconds: ttl,
+                                  processScoped: descriptor?.processScoped ?? false, topK: Self.topK(of: descriptor))
+        familyBytes += Self.familyCost(name: name, buckets: buckets.count)
+        exposedNames.claim(name, type: type)
+        if let reused = freeFamilies.popLast() {
+            let f = Int(reused)
+            familyIndex[name] = reused
+            familyTypes[f] = type
+            familyProcessScoped[f] = family.processScoped
+            familyBuckets[f] = buckets
+            families[f] = family
+        } else {
+            familyIndex[name] = Int32(families.count)
+            familyTypes.append(type)
+            familyProcessScoped.append(family.processScoped)
+            familyBuckets.append(buckets)
+            families.append(family)
+        }
+    }
+
+    /// Drops a family whose series all expired: its name goes, its slot is reused by the next new
+    /// family, so churning names under a TTL keeps memory flat.
+    private mutating func releaseFamily(_ f: Int) {
+        let family = families[f]
+        familyIndex[family.name] = nil
+        exposedNames.release(family.name, type: family.type)
+        familyBytes -= Self.familyCost(name: family.name, buckets: family.buckets.count)
+        families[f] = MetricFamily(name: "", type: family.type, help: "", buckets: [], ttlSeconds: nil,
+                                   processScoped: false, topK: 1)
+        familyBuckets[f] = []
+        familyProcessScoped[f] = false
+        freeFamilies.append(Int32(f))
     }
 
     private mutating func createSeries(family: Int32) -> SeriesID {
         let reused = freeIDs.popLast()
         let id = reused ?? SeriesID(seriesFamily.count)
-        let offset = keyScratch.withUnsafeBytes { key in canonical.insert(key, hash: ByteKeyTable.hash(key), value: id) }
+        // `admitsSeries` checked that the arena can take the key.
+        let offset = keyScratch.withUnsafeBytes { key in canonical.insert(key, hash: ByteKeyTable.hash(key), value: id) } ?? 0
         var base: UInt32 = 0
         switch families[Int(family)].type {
         case .histogram:
@@ -496,14 +639,13 @@ public struct MetricStore {
             if kept.count != before {
                 families[f].series = kept
                 removed += before - kept.count
+                if kept.isEmpty { releaseFamily(f) }
             }
         }
         if removed > 0 {
             wireCache.removeAll()  // it may name removed series
             statistics.seriesExpired &+= UInt64(removed)
-            if canonical.shouldCompact {
-                canonical.compact { id, offset in seriesKeyOffset[Int(id)] = UInt32(offset) }
-            }
+            if canonical.shouldCompact { compactKeys() }
         }
         return removed
     }
@@ -521,6 +663,7 @@ public struct MetricStore {
         case .counter, .gauge: break
         }
         processGauges.clear(series: id)
+        if !counterWraps.isEmpty { counterWraps[id] = nil }
         seriesFamily[i] = -1
         freeIDs.append(id)
     }
@@ -537,9 +680,11 @@ public struct MetricStore {
         }
     }
 
-    /// A counter's total, exact in its integer part.
-    public func counterValue(_ id: SeriesID) -> (integer: UInt64, fraction: Double) {
-        (integerPart[Int(id)], floatPart[Int(id)])
+    /// A counter's total: the exact sum of its integer adds (128 bits), and the binary64 sum of its
+    /// fractional adds.
+    public func counterValue(_ id: SeriesID) -> (integer: UInt128, fraction: Double) {
+        let wraps = counterWraps.isEmpty ? 0 : counterWraps[id] ?? 0  // no hashing in the common case
+        return (UInt128(wraps) << 64 | UInt128(integerPart[Int(id)]), floatPart[Int(id)])
     }
 
     public func gaugeValue(_ id: SeriesID) -> Double { floatPart[Int(id)] }
@@ -570,12 +715,10 @@ public struct MetricStore {
         return (entries, integerPart[Int(id)])
     }
 
-    /// Bytes the series tables hold (an estimate for the self-metric).
-    public var memoryFootprint: Int {
-        canonical.memoryFootprint + wireCache.memoryFootprint
-            + seriesFamily.capacity * 4 + seriesKeyOffset.capacity * 4 + seriesKeyLength.capacity * 2
-            + integerPart.capacity * 8 + floatPart.capacity * 8 + histogramBase.capacity * 4 + bucketCounts.capacity * 8 + sketchRegisters.capacity + lastSeen.capacity * 4 + topKSketches.memoryFootprint
-    }
+    /// Bytes the store holds: key arenas and their slots, per-series tables, buckets, sketches,
+    /// family names and the wire cache: what `maxMemoryBytes` bounds (the
+    /// `p2pmetricsd_series_memory_bytes` self-metric).
+    public var memoryFootprint: Int { tableBytes + wireCache.memoryFootprint }
 }
 
 /// Reads the length-prefixed label pairs of a canonical key (written by the store itself).

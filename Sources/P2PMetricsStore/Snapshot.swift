@@ -24,7 +24,16 @@ extension MetricStore {
                     labels.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
                 }
                 let (integer, fraction) = counterValue(id)
-                add(family.name, labels, .unsigned(integer))
+                add(family.name, labels, .unsigned(UInt64(truncatingIfNeeded: integer)))
+                let wraps = UInt64(integer >> 64)
+                if wraps <= 1_024 {
+                    for _ in 0..<wraps {  // 2^64 each, as (2^64 − 1) + 1: restored exactly, wrap for wrap
+                        add(family.name, labels, .unsigned(.max))
+                        add(family.name, labels, .unsigned(1))
+                    }
+                } else {
+                    add(family.name, labels, .double(Double(wraps) * 0x1p64))
+                }
                 if fraction != 0 { add(family.name, labels, .double(fraction)) }
             }
         }

@@ -17,6 +17,21 @@ public struct StoreConfiguration: Sendable {
     public var maxLabelValueLength = WireFormat.maxLabelValueLength
     /// Entries of the cache from a datagram's series bytes to a series; bounded, cleared when full.
     public var wireCacheCapacity: Int = 65_536
+    /// Bytes the store may hold: label arenas, per-series tables, histogram buckets, sketches,
+    /// metric names and the wire cache. A sample that would create a series past it is refused
+    /// (`memory_limit`); existing series keep updating. The default keeps the whole process far
+    /// below the contrib unit's `MemoryMax=512M` (README, "Memory").
+    public var maxMemoryBytes: Int = 128 << 20
+    /// Bytes of `maxMemoryBytes` set aside for the wire cache (at most an eighth of it); the cache
+    /// is cleared when it would grow past them.
+    public var wireCacheMaxBytes: Int = 8 << 20
+    /// Entries a table addressed by 32-bit offsets may hold: bytes of the series key arena, bucket
+    /// counts, sketch registers. A series that would pass it is refused (`memory_limit`) whatever
+    /// the budget; tests lower it to reach the boundary without gigabytes.
+    var offsetLimit: Int = Int(UInt32.max)
+
+    /// The wire cache's share of the memory budget.
+    var wireCacheReserve: Int { min(wireCacheMaxBytes, maxMemoryBytes / 8) }
     /// When either is non-empty, only datagrams whose kernel-verified sender uid is in
     /// `allowedUIDs` or gid is in `allowedGIDs` are accepted; others are refused (`unauthorized`).
     public var allowedUIDs: Set<UInt32> = []
@@ -48,6 +63,13 @@ public enum SampleRejection: String, Sendable, CaseIterable {
     /// Creating the series would exceed the configured label count or label value length
     /// (stricter than the protocol's own limits).
     case labelLimit = "label_limit"
+    /// Creating the series would take the store past `maxMemoryBytes` (or its key arena past
+    /// what 32-bit offsets address).
+    case memoryLimit = "memory_limit"
+    /// The metric's exposed name, or a name its exposition derives from it (`_bucket`, `_sum`,
+    /// `_count`, `_created`, `_error`, the OpenMetrics family without `_total`), is another
+    /// family's, or in the daemon's `p2pmetricsd_` namespace (see `ExposedNames`).
+    case nameClash = "name_clash"
 }
 
 /// The daemon's own ingest counters, exposed as `p2pmetricsd_*` self-metrics.
@@ -55,8 +77,9 @@ public struct IngestStatistics: Sendable, Equatable {
     public var datagramsReceived: UInt64 = 0
     public var bytesReceived: UInt64 = 0
     public var samplesApplied: UInt64 = 0
-    /// Datagrams clients reported in-band that they could not send.
-    public var clientDroppedDatagrams: UInt64 = 0
+    /// Datagrams clients reported in-band that they could not send. 128 bits: any client may
+    /// report up to 2^64 − 1 per record, and a counter must never wrap (go down).
+    public var clientDroppedDatagrams: UInt128 = 0
     /// Indexed like `DatagramRejection.allCases`.
     public var datagramsRejected = [UInt64](repeating: 0, count: DatagramRejection.allCases.count)
     /// Indexed like `SampleRejection.allCases`.
@@ -93,9 +116,4 @@ public struct IngestStatistics: Sendable, Equatable {
     mutating func count(_ reason: DatagramRejection) {
         datagramsRejected[DatagramRejection.allCases.firstIndex(of: reason) ?? 0] += 1
     }
-
-    mutating func add(_ n: UInt64, _ reason: SampleRejection) {
-        samplesRejected[SampleRejection.allCases.firstIndex(of: reason) ?? 0] += n
-    }
-
 }

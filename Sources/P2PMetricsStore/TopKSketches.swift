@@ -20,7 +20,14 @@ struct TopKSketches {
         var error: UInt64
     }
 
-    var memoryFootprint: Int { keys.capacity + lengths.capacity + (counts.capacity + errors.capacity) * 8 }
+    var memoryFootprint: Int { keys.count + lengths.count + (counts.count + errors.count) * 8 }
+
+    /// Bytes that allocating a sketch of `k` slots adds (0 when a released one is reused).
+    func growthBytes(allocating k: Int) -> Int {
+        freeRuns[k]?.isEmpty == false ? 0 : k * Self.bytesPerSlot
+    }
+
+    static let bytesPerSlot = keyCapacity + 1 + 8 + 8
 
     /// Reserves `k` empty slots; returns the first.
     mutating func allocate(_ k: Int) -> UInt32 {

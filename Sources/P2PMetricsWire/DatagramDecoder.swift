@@ -90,8 +90,9 @@ public struct PackedSample: Sendable {
 public struct DatagramDecoder: Sendable {
     /// The series table of the last validated datagram.
     public private(set) var series: [SeriesDefinition] = []
-    /// Sum of the `dropped` records of the last validated datagram.
-    public private(set) var droppedReported: UInt64 = 0
+    /// Sum of the `dropped` records of the last validated datagram (exact: a datagram may carry
+    /// several records of up to 2^64 − 1 each).
+    public private(set) var droppedReported: UInt128 = 0
     /// Sample slots, reused; the first `sampleStorageCount` belong to the last validated datagram.
     private var sampleStorage: [PackedSample] = []
     private var sampleStorageCount = 0
@@ -155,7 +156,7 @@ public struct DatagramDecoder: Sendable {
                 } else if tag == WireFormat.Tag.dropped {
                     switch reader.readVarint() {
                     case .failure(let reason): return reason
-                    case .success(let n): droppedReported &+= n
+                    case .success(let n): droppedReported += UInt128(n)
                     }
                 } else {
                     return .unknownRecord

@@ -16,6 +16,8 @@ public struct DatagramEncoder: Sendable {
     public let maxSize: Int
     private var seriesIndex: [[UInt8]: Int] = [:]
     private var scratch: [UInt8] = []
+    /// The series of the last sample appended since `reset`, and its metric type.
+    private var previousSeries: (index: Int, type: MetricType)?
 
     public init(maxSize: Int = WireFormat.defaultBatchSize) {
         self.maxSize = min(max(maxSize, 64), WireFormat.maxDatagramSize)
@@ -31,12 +33,23 @@ public struct DatagramEncoder: Sendable {
         bytes.removeAll(keepingCapacity: true)
         bytes.append(WireFormat.magic)
         seriesIndex.removeAll(keepingCapacity: true)
+        previousSeries = nil
     }
 
     /// Appends a drop report; must come before any other record to be canonical.
     public mutating func appendDropped(_ count: UInt64) {
         bytes.append(WireFormat.Tag.dropped)
         Varint.append(count, to: &bytes)
+    }
+
+    /// Appends a drop count of any size as `dropped` records of at most 2^64 − 1 each (none for 0).
+    public mutating func appendDropped(_ count: UInt128) {
+        var rest = count
+        while rest > 0 {
+            let part = UInt64(min(rest, UInt128(UInt64.max)))
+            appendDropped(part)
+            rest -= UInt128(part)
+        }
     }
 
     /// Appends one sample. Returns `false`, leaving the datagram unchanged, when it does not fit;
@@ -51,6 +64,28 @@ public struct DatagramEncoder: Sendable {
         if let reason = DatagramDecoder.check(value, for: kind) { throw EncodingError(reason) }
         try encodeSeriesKey(name: name, labels: labels, histogram: kind == .histogramObserve)
         return appendSample(kind, value: value, key: [UInt8]())
+    }
+
+    /// Appends one more sample to the series of the previous sample (same name and labels), without
+    /// encoding or hashing them again: what a multi-value StatsD line needs. Returns `false`,
+    /// leaving the datagram unchanged, when it does not fit, or when nothing was appended since the
+    /// last reset or the previous sample was of another metric type (then use `append`).
+    @discardableResult
+    public mutating func appendToPreviousSeries(_ kind: SampleKind, value: SampleValue) throws(EncodingError) -> Bool {
+        if case .key = value { throw EncodingError(.unknownRecord) }
+        if kind.takesKey { throw EncodingError(.unknownRecord) }
+        if let reason = DatagramDecoder.check(value, for: kind) { throw EncodingError(reason) }
+        guard let previous = previousSeries, previous.type == kind.metricType else { return false }
+        return appendRecord(kind, series: previous.index, value: value, key: [UInt8](), rollingBackTo: bytes.count)
+    }
+
+    /// Appends one more distinct-count sample to the series of the previous sample, like
+    /// `appendToPreviousSeries`: `false` when the previous sample was not a distinct count's.
+    @discardableResult
+    public mutating func appendDistinctToPreviousSeries(key: some Collection<UInt8>) throws(EncodingError) -> Bool {
+        guard key.count <= WireFormat.maxKeyLength else { throw EncodingError(.tooLong) }
+        guard let previous = previousSeries, previous.type == .distinct else { return false }
+        return appendRecord(.distinctAdd, series: previous.index, value: .key(0..<0), key: key, rollingBackTo: bytes.count)
     }
 
     /// Appends a distinct-count sample: `key` (at most 1,024 bytes, any bytes) joins the set.
@@ -87,6 +122,16 @@ public struct DatagramEncoder: Sendable {
             bytes.append(WireFormat.Tag.series)
             bytes.append(contentsOf: scratch)
         }
+        guard appendRecord(kind, series: index, value: value, key: key, rollingBackTo: mark) else { return false }
+        if existing == nil { seriesIndex[scratch] = index }
+        return true
+    }
+
+    /// Appends a sample record of series `index`; when the datagram would pass `maxSize`, removes
+    /// everything from `mark` on and returns `false`.
+    private mutating func appendRecord(
+        _ kind: SampleKind, series index: Int, value: SampleValue, key: some Collection<UInt8>, rollingBackTo mark: Int
+    ) -> Bool {
         switch value {
         case .unsigned(let u):
             bytes.append(kind.rawValue << 4 | ValueForm.unsigned.rawValue)
@@ -99,7 +144,8 @@ public struct DatagramEncoder: Sendable {
         case .double(let d):
             bytes.append(kind.rawValue << 4 | ValueForm.float64.rawValue)
             Varint.append(UInt64(index), to: &bytes)
-            withUnsafeBytes(of: d.bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
+            let bits = d.isNaN ? Double.nan.bitPattern : d.bitPattern  // the canonical NaN (PROTOCOL.md §3)
+            withUnsafeBytes(of: bits.littleEndian) { bytes.append(contentsOf: $0) }
         case .key:
             bytes.append(kind.rawValue << 4 | ValueForm.bytes.rawValue)
             Varint.append(UInt64(index), to: &bytes)
@@ -110,7 +156,7 @@ public struct DatagramEncoder: Sendable {
             bytes.removeSubrange(mark...)
             return false
         }
-        if existing == nil { seriesIndex[scratch] = index }
+        previousSeries = (index, kind.metricType)
         return true
     }
 

@@ -29,9 +29,18 @@
 //   exit                           exit(0) at once, without flushing explicitly
 //   stats                          prints "stats sent_datagrams=.. sent_samples=.. dropped=..
 //                                  dropped_samples=.. unreported=.."
+//   burst T                        the seed-shaped workload (Clients/c/tests/seed_workload.h) from
+//                                  T threads; prints "burst calls=.. latency_p50_us=.. .._p99_us=..
+//                                  latency_max_us=.."
+//   burstflat T N                  T threads x N seed-helper calls back to back; prints the same
+//   fullstats                      prints "fullstats sent_datagrams=.. sent_samples=..
+//                                  dropped_datagrams=.. dropped_samples=.. kept_samples=..
+//                                  resent_adds=.. waits=.."
 //   allocs N                       heap allocations per call of the hot paths, when a malloc
 //                                  counter (p2pm_alloc_count) is preloaded; prints "allocs NAME=.."
 import CoreMetrics
+import Dispatch
+import Synchronization
 import Metrics
 import P2PMetrics
 
@@ -117,6 +126,60 @@ func printStats() {
 }
 
 struct TransferFailed: Error {}
+
+/// The seed-shaped workload of Clients/c/tests/seed_workload.h (one call per event; event i goes
+/// to thread i % threads), or with `flatCalls` that many seed-helper calls per thread back to back,
+/// from `threads` threads at full speed. Returns the call latencies in nanoseconds, sorted.
+func seedBurst(threads: Int, flatCalls: Int? = nil) -> [UInt64] {
+    let types = ["microvm", "container", "storepath", "closure"]
+    let latencies = Mutex<[UInt64]>([])
+    DispatchQueue.concurrentPerform(iterations: threads) { t in
+        var mine: [UInt64] = []
+        mine.reserveCapacity(flatCalls ?? 5000)
+        func timed(_ call: () -> Void) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            call()
+            mine.append(DispatchTime.now().uptimeNanoseconds - t0)
+        }
+        if let n = flatCalls {
+            for i in 0..<n {
+                switch i % 5 {
+                case 0: timed { client.recordChunkTransfer(size: 65_536, deduplicated: i % 3 == 0) }
+                case 1: timed { client.recordCacheAccess(hit: i % 2 == 0, cacheType: "chunk") }
+                case 2: timed { client.recordVerification(success: true, type: "chunk_hash") }
+                case 3: timed { client.recordImageImport(artifactType: types[i % 4], success: true, sizeBytes: 1 << 20) }
+                default: timed { client.recordImageDownload(imageID: "img", success: true, duration: 0.25) }
+                }
+            }
+        } else {
+            var guards: [TransferToken] = []
+            for _ in stride(from: t, to: 20, by: threads) { timed { guards.append(client.startTransfer()) } }
+            for i in stride(from: t, to: 200, by: threads) {
+                timed { client.recordImageImport(artifactType: types[i % 4], success: i % 10 != 9, sizeBytes: UInt64(i + 1) << 20) }
+            }
+            for i in stride(from: t, to: 500, by: threads) {
+                timed { client.recordImageDownload(imageID: "img", success: i % 25 != 24, duration: Double(i % 8) / 4) }
+                timed { client.recordVerification(success: i % 50 != 49, type: "nar_hash") }
+                timed { client.recordCacheAccess(hit: i % 2 == 0, cacheType: "vm_image") }
+            }
+            for i in stride(from: t, to: 5000, by: threads) {
+                let dedup = i % 3 == 0
+                timed { client.recordChunkTransfer(size: 65_536, deduplicated: dedup) }
+                timed { client.recordVerification(success: i % 100 != 99, type: "chunk_hash") }
+                timed { client.recordCacheAccess(hit: dedup, cacheType: "chunk") }
+            }
+            for g in guards { timed { g.finish() } }
+        }
+        latencies.withLock { $0 += mine }
+    }
+    return latencies.withLock { $0.sorted() }
+}
+
+/// "burst calls=.. latency_p50_us=.. latency_p99_us=.. latency_max_us=.."
+func printBurst(_ l: [UInt64]) {
+    func us(_ i: Int) -> String { String(Double(l[min(i, l.count - 1)]) / 1000) }
+    out("burst calls=\(l.count) latency_p50_us=\(us(l.count / 2)) latency_p99_us=\(us(l.count * 99 / 100)) latency_max_us=\(us(l.count - 1))")
+}
 
 /// The README example (Sources/P2PMetrics/README-section.md), as is.
 func seedExample() {
@@ -327,6 +390,14 @@ while let cmd = a.popFirst() {
         _ = readLine()
     case "stats":
         printStats()
+    case "burst":
+        printBurst(seedBurst(threads: Int(take(1)[0])!))
+    case "burstflat":
+        let p = take(2)
+        printBurst(seedBurst(threads: Int(p[0])!, flatCalls: Int(p[1])!))
+    case "fullstats":
+        let s = client.statistics
+        out("fullstats sent_datagrams=\(s.sentDatagrams) sent_samples=\(s.sentSamples) dropped_datagrams=\(s.droppedDatagrams) dropped_samples=\(s.droppedSamples) kept_samples=\(s.keptSamples) resent_adds=\(s.resentAdds) waits=\(s.waits)")
     case "exit":
         exit(0)   // no explicit flush: the client's atexit handler sends what is pending
     case "allocs":

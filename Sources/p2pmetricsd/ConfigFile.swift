@@ -20,7 +20,8 @@ import P2PMetricsWire
 ///   "limits": {"max_series": 1000000, "max_series_per_metric": 250000,
 ///              "max_http_connections": 64, "max_http_head_bytes": 8192, "max_http_headers": 64,
 ///              "idle_timeout_seconds": 60, "request_timeout_seconds": 10,
-///              "max_labels_per_series": 16, "max_label_value_length": 1024},
+///              "max_labels_per_series": 16, "max_label_value_length": 1024,
+///              "max_memory_bytes": 134217728},
 ///   "default_buckets": [0.005, 0.01, 0.1, 1, 10],
 ///   "metrics": {"my.job.duration": {"type": "histogram", "help": "…", "buckets": [0.1, 1, 10],
 ///                                    "ttl_seconds": 600},
@@ -30,17 +31,18 @@ import P2PMetricsWire
 /// ```
 struct ConfigFile {
     var socket: String?
-    var listen: String?
-    var udp: String?
+    var listen: NetworkAddress?
+    var udp: NetworkAddress?
     var stateFile: String?
 
-    /// Reads `path` and applies it to `configuration`; throws one line saying what is wrong.
+    /// Reads `path` and applies it to `configuration`; throws one line naming the file, the key
+    /// and the reason.
     static func load(path: String, into configuration: inout ServerConfiguration) throws -> ConfigFile {
         let data: [UInt8]
         do {
-            data = try readFile(path)
+            data = try RegularFile.read(path, followSymlinks: true, limit: 64 << 20)
         } catch {
-            throw DaemonError("cannot read config file \(path): \(error)")
+            throw DaemonError("cannot read config file \(path): \(error.reason)")
         }
         let root: JSONValue
         do {
@@ -61,10 +63,10 @@ struct ConfigFile {
                                          "default_buckets", "metrics", "allowed_uids", "allowed_gids",
                                          "track_process_gauges", "default_ttl_seconds"])
         var file = ConfigFile()
-        file.socket = try top["socket"]?.string(at: "socket")
-        file.listen = try top["listen"]?.string(at: "listen")
-        file.udp = try top["udp"]?.string(at: "udp")
-        file.stateFile = try top["state_file"]?.string(at: "state_file")
+        file.socket = try top["socket"]?.path(at: "socket")
+        file.listen = try top["listen"]?.address(at: "listen")
+        file.udp = try top["udp"]?.address(at: "udp")
+        file.stateFile = try top["state_file"]?.path(at: "state_file")
         if let mode = try top["socket_mode"]?.string(at: "socket_mode") {
             guard let value = UInt32(mode, radix: 8), value <= 0o777 else {
                 throw ConfigError("socket_mode must be an octal string like \"0660\"")
@@ -91,7 +93,7 @@ struct ConfigFile {
             at: "limits",
             keys: ["max_series", "max_series_per_metric", "max_http_connections", "max_http_head_bytes",
                    "max_http_headers", "idle_timeout_seconds", "request_timeout_seconds", "max_tracked_processes",
-                   "max_labels_per_series", "max_label_value_length"]) {
+                   "max_labels_per_series", "max_label_value_length", "max_memory_bytes"]) {
             if let n = try limits["max_labels_per_series"]?.integer(at: "limits.max_labels_per_series", in: 0...WireFormat.maxLabelsPerSeries) {
                 configuration.store.maxLabelsPerSeries = n
             }
@@ -100,6 +102,9 @@ struct ConfigFile {
             }
             if let n = try limits["max_tracked_processes"]?.integer(at: "limits.max_tracked_processes", in: 0...65_536) {
                 configuration.store.maxTrackedProcesses = n
+            }
+            if let n = try limits["max_memory_bytes"]?.integer(at: "limits.max_memory_bytes", in: (1 << 20)...(1 << 40)) {
+                configuration.store.maxMemoryBytes = n
             }
             if let n = try limits["max_series"]?.integer(at: "limits.max_series", in: 1...100_000_000) {
                 configuration.store.maxSeries = n
@@ -128,6 +133,10 @@ struct ConfigFile {
         }
         if let metrics = top["metrics"] {
             guard case .object(let entries) = metrics else { throw ConfigError("metrics must be an object") }
+            // Position of each exposed name in the list: one lookup per entry, so start-up stays
+            // linear in the size of the file (10,000 entries: well under a second).
+            var position: [String: Int] = [:]
+            for (i, d) in configuration.store.metrics.enumerated() { position[d.exposedName] = i }
             for (name, value) in entries.sorted(by: { $0.key < $1.key }) {
                 let at = "metrics.\(name)"
                 let bad = Array(name.utf8).withUnsafeBytes { Names.validateMetricName($0) }
@@ -136,14 +145,14 @@ struct ConfigFile {
                 }
                 let entry = try value.object(at: at, keys: ["type", "help", "buckets", "ttl_seconds", "process_scoped", "top_k"])
                 let exposed = Names.exposedName(name.utf8)
-                var descriptor = configuration.store.metrics.first { $0.exposedName == exposed }
-                    ?? MetricDescriptor(name: name, type: .gauge, help: "")
+                let known = position[exposed]
+                var descriptor = known.map { configuration.store.metrics[$0] } ?? MetricDescriptor(name: name, type: .gauge, help: "")
                 if let type = try entry["type"]?.string(at: "\(at).type") {
                     guard let parsed = MetricType.allCases.first(where: { $0.configurationName == type }) else {
                         throw ConfigError("\(at).type must be counter, gauge, histogram, distinct or topk")
                     }
                     descriptor.type = parsed
-                } else if !configuration.store.metrics.contains(where: { $0.exposedName == exposed }) {
+                } else if known == nil {
                     throw ConfigError("\(at).type is required for a metric the catalog does not know")
                 }
                 if let help = try entry["help"]?.string(at: "\(at).help") { descriptor.help = help }
@@ -165,8 +174,12 @@ struct ConfigFile {
                     }
                     descriptor.processScoped = b
                 }
-                configuration.store.metrics.removeAll { $0.exposedName == exposed }
-                configuration.store.metrics.append(descriptor)
+                if let known {
+                    configuration.store.metrics[known] = descriptor
+                } else {
+                    position[exposed] = configuration.store.metrics.count
+                    configuration.store.metrics.append(descriptor)
+                }
             }
         }
         return file
@@ -206,6 +219,23 @@ enum JSONValue: Decodable {
         return s
     }
 
+    /// A file path: a non-empty string.
+    func path(at key: String) throws -> String {
+        let s = try string(at: key)
+        guard !s.isEmpty else { throw ConfigError("\(key) must not be empty") }
+        return s
+    }
+
+    /// A listening address (`HOST:PORT`, `[IPV6]:PORT`, `:PORT`), resolved now.
+    func address(at key: String) throws -> NetworkAddress {
+        let s = try string(at: key)
+        do {
+            return try NetworkAddress(parsing: s)
+        } catch {
+            throw ConfigError("\(key): bad address '\(s)': \(error.reason)")
+        }
+    }
+
     func integer(at path: String, in range: ClosedRange<Int>) throws -> Int {
         guard case .number(let n) = self, n.rounded() == n, let i = Int(exactly: n), range.contains(i) else {
             throw ConfigError("\(path) must be a whole number from \(range.lowerBound) to \(range.upperBound)")
@@ -230,8 +260,4 @@ enum JSONValue: Decodable {
         }
         return bounds
     }
-}
-
-private func readFile(_ path: String) throws -> [UInt8] {
-    try Array(Data(contentsOf: URL(fileURLWithPath: path)))
 }

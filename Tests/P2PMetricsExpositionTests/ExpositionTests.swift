@@ -87,7 +87,7 @@ struct ExpositionTests {
         #expect(text(.infinity) == "+Inf")
         #expect(text(1e300) == "1e+300")
         var out: [UInt8] = []
-        TextFormat.appendCounter(integer: .max, fraction: 0, to: &out)
+        TextFormat.appendCounter(integer: UInt128(UInt64.max), fraction: 0, to: &out)
         #expect(String(decoding: out, as: UTF8.self) == "18446744073709551615")
     }
 

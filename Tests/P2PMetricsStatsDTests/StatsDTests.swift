@@ -92,7 +92,7 @@ struct StatsDTests {
             ("x:1|q", .badType),
             ("x:-1|c", .negativeCounter),
             ("p2pmetricsd.series:1|c", .badName),
-            ("x:1|c|#__reserved:1", .badTag),
+            ("x:1|c|#:nameless", .badTag),
             ("_e{5,4}:title|text", .unsupportedEvent),
             ("_sc|Redis connection|2|#env:dev", .unsupportedEvent),
         ]
@@ -149,5 +149,91 @@ struct StatsDTests {
             #expect(error <= (n < 1000 ? 0.01 : 3 * 0.0163), "n=\(n) estimate=\(estimate)")
         }
         #expect(store.memoryFootprint < 4 * 4096 + 1 << 20)
+    }
+}
+
+@Suite("Bounded work per text datagram (issue 19)")
+struct StatsDBoundsTests {
+    @Test("a sample rate is a weight: one histogram observation counts round(1/rate) times, applied once")
+    func sampleRateIsAWeight() {
+        var store = MetricStore()
+        store.ingestText("amp:2|h|@0.01\namp:1|h\namp:5|h|@0.5\nlat:250|ms|@0.1")
+        #expect(store.value("amp") == 103.0)  // 100 + 1 + 2
+        #expect(store.histogramSum("amp") == 211.0)  // 2 × 100 + 1 + 5 × 2
+        #expect(store.value("lat") == 10)
+        #expect(store.histogramSum("lat") == 2.5)
+        #expect(store.statistics.samplesApplied == 4)  // one sample per observation line, no replay
+        let id = store.families.first { $0.name == "amp" }!.series[0]
+        store.withHistogram(id) { counts, _, count in
+            #expect(counts.reduce(0, +) == count)  // buckets carry the weight too
+        }
+    }
+
+    @Test("weights stay aligned with their samples across datagrams the transcoder has to split")
+    func weightsAcrossFlushes() {
+        var store = MetricStore()
+        let label = String(repeating: "l", count: 900)
+        var lines: [String] = []
+        for i in 0..<400 { lines.append("split:\(i % 7)|h|@\(i % 2 == 0 ? "0.25" : "1")|#k:\(label)\(i % 50)") }
+        store.ingestText(lines.joined(separator: "\n"))
+        var count = 0.0
+        for family in store.families where family.name == "split" {
+            for id in family.series { count += store.withHistogram(id) { _, _, c in Double(c) } }
+        }
+        #expect(count == 200 * 4 + 200)
+        #expect(store.statistics.textLinesRejected.allSatisfy { $0 == 0 })
+    }
+
+    @Test("the amplification datagram is refused whole in O(size), with too_many_values")
+    func amplificationLine() {
+        var store = MetricStore()
+        let tags = (0..<16).map { "t\($0 < 10 ? "0" : "")\($0):" + String(repeating: "v", count: 1_000) }.joined(separator: ",")
+        let values = Array(repeating: "1", count: 24_000).joined(separator: ":")
+        let line = "amp.c:\(values)|h|@0.01|#\(tags)"
+        #expect(line.utf8.count < 65_536)
+        store.ingestText(line)
+        #expect(store.statistics.rejected(TextLineRejection.tooManyValues) == 1)
+        #expect(store.statistics.samplesApplied == 0 && store.seriesCount == 0)
+    }
+
+    @Test("values per line and per datagram are capped, each with its reason")
+    func valueCaps() {
+        var store = MetricStore()
+        let limit = StatsDTranscoder.maxValuesPerLine
+        let full = Array(repeating: "1", count: limit).joined(separator: ":")
+        store.ingestText("ok:\(full)|h\nover:\(full):1|h")
+        #expect(store.value("ok") == Double(limit))
+        #expect(store.value("over") == nil)
+        #expect(store.statistics.rejected(TextLineRejection.tooManyValues) == 1)
+        // 64 full lines use the datagram's 16,384 values; the next line is refused.
+        let perDatagram = StatsDTranscoder.maxValuesPerDatagram / limit
+        let lines = (0...perDatagram).map { "d\($0):\(full)|c" }
+        store.ingestText(lines.joined(separator: "\n"))
+        #expect(store.value("d0") == Double(limit))
+        #expect(store.value("d\(perDatagram - 1)") == Double(limit))
+        #expect(store.value("d\(perDatagram)") == nil)
+        #expect(store.statistics.rejected(TextLineRejection.datagramValueLimit) == 1)
+    }
+
+    @Test("tags are capped per line, before any quadratic de-duplication")
+    func tagCaps() {
+        var store = MetricStore()
+        let many = (0...StatsDTranscoder.maxTagsPerLine).map { "t\($0):v" }.joined(separator: ",")
+        let seventeen = (0..<17).map { "t\($0):v" }.joined(separator: ",")
+        let sixteen = (0..<16).map { "t\($0):v" }.joined(separator: ",")
+        let hostile = Array(repeating: "a:b", count: 16_000).joined(separator: ",")
+        store.ingestText("x:1|c|#\(many)\nx:1|c|#\(seventeen)\nx:1|c|#\(hostile)\nx:1|c|#\(sixteen)")
+        #expect(store.statistics.rejected(TextLineRejection.tooManyTags) == 3)
+        #expect(store.seriesCount == 1)
+    }
+
+    @Test("out-of-range values and over-long set keys get their own reasons, not bad_tag")
+    func rightReasons() {
+        var store = MetricStore()
+        store.ingestText("x:1e308|c|@0.01\nh:1e308|h|@0.01\nu:\(String(repeating: "k", count: 2_048))|s\nu:ok|s")
+        #expect(store.statistics.rejected(TextLineRejection.badValue) == 2)
+        #expect(store.statistics.rejected(TextLineRejection.keyTooLong) == 1)
+        #expect(store.statistics.rejected(TextLineRejection.badTag) == 0)
+        #expect(store.value("u") == 1)
     }
 }

@@ -306,19 +306,8 @@ struct ReliabilityStoreTests {
 
     @Test("churn under a TTL keeps memory flat")
     func churnIsBounded() {
-        var configuration = StoreConfiguration()
-        configuration.defaultTTLSeconds = 1
-        var store = MetricStore(configuration: configuration)
-        var footprints: [Int] = []
-        for round in 0..<20 {
-            store.now = UInt32(round * 10)
-            for i in 0..<2_000 {
-                store.ingest(datagram([(.gaugeSet, "churn", [("id", "\(round)-\(i)-with-a-long-label-value")], .unsigned(1))]))
-            }
-            store.now += 5
-            store.expireStale()
-            #expect(store.seriesCount == 0)
-            footprints.append(store.memoryFootprint)
+        let (_, footprints) = churn(perRound: 2_000) { round, i in
+            datagram([(.gaugeSet, "churn", [("id", "\(round)-\(i)-with-a-long-label-value")], .unsigned(1))])
         }
         #expect(footprints.last! <= footprints[4] * 2, "\(footprints)")
     }
@@ -433,5 +422,180 @@ struct SnapshotTests {
         #expect(restored.counter("many", ["i": "4321", "label": String(repeating: "x", count: 40)]) == 4321)
         #expect(restored.gauge("temperature") == nil)
         #expect(restored.statistics == IngestStatistics())  // restores are not ingest
+    }
+}
+
+/// Runs 20 rounds of `perRound` new series that all expire (TTL 1 s) at the end of their round;
+/// returns the store and its memory footprint after each round.
+func churn(perRound: Int, _ make: (Int, Int) -> [UInt8]) -> (MetricStore, [Int]) {
+    var configuration = StoreConfiguration()
+    configuration.defaultTTLSeconds = 1
+    var store = MetricStore(configuration: configuration)
+    var footprints: [Int] = []
+    for round in 0..<20 {
+        store.now = UInt32(round * 10)
+        for i in 0..<perRound { store.ingest(make(round, i)) }
+        store.now += 5
+        store.expireStale()
+        #expect(store.seriesCount == 0)
+        footprints.append(store.memoryFootprint)
+    }
+    return (store, footprints)
+}
+
+@Suite("Memory budget and key arena (issue 19)")
+struct MemoryBudgetTests {
+    @Test("the key arena refuses a key that would pass its limit; offsets never overflow")
+    func arenaBoundary() {
+        #expect(ByteKeyTable().maxArenaBytes == Int(UInt32.max))  // 32-bit offsets address it all
+        #expect(ByteKeyTable(maxArenaBytes: .max).maxArenaBytes == Int(UInt32.max))
+        var table = ByteKeyTable(maxArenaBytes: 100)
+        let keys = (0..<4).map { i in [UInt8](repeating: UInt8(i), count: 30) }
+        for (i, key) in keys.prefix(3).enumerated() {
+            key.withUnsafeBytes { #expect(table.insert($0, hash: ByteKeyTable.hash($0), value: Int32(i)) == i * 30) }
+        }
+        keys[3].withUnsafeBytes { key in
+            #expect(!table.canStore(length: 30))
+            #expect(table.insert(key, hash: ByteKeyTable.hash(key), value: 3) == nil)
+            #expect(table.find(key, hash: ByteKeyTable.hash(key)) == nil)
+        }
+        #expect(table.count == 3 && table.arena.count == 90)
+        // Removing and compacting makes room again, at an offset inside the limit.
+        keys[0].withUnsafeBytes { _ = table.remove($0, hash: ByteKeyTable.hash($0)) }
+        table.compact { _, _ in }
+        keys[3].withUnsafeBytes { key in
+            #expect(table.insert(key, hash: ByteKeyTable.hash(key), value: 3) == 60)
+            #expect(table.find(key, hash: ByteKeyTable.hash(key)) == 3)
+        }
+    }
+
+    @Test("series past the key arena's limit are refused (memory_limit), existing ones keep updating")
+    func storeAtArenaBoundary() {
+        var configuration = StoreConfiguration()
+        let value = String(repeating: "v", count: 1_000)
+        // Canonical key: 4-byte family id, then 1+5 ("label") and 2+1,004 (value) bytes.
+        let keyLength = 4 + 1 + 5 + 2 + 1_004
+        configuration.offsetLimit = 10 * keyLength + keyLength / 2
+        var store = MetricStore(configuration: configuration)
+        for i in 0..<25 {
+            store.ingest(datagram([(.counterAdd, "wide", [("label", "\(value)\(1000 + i)")], .unsigned(1))]))
+        }
+        #expect(store.seriesCount == 10)
+        #expect(store.statistics.rejected(SampleRejection.memoryLimit) == 15)
+        store.ingest(datagram([(.counterAdd, "wide", [("label", "\(value)1000")], .unsigned(41))]))
+        #expect(store.counter("wide", ["label": "\(value)1000"]) == 42)
+    }
+
+    @Test("sketch registers and bucket counts stay within their 32-bit offsets whatever the budget")
+    func valueTablesAtTheirBoundary() {
+        var configuration = StoreConfiguration()
+        configuration.maxMemoryBytes = 1 << 40
+        configuration.offsetLimit = 3 * HyperLogLog.registerCount + 100  // 3 sketches, or 190 runs of 65 buckets
+        configuration.defaultBuckets = (1...64).map(Double.init)  // runs so long that the key arena stays far below
+        var store = MetricStore(configuration: configuration)
+        for i in 0..<5 { store.ingest(Array("u:k|s|#i:\(i)".utf8)) }
+        #expect(store.seriesCount == 3)
+        #expect(store.statistics.rejected(SampleRejection.memoryLimit) == 2)
+        let runs = configuration.offsetLimit / 65
+        for i in 0..<(runs + 2) { store.ingest(Array("h:1|h|#i:\(i)".utf8)) }
+        #expect(store.seriesCount == 3 + runs)
+        #expect(store.statistics.rejected(SampleRejection.memoryLimit) == 4)
+        store.ingest(Array("u:other|s|#i:0\nh:2|h|#i:0".utf8))  // existing series still update
+        #expect(store.statistics.rejected(SampleRejection.memoryLimit) == 4)
+    }
+
+    @Test("a byte budget admits series until it is spent, refuses and counts the rest, and holds")
+    func budget() {
+        var configuration = StoreConfiguration()
+        configuration.maxMemoryBytes = 4 << 20
+        var store = MetricStore(configuration: configuration)
+        // Sets cost a 4 KiB sketch each: the attack of 200 k `|s` lines, scaled down.
+        let sent = 2_000
+        for i in 0..<sent { store.ingest(Array("uniques:\(i)|s|#peer:p\(i)".utf8)) }
+        let refused = store.statistics.rejected(SampleRejection.memoryLimit)
+        #expect(store.seriesCount + Int(refused) == sent)
+        #expect(store.memoryFootprint <= 4 << 20)
+        // (4 MiB − the wire cache's 512 KiB) / (4,096 + ~100 bytes) ≈ 870 series.
+        #expect((800...900).contains(store.seriesCount), "\(store.seriesCount) admitted")
+        // Existing series still update; one more new one is still refused.
+        store.ingest(Array("uniques:new|s|#peer:p0".utf8))
+        #expect(store.statistics.rejected(SampleRejection.memoryLimit) == refused)
+        store.ingest(Array("uniques:x|s|#peer:other".utf8))
+        #expect(store.statistics.rejected(SampleRejection.memoryLimit) == refused + 1)
+        // A different, cheaper type still fits only if the budget has room for it.
+        #expect(store.memoryFootprint + 4_096 > (4 << 20) - (512 << 10))
+    }
+
+    @Test("the budget counts 16 labels of 1 KiB per series; every series it admits is stored whole")
+    func wideSeriesBudget() {
+        var configuration = StoreConfiguration()
+        configuration.maxMemoryBytes = 2 << 20
+        var store = MetricStore(configuration: configuration)
+        let wide = String(repeating: "x", count: 1_024)
+        let labels = (0..<15).map { ("l\($0)", wide) }
+        for i in 0..<300 {
+            store.ingest(datagram([(.gaugeSet, "wide", labels + [("i", "\(wide.dropFirst(8))\(10_000_000 + i)")], .unsigned(1))]))
+        }
+        let refused = Int(store.statistics.rejected(SampleRejection.memoryLimit))
+        #expect(store.seriesCount + refused == 300)
+        #expect(store.seriesCount > 50 && refused > 0, "\(store.seriesCount) admitted")
+        #expect(store.memoryFootprint <= 2 << 20)
+    }
+
+    @Test("names and tables of expired series are reclaimed: churning unique names keeps memory flat")
+    func uniqueNamesChurn() {
+        var (store, footprints) = churn(perRound: 1_000) { round, i in
+            datagram([(.gaugeSet, "churn_\(round)_\(i)_with_a_long_metric_name", [], .unsigned(1))])
+        }
+        #expect(store.families.count == 1_000, "family slots are reused")
+        #expect(store.families.allSatisfy { $0.series.isEmpty && $0.name.isEmpty })
+        #expect(footprints[19] == footprints[2], "\(footprints)")
+        // A released name comes back as a fresh family.
+        store.ingest(datagram([(.gaugeSet, "churn_0_0_with_a_long_metric_name", [], .unsigned(7))]))
+        #expect(store.gauge("churn_0_0_with_a_long_metric_name") == 7)
+    }
+
+    @Test("the wire cache stays within its share of the budget")
+    func wireCacheBounded() {
+        var configuration = StoreConfiguration()
+        configuration.maxMemoryBytes = 8 << 20  // the wire cache gets 1 MiB
+        configuration.defaultTTLSeconds = 1
+        var store = MetricStore(configuration: configuration)
+        let wide = String(repeating: "w", count: 1_000)
+        for round in 0..<4 {
+            store.now = UInt32(round * 10)
+            for i in 0..<200 {
+                store.ingest(datagram([(.gaugeSet, "cached", [("a", wide), ("b", "\(round)-\(i)")], .unsigned(1))]))
+            }
+            #expect(store.seriesCount == 200)
+            store.now += 5
+            store.expireStale()
+        }
+        #expect(store.memoryFootprint <= 8 << 20)
+    }
+}
+
+@Suite("Default memory budget")
+struct DefaultBudgetTests {
+    @Test("the default budget admits the benchmark's 1 M counter series with 2 labels")
+    func millionSeriesFit() {
+        var configuration = StoreConfiguration()
+        configuration.maxSeriesPerMetric = 1_000_000  // as the benchmark configures it
+        var store = MetricStore(configuration: configuration)
+        var encoder = DatagramEncoder(maxSize: WireFormat.maxDatagramSize)
+        for i in 0..<1_000_000 {
+            // The labels of Benchmarks/load's fill: bench.fill.total{shard="sNNNN",item="iNNNN"}.
+            func padded(_ n: Int) -> String { String(String(10_000 + n).dropFirst()) }
+            let labels = [("shard", "s" + padded(i / 1_000)), ("item", "i" + padded(i % 1_000))]
+            if !((try? encoder.append(.counterAdd, name: "bench.fill.total", labels: labels, value: .unsigned(1))) ?? false) {
+                store.ingest(encoder.bytes)
+                encoder.reset()
+                _ = try? encoder.append(.counterAdd, name: "bench.fill.total", labels: labels, value: .unsigned(1))
+            }
+        }
+        store.ingest(encoder.bytes)
+        #expect(store.seriesCount == 1_000_000)
+        #expect(store.statistics.rejected(SampleRejection.memoryLimit) == 0)
+        print("1 M series with 2 labels: \(store.memoryFootprint >> 20) MiB of series memory")
     }
 }

@@ -263,18 +263,40 @@ struct TransferTests {
         #expect(capture.receiveAll(quietMs: 50).count == 2)
     }
 
-    @Test func startNotSentImmediateOnlyRecordsDuration() throws {
+    /// The `p2p.transfers.active` adds of datagrams, in order: their sum, their count, and whether
+    /// the running sum ever went below zero.
+    func activeAdds(_ datagrams: [[UInt8]]) -> (sum: Int64, count: Int, negative: Bool) {
+        var sum: Int64 = 0, count = 0, negative = false
+        for d in datagrams {
+            for s in decode(d)?.samples ?? [] where s.name == P2PMetricNames.transfersActive {
+                switch s.value {
+                case .unsigned(let u): sum += Int64(u)
+                case .signed(let i): sum += i
+                case .double(let x): sum += Int64(x)
+                default: break
+                }
+                count += 1
+                negative = negative || sum < 0
+            }
+        }
+        return (sum, count, negative)
+    }
+
+    @Test func startDroppedWhileAbsentIsKeptAndSentBeforeTheEnd() throws {
         let client = immediateClient(capture)
         let t = client.startTransfer()
         #expect(t.startResult == .dropped(errno: ENOENT))
         capture.bind()
         #expect(t.finish() == .sent)
-        let d = try #require(capture.receive().flatMap(decode))
-        #expect(d.dropped == 1)
-        #expect(d.samples.map(\.name) == ["p2p.transfer.duration"])
+        let got = capture.receiveAll(quietMs: 50)
+        #expect(got.count == 2)   // the kept +1 on its own, then -1 and the duration
+        let adds = activeAdds(got)
+        #expect(adds.sum == 0 && adds.count == 2 && !adds.negative)
+        #expect(client.statistics.keptSamples == 1 && client.statistics.resentAdds == 1)
+        #expect(client.statistics.droppedSamples == 0)
     }
 
-    @Test func startBatchDroppedOnlyRecordsDuration() throws {
+    @Test func startBatchDroppedIsKept() throws {
         let client = manualClient(capture)
         let t = client.startTransfer()
         #expect(t.startResult == .buffered)
@@ -282,9 +304,43 @@ struct TransferTests {
         capture.bind()
         #expect(t.finish() == .buffered)
         #expect(client.flush() == .sent)
+        let got = capture.receiveAll(quietMs: 50)
+        let adds = activeAdds(got)
+        #expect(adds.sum == 0 && adds.count == 2 && !adds.negative)
+        #expect(got.compactMap(decode).map(\.dropped).reduce(0, +) == 1)
+    }
+
+    @Test func endDroppedWhileStoppedIsDeliveredByTheTimer() throws {
+        capture.bind()   // nobody reads: the queue fills
+        let client = P2PMetricsClient(configuration: .init(socketPath: capture.path, immediate: true))
+        let t = client.startTransfer()
+        #expect(t.startResult == .sent)
+        while client.counterAdd("filler", 1) == .sent {}
+        #expect(t.finish() == .dropped(errno: EAGAIN))   // the duration is lost, the -1 kept
+        #expect(t.finish() == nil)
+        #expect(client.statistics.droppedSamples == 2)   // one filler and the duration
+        var got = capture.receiveAll(quietMs: 20)         // reads again; the timer retries
+        let deadline = ContinuousClock.now + .seconds(5)
+        while activeAdds(got).sum != 0 && ContinuousClock.now < deadline {
+            got += capture.receiveAll(quietMs: 50)
+        }
+        let adds = activeAdds(got)
+        #expect(adds.sum == 0 && adds.count == 2 && !adds.negative)
+    }
+
+    @Test func transferLabelsGoOnTheDuration() throws {
+        capture.bind()
+        let client = manualClient(capture)
+        client.withTransfer(labels: [("peer", "node-7")]) {}
+        client.recordChunkTransfer(size: 4096, deduplicated: false, labels: [("peer", "node-7")])
+        client.recordImageImport(artifactType: "microvm", success: true, sizeBytes: 5, labels: [("peer", "node-7")])
+        #expect(client.recordImageImport(artifactType: "microvm", success: true, sizeBytes: 5, labels: [("artifact_type", "x")])
+            == .invalid(.duplicateLabel))
+        client.flush()
         let d = try #require(capture.receive().flatMap(decode))
-        #expect(d.dropped == 1)
-        #expect(d.samples.map(\.name) == ["p2p.transfer.duration"])
+        #expect(d.samples.map(\.description).count == 7)
+        let named = d.samples.map { "\($0.name)\($0.labels.isEmpty ? "" : "\($0.labels)")" }
+        #expect(named.filter { $0.contains("node-7") }.count == 5, "\(named)")
     }
 
     @Test func startAndEndInOneBatchShareItsFate() throws {
@@ -432,6 +488,30 @@ struct SendingTests {
         #expect(total == 5000)
         #expect(client.statistics.sentSamples == 5000)
         #expect(client.statistics.sentDatagrams == UInt64(datagrams.count))
+    }
+
+    /// The default (batched) client and a sidecar that stops reading: one call waits for room (up
+    /// to 50 ms), later ones do not wait; every sample is sent or counted as dropped, exactly.
+    @Test func stoppedSidecarOneBoundedWaitExactDrops() throws {
+        capture.bind()   // nobody reads: its queue fills
+        let client = P2PMetricsClient(configuration: .init(socketPath: capture.path))
+        let n = 100_000
+        var slowest = Duration.zero
+        for _ in 0..<n {
+            let t0 = ContinuousClock.now
+            client.counterAdd("stopped", 1)
+            slowest = max(slowest, ContinuousClock.now - t0)
+        }
+        client.flush()
+        let st = client.statistics
+        #expect(st.waits == 1)
+        #expect(slowest < .seconds(2))   // stated: < 2 x 50 ms; generous here
+        var delivered: UInt64 = 0
+        for d in capture.receiveAll(quietMs: 50) {
+            delivered += UInt64(try #require(decode(d)).samples.count)
+        }
+        #expect(delivered == st.sentSamples)
+        #expect(st.sentSamples + st.droppedSamples == UInt64(n))
     }
 
     @Test func deinitFlushes() {

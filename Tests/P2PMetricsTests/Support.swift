@@ -123,7 +123,7 @@ func decode(_ bytes: [UInt8]) -> DecodedDatagram? {
             while let (n, v) = lc.next() { labels.append("\(text(n))=\(text(v))") }
             samples.append(Decoded(s.kind, text(def.nameRange), labels, s.value))
         }
-        return DecodedDatagram(dropped: decoder.droppedReported, samples: samples)
+        return DecodedDatagram(dropped: UInt64(truncatingIfNeeded: decoder.droppedReported), samples: samples)
     }
 }
 

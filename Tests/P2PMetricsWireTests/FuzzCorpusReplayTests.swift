@@ -63,7 +63,7 @@ struct DecoderFuzzCorpusReplayTests {
     }
 
     /// Re-encodes with `DatagramEncoder` (exact values, then canonical ones) and decodes again.
-    static func roundTrip(_ samples: [Decoded], dropped: UInt64, canonical: Bool, _ id: String) throws {
+    static func roundTrip(_ samples: [Decoded], dropped: UInt128, canonical: Bool, _ id: String) throws {
         var encoder = DatagramEncoder(maxSize: WireFormat.maxDatagramSize)
         if dropped > 0 { encoder.appendDropped(dropped) }
         var expected: [Decoded] = []

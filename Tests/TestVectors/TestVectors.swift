@@ -40,6 +40,8 @@ public struct TestVectors: Sendable {
     }
 
     public var valid: [Valid] = []
+    /// Valid datagrams no canonical encoder emits (`accept` entries): for decoders only.
+    public var accept: [Valid] = []
     public var reject: [Reject] = []
 
     public static let fileURL = URL(fileURLWithPath: #filePath)
@@ -50,12 +52,15 @@ public struct TestVectors: Sendable {
         let text = try String(contentsOf: fileURL, encoding: .utf8)
         var vectors = TestVectors()
         var currentValid: Valid?
+        var currentIsAccept = false
         var currentReject: Reject?
         for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
             if line.isEmpty || line.hasPrefix("#") { continue }
             let tokens = line.split(separator: " ").map(String.init)
             switch tokens[0] {
-            case "vector": currentValid = Valid(id: tokens[1])
+            case "vector", "accept":
+                currentValid = Valid(id: tokens[1])
+                currentIsAccept = tokens[0] == "accept"
             case "reject": currentReject = Reject(id: tokens[1])
             case "drops": currentValid?.drops = UInt64(tokens[1])!
             case "call":
@@ -83,7 +88,9 @@ public struct TestVectors: Sendable {
                 if currentValid != nil { currentValid?.bytes = bytes } else { currentReject?.bytes = bytes }
             case "reason": currentReject?.reason = tokens[1]
             case "end":
-                if let v = currentValid { vectors.valid.append(v) }
+                if let v = currentValid {
+                    if currentIsAccept { vectors.accept.append(v) } else { vectors.valid.append(v) }
+                }
                 if let r = currentReject { vectors.reject.append(r) }
                 currentValid = nil
                 currentReject = nil

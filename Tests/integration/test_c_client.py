@@ -86,7 +86,9 @@ def test_example_program(daemon, c_build):
     assert d.wait_for("p2p_bytes_transferred_total", 65536 + 32768) == 98304
     assert d.wait_for("p2p_verification_success", 1, verification_type="nar_hash") == 1
     assert absent_or_zero(d, "p2p_verification_failed", verification_type="nar_hash")
-    assert d.value("p2pmetricsd_datagrams_received_total") == 9   # one per call, none lost
+    # buffered by default: fewer datagrams than calls, every sample applied (13), none lost
+    assert d.wait_for("p2pmetricsd_samples_applied_total", 13) == 13
+    assert d.value("p2pmetricsd_datagrams_received_total") < 9
     assert wait_total(d, DROPPED, 0) == 0
     assert_nothing_rejected(d)
 
@@ -119,6 +121,8 @@ def test_every_seed_helper_exact(daemon, c_build, batched):
     calls = [word for call in HELPER_CALLS for word in call]
     if batched:
         calls = ["batch_begin", *calls, "batch_end"]
+    else:
+        calls = ["mode", "immediate", "0", *calls]
     out = driver(c_build, daemon.socket_path, *calls, "stats")
     dropped = fields(out[-1], "dropped")["dropped"]   # retried by the driver if the queue filled
     d = daemon
@@ -241,7 +245,8 @@ def test_drops_while_daemon_stalls_are_reported(daemon, c_build):
     os.kill(daemon.proc.pid, signal.SIGSTOP)
     p = None
     try:
-        p = spawn(c_build, daemon.socket_path, "flood", "200", "e2e.flood.total", "stats",
+        p = spawn(c_build, daemon.socket_path, "mode", "immediate", "0",
+                  "flood", "200", "e2e.flood.total", "stats",
                   "wait", "final", "e2e.final.total", "stats")
         flood = fields(p.stdout.readline().strip(), "flood")
         stalled = fields(p.stdout.readline().strip(), "dropped")["dropped"]
@@ -270,7 +275,7 @@ def test_absent_sidecar_then_reconnect(daemon, c_build, tmp_path):
     late = tmp_path / "late"
     late.mkdir()
     path = late / "ingest.sock"
-    p = spawn(c_build, str(path), "flood", "5", "e2e.late.total", "stats", "wait",
+    p = spawn(c_build, str(path), "mode", "immediate", "0", "flood", "5", "e2e.late.total", "stats", "wait",
               "final", "e2e.late_final.total", "stats")
     try:
         flood = fields(p.stdout.readline().strip(), "flood")
@@ -296,7 +301,7 @@ def test_absent_sidecar_then_reconnect(daemon, c_build, tmp_path):
 def test_unique_chunks_and_chunk_popularity(daemon, c_build):
     """Beyond the seed: record_chunk_transfer_hash feeds p2p.chunks.unique, record_chunk_request
     feeds the p2p.chunks.requested top-K sketch."""
-    commands = []
+    commands = ["mode", "immediate", "0"]
     for i in range(60):
         commands += ["chunkh", "4096", str(i % 2), f"sha256:{i % 25:04x}"]
     for i in range(200):
@@ -314,3 +319,25 @@ def test_unique_chunks_and_chunk_popularity(daemon, c_build):
     for (n, l), v in m.items():
         if n == "p2p_chunks_requested_error":
             assert v >= 0
+
+
+def test_pkg_config_link_runs_as_installed(daemon, c_build, tmp_path):
+    """A program linked with $(pkg-config --cflags --libs p2pmetrics) against an installed
+    library runs as built: the .pc's Libs carry an rpath to the library's folder."""
+    prefix = tmp_path / "prefix"
+    subprocess.run(["make", "-s", "-C", str(c_build.parent), "install", f"PREFIX={prefix}"],
+                   check=True, capture_output=True)
+    env = dict(os.environ, PKG_CONFIG_PATH=str(prefix / "lib" / "pkgconfig"))
+    env.pop("LD_LIBRARY_PATH", None)
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "p2pmetrics"], env=env,
+                           check=True, capture_output=True, text=True).stdout.split()
+    exe = tmp_path / "example"
+    subprocess.run(["cc", str(c_build.parent / "examples" / "example.c"), *flags, "-o", str(exe)],
+                   check=True, env=env)
+    ldd = subprocess.run(["ldd", str(exe)], capture_output=True, text=True).stdout
+    assert f"{prefix}/lib/libp2pmetrics.so.1" in ldd, ldd   # the installed shared library
+    r = subprocess.run([str(exe)], env=dict(env, P2PM_SOCKET=daemon.socket_path),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert daemon.wait_for("p2p_cache_hits", 1, cache_type="vm_image") == 1
+    assert daemon.wait_for("p2p_bytes_transferred_total", 2**30, artifact_type="microvm") == 2**30

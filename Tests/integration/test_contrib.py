@@ -256,7 +256,9 @@ def run_scenario(lib: ctypes.CDLL, socket_path: str) -> None:
 # ---- Prometheus -------------------------------------------------------------------------------
 
 class Prometheus:
-    def __init__(self, tmp: Path, target_port: int):
+    def __init__(self, tmp: Path, target_port: int, jobs: list[dict] | None = None):
+        """A real Prometheus scraping the daemon with the contrib scrape config and rules, every
+        second; or, with `jobs`, only those scrape configs (and no rules)."""
         self.port = free_port()
         cfg = yaml.safe_load((PROM_DIR / "scrape.yml").read_text())
         job = cfg["scrape_configs"][0]
@@ -266,6 +268,9 @@ class Prometheus:
         job["scrape_timeout"] = "1s"
         cfg["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
         cfg["rule_files"] = [str(f) for f in RULE_FILES]
+        if jobs is not None:
+            cfg["scrape_configs"] = jobs
+            cfg["rule_files"] = []
         conf = tmp / "prometheus.yml"
         conf.write_text(yaml.safe_dump(cfg))
         self.log = tmp / "prometheus.log"
@@ -353,27 +358,11 @@ def prometheus_factory(tmp_path):
         p.stop()
 
 
-@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed")
-@pytest.mark.skipif(not DAEMON_BIN.exists(), reason=f"{DAEMON_BIN} is not built")
-def test_rules_alerts_and_dashboard_against_real_prometheus(daemon, c_build, prometheus_factory):
-    lib = load_client(c_build)
-
-    # 1. Every series exists (at 0) before Prometheus' first scrape.
-    daemon.send(pre_create_series())
-    assert daemon.wait_for("p2p_cache_misses", 0, cache_type="vm_image") == 0
-    assert daemon.wait_for("p2p_transfer_duration_count", 1) == 1
-
-    prom = prometheus_factory(daemon.port)
-    res = prom.wait('count_over_time(up{job="p2pmetricsd"}[1m])', lambda r: (scalar(r) or 0) >= 3)
-    assert (scalar(res) or 0) >= 3, "prometheus does not scrape the daemon"
-    assert scalar(prom.query('up{job="p2pmetricsd"}')) == 1
-    # Prometheus asks for OpenMetrics by default, and gets it: every query below runs on what
-    # a real Prometheus stored from OpenMetrics scrapes (p2p_cache_hits & co. keep their names).
-    assert (daemon.value("p2pmetricsd_scrapes_total", format="openmetrics") or 0) >= 3
-
-    # 2. The scenario, through the C client.
-    run_scenario(lib, daemon.socket_path)
-
+def check_scenario_everywhere(prom: "Prometheus", nodes: int = 1, pending: set[str] | None = None) -> None:
+    """Steps 3-6 of the end-to-end test, for `nodes` daemons that each ran run_scenario once:
+    raw sums, every recording rule, every alert expression, every dashboard query. Ratios do not
+    depend on the node count; totals and gauges are `nodes` times one scenario's.
+    Also used by test_cluster.py (three nodes, and a central Prometheus fed by agents)."""
     # 3. Raw values, once scraped (exact).
     raw = {
         "sum(p2p_image_imports_total)": sum(t for t, _, _ in IMPORTS.values()),
@@ -390,12 +379,13 @@ def test_rules_alerts_and_dashboard_against_real_prometheus(daemon, c_build, pro
         "sum(p2p_transfers_active)": TRANSFERS_STARTED - TRANSFERS_ENDED,
         "sum(p2p_transfer_duration_count)": 1 + len(DOWNLOAD_DURATIONS) + TRANSFERS_ENDED,
     }
+    raw = {expr: nodes * v for expr, v in raw.items()}
     for expr, exp in raw.items():
         got = scalar(prom.wait(expr, lambda r, exp=exp: scalar(r) == exp))
         assert got == exp, f"{expr}: got {got}, want {exp}"
     # Two more scrapes, so every rate sees the final values.
     t0 = time.time()
-    prom.wait('timestamp(up{job="p2pmetricsd"})', lambda r: (scalar(r) or 0) > t0 + 2.5)
+    prom.wait('min(timestamp(up{job="p2pmetricsd"}))', lambda r: (scalar(r) or 0) > t0 + 2.5)
 
     # 4. Recording rules: the values the scenario implies.
     imp_failed_ratio = {a: f / t for a, (t, f, _) in IMPORTS.items()}
@@ -409,7 +399,7 @@ def test_rules_alerts_and_dashboard_against_real_prometheus(daemon, c_build, pro
         "verification_type:p2p_verification_failure_ratio:rate5m": {v: f / (ok + f) for v, (ok, f) in VERIFICATIONS.items()},
         "p2p:verification_failure_ratio:rate5m": {"": sum(f for _, f in VERIFICATIONS.values())
                                                   / sum(ok + f for ok, f in VERIFICATIONS.values())},
-        "p2p:transfers_active:sum": {"": TRANSFERS_STARTED - TRANSFERS_ENDED},
+        "p2p:transfers_active:sum": {"": nodes * (TRANSFERS_STARTED - TRANSFERS_ENDED)},
         # ratios of rates recorded by the same group evaluation: exact too (a ratio mixing a
         # recorded rate with one computed at query time would not be: rate() extrapolates to
         # the evaluation time)
@@ -483,8 +473,9 @@ def test_rules_alerts_and_dashboard_against_real_prometheus(daemon, c_build, pro
         assert got == exp, f"{name}: expression yields {got}, expected {exp}"
 
     # ... and Prometheus itself evaluates them: all rules healthy, the right alerts pending.
-    pending = {"P2PVerificationFailureRateHigh", "P2PCacheHitRateLow", "P2PImageImportFailuresSpike",
-               "P2PImageDownloadFailuresSpike"}
+    if pending is None:
+        pending = {"P2PVerificationFailureRateHigh", "P2PCacheHitRateLow", "P2PImageImportFailuresSpike",
+                   "P2PImageDownloadFailuresSpike"}
     deadline = time.monotonic() + 20
     while True:
         alerts = prom.api("alerts")["data"]["alerts"]
@@ -516,18 +507,43 @@ def test_rules_alerts_and_dashboard_against_real_prometheus(daemon, c_build, pro
     success = dash["Download and import success rate"]
     assert close(scalar(success[0][1]), 75.0)
     assert close_map(by("artifact_type", success[1][1]), {"microvm": 75.0, "container": 100.0})
-    assert scalar(dash["Active transfers"][0][1]) == TRANSFERS_STARTED - TRANSFERS_ENDED
+    assert scalar(dash["Active transfers"][0][1]) == nodes * (TRANSFERS_STARTED - TRANSFERS_ENDED)
+    assert sorted(dash["Active transfers"][1][1].values()) == [TRANSFERS_STARTED - TRANSFERS_ENDED] * nodes
     assert scalar(dash["P2P transfer rate"][0][1]) > 0
     failures = dash["Import and download failures"]
     assert set(by("artifact_type", failures[0][1])) == set(IMPORTS) and by("artifact_type", failures[0][1])["microvm"] > 0
     assert scalar(failures[1][1]) > 0
     pct = [scalar(r) for _, r in dash["Transfer duration percentiles"]]
     assert pct[0] <= pct[1] <= pct[2]
-    assert abs(scalar(dash["Unique chunks seen"][0][1]) - UNIQUE_CHUNKS) <= 1   # HyperLogLog, small set
+    assert abs(scalar(dash["Unique chunks seen"][0][1]) - nodes * UNIQUE_CHUNKS) <= nodes  # HyperLogLog, small set
     top = by("key", dash["Most requested chunks"][0][1])
-    assert len(top) == 10 and top["sha256:hot"] == 30 and top["sha256:warm"] == 12
+    assert len(top) == 10 and top["sha256:hot"] == nodes * 30 and top["sha256:warm"] == nodes * 12
     by_peer = by("peer", dash["Transfer rate by peer"][0][1])
     assert set(by_peer) == set(PEER_BYTES) and by_peer["peer-a"] > by_peer["peer-b"] > 0
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed")
+@pytest.mark.skipif(not DAEMON_BIN.exists(), reason=f"{DAEMON_BIN} is not built")
+def test_rules_alerts_and_dashboard_against_real_prometheus(daemon, c_build, prometheus_factory):
+    lib = load_client(c_build)
+
+    # 1. Every series exists (at 0) before Prometheus' first scrape.
+    daemon.send(pre_create_series())
+    assert daemon.wait_for("p2p_cache_misses", 0, cache_type="vm_image") == 0
+    assert daemon.wait_for("p2p_transfer_duration_count", 1) == 1
+
+    prom = prometheus_factory(daemon.port)
+    res = prom.wait('count_over_time(up{job="p2pmetricsd"}[1m])', lambda r: (scalar(r) or 0) >= 3)
+    assert (scalar(res) or 0) >= 3, "prometheus does not scrape the daemon"
+    assert scalar(prom.query('up{job="p2pmetricsd"}')) == 1
+    # Prometheus asks for OpenMetrics by default, and gets it: every query below runs on what
+    # a real Prometheus stored from OpenMetrics scrapes (p2p_cache_hits & co. keep their names).
+    assert (daemon.value("p2pmetricsd_scrapes_total", format="openmetrics") or 0) >= 3
+
+    # 2. The scenario, through the C client.
+    run_scenario(lib, daemon.socket_path)
+
+    check_scenario_everywhere(prom)
 
     # 7. The guide's queries, as written: the fifth is not valid PromQL; the first is a rate.
     seed5 = "rate(p2p_verification_failed[5m]) / rate(p2p_verification_success[5m] + p2p_verification_failed[5m])"

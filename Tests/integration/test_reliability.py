@@ -162,19 +162,21 @@ def test_stale_series_expire_and_counters_do_not(tmp_path):
         d.stop()
 
 
-def test_connection_cap_refuses_extras_and_keeps_serving(tmp_path):
+def test_connection_cap_evicts_the_oldest_idle_connection_for_a_new_one(tmp_path):
     d = start_daemon(tmp_path, "--config", config(tmp_path, limits={"max_http_connections": 4}))
     held = []
     try:
         for _ in range(4):
             held.append(socket.create_connection(("127.0.0.1", d.port)))
+            time.sleep(0.05)
         time.sleep(0.2)
-        extra = socket.create_connection(("127.0.0.1", d.port), timeout=5)
-        assert extra.recv(100) == b""  # closed at once
-        extra.close()
-        held.pop().close()
-        time.sleep(0.2)
-        assert "p2pmetricsd_build_info" in d.scrape_text()
+        # At the cap, a new scrape gets in: the oldest connection that never sent a request goes.
+        text = d.scrape_text()
+        assert "p2pmetricsd_build_info" in text
+        held[0].settimeout(5)
+        assert held[0].recv(100) == b""  # evicted
+        assert 'p2pmetricsd_http_connections_evicted_total{reason="no_request"} 1\n' in d.scrape_text()
+        assert d.value("p2pmetricsd_http_connections_refused_total") == 0
     finally:
         for s in held:
             s.close()

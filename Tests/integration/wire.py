@@ -3,18 +3,16 @@ datagrams without a client library: the tests that use it check the daemon, not 
 from __future__ import annotations
 
 import struct
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "Clients" / "python"))
+from p2pmetrics import uvarint  # noqa: E402  (the Python client's varint encoder)
 
 MAGIC = b"\xf5"
 _TAGS = {"counter_add": 0x10, "gauge_set": 0x20, "gauge_add": 0x30, "histogram_observe": 0x40}
 
 
-def uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def string(s: str) -> bytes:

@@ -7,8 +7,26 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <sys/wait.h>
 
 static unsigned char buf[65536];
+
+/* Receives every queued datagram and counts its samples and reported drops (any number of
+ * datagrams); returns how many datagrams there were. */
+static int collect_count(struct receiver *r, uint64_t *samples, uint64_t *dropped, int timeout_ms)
+{
+    static struct decoded d;
+    int n = 0;
+    ssize_t len;
+    while ((len = receiver_recv(r, buf, sizeof buf, n ? 0 : timeout_ms)) > 0) {
+        decoded_reset(&d);
+        CHECK_EQ_INT(decode(buf, (size_t)len, &d), 0);
+        *samples += d.n;
+        *dropped += d.dropped;
+        n++;
+    }
+    return n;
+}
 
 /* Receives every queued datagram and decodes it into d; returns how many there were. */
 static int collect(struct receiver *r, struct decoded *d, int timeout_ms)
@@ -23,12 +41,20 @@ static int collect(struct receiver *r, struct decoded *d, int timeout_ms)
     return n;
 }
 
+/* Opens a client on r in P2PM_IMMEDIATE mode: one datagram per call, drops at once. */
+static p2pm_client *open_immediate(struct receiver *r)
+{
+    p2pm_client *c = p2pm_open(r->path);
+    REQUIRE(c != NULL);
+    CHECK_EQ_INT(p2pm_set_mode(c, P2PM_IMMEDIATE, 0), 0);
+    return c;
+}
+
 static void test_validation(void)
 {
     struct receiver r;
     receiver_open(&r, 1);
-    p2pm_client *c = p2pm_open(r.path);
-    REQUIRE(c != NULL);
+    p2pm_client *c = open_immediate(&r);
     char long_name[202], long_value[1026], long_label[102];
     memset(long_name, 'n', 201), long_name[201] = 0;
     memset(long_value, 'v', 1025), long_value[1025] = 0;
@@ -196,8 +222,7 @@ static void test_drops(void)
     static struct decoded d;
     struct receiver r;
     receiver_open(&r, 1);
-    p2pm_client *c = p2pm_open(r.path);
-    REQUIRE(c != NULL);
+    p2pm_client *c = open_immediate(&r);
     int sent = 0, dropped = 0;
     for (int i = 0; i < 1000; i++) {
         int rc = p2pm_record_chunk_transfer(c, 4096, false);
@@ -267,8 +292,7 @@ static void test_absent_and_reconnect(void)
     static struct decoded d;
     struct receiver r;
     receiver_open(&r, 0);
-    p2pm_client *c = p2pm_open(r.path);
-    REQUIRE(c != NULL);                       /* an absent sidecar is not an open error */
+    p2pm_client *c = open_immediate(&r);      /* an absent sidecar is not an open error */
     CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, NULL, 0), -ENOENT);
     CHECK_EQ_INT(p2pm_counter_add(c, "c", 1, NULL, 0), -ENOENT);
     receiver_bind(&r);
@@ -317,8 +341,10 @@ enum { THREADS = 8, CALLS = 20000 };
 struct drainer {
     struct receiver *r;
     _Atomic int stop;
+    long delay_us;     /* a slow sidecar: pause after each datagram */
     double per_thread[THREADS];
     uint64_t dropped_reported;
+    uint64_t samples;
     int bad;
 };
 
@@ -337,6 +363,11 @@ static void *drain_main(void *arg)
         decoded_reset(&d);
         if (decode(dbuf, (size_t)n, &d) != 0)
             dr->bad++;
+        if (dr->delay_us) {
+            struct timespec ts = { 0, dr->delay_us * 1000 };
+            nanosleep(&ts, NULL);
+        }
+        dr->samples += d.n;
         dr->dropped_reported += d.dropped;
         for (size_t i = 0; i < d.n; i++) {
             int t;
@@ -377,8 +408,7 @@ static void test_threads(void)
 {
     struct receiver r;
     receiver_open(&r, 1);
-    p2pm_client *c = p2pm_open(r.path);
-    REQUIRE(c != NULL);
+    p2pm_client *c = open_immediate(&r);
     struct drainer dr = { .r = &r };
     struct worker w[THREADS];
     pthread_t dt, wt[THREADS];
@@ -427,6 +457,9 @@ static void test_default_and_open(void)
     receiver_open(&r, 1);
     CHECK_EQ_INT(p2pm_dropped(NULL), 0);      /* not opened yet */
     REQUIRE(setenv(P2PM_SOCKET_ENV, r.path, 1) == 0);
+    CHECK_EQ_INT(p2pm_set_mode(NULL, P2PM_IMMEDIATE, 0), 0);   /* opens the default client */
+    CHECK_EQ_INT(p2pm_set_mode(NULL, 7, 0), -EINVAL);
+    CHECK_EQ_INT(p2pm_set_mode(NULL, P2PM_BLOCKING, -1), -EINVAL);
     CHECK_EQ_INT(p2pm_record_cache_access(NULL, false, "vm_image"), 0);
     CHECK_EQ_INT(p2pm_batch_begin(NULL), 0);
     CHECK_EQ_INT(p2pm_record_cache_access(NULL, true, "chunk"), 0);
@@ -462,8 +495,7 @@ static void test_default_and_open(void)
     CHECK(p2pm_open("") == NULL && errno == EINVAL);
 
     /* the transfer guard: +1 at start; -1 and the duration at end, once */
-    c = p2pm_open(r.path);
-    REQUIRE(c != NULL);
+    c = open_immediate(&r);
     p2pm_transfer t = p2pm_transfer_start(c);
     CHECK(t.active == 1 && t.err == 0 && t.client == c);
     sleep_ms(20);
@@ -490,8 +522,7 @@ static void test_series_handles(void)
     struct receiver r1, r2;
     receiver_open(&r1, 1);
     receiver_open(&r2, 1);
-    p2pm_client *generic = p2pm_open(r1.path), *fast = p2pm_open(r2.path);
-    REQUIRE(generic != NULL && fast != NULL);
+    p2pm_client *generic = open_immediate(&r1), *fast = open_immediate(&r2);
     p2pm_label peer = { "peer", "peer-007" }, le = { "le", "1" };
     p2pm_series bytes, active, duration, bad;
     CHECK_EQ_INT(p2pm_series_init(&bytes, fast, "p2p.bytes_transferred.total", &peer, 1), 0);
@@ -540,8 +571,423 @@ static void test_series_handles(void)
     receiver_close(&r2);
 }
 
+/* Every NaN is sent as the canonical quiet NaN 0x7FF8000000000000 (PROTOCOL.md section 3). */
+static void test_canonical_nan(void)
+{
+    struct receiver r;
+    receiver_open(&r, 1);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    uint64_t payload = 0xfff8000000000001u;   /* negative, with a payload */
+    double odd;
+    memcpy(&odd, &payload, sizeof odd);
+    CHECK_EQ_INT(p2pm_gauge_set(c, "g", odd, NULL, 0), 0);
+    ssize_t n = receiver_recv(&r, buf, sizeof buf, 1000);
+    static const unsigned char canonical[8] = { 0, 0, 0, 0, 0, 0, 0xf8, 0x7f };
+    REQUIRE(n > 8);
+    CHECK(memcmp(buf + n - 8, canonical, 8) == 0);
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
+
+/* ---- Series handles initialized while other threads send (the TSan build checks races) ---- */
+
+static void *handle_main(void *arg)
+{
+    p2pm_client *c = arg;
+    p2pm_label l = { "peer", "node-1" };
+    for (int i = 0; i < 2000; i++) {
+        p2pm_series h;
+        CHECK_EQ_INT(p2pm_series_init(&h, c, "race.bytes", &l, 1), 0);
+        CHECK_EQ_INT(p2pm_series_counter_add_u64(&h, 1), 0);
+    }
+    return NULL;
+}
+
+static void test_series_init_while_sending(void)
+{
+    struct receiver r;
+    receiver_open(&r, 1);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    struct drainer dr = { .r = &r };
+    pthread_t dt, ht;
+    REQUIRE(pthread_create(&dt, NULL, drain_main, &dr) == 0);
+    REQUIRE(pthread_create(&ht, NULL, handle_main, c) == 0);
+    for (int i = 0; i < 2000; i++) {
+        CHECK_EQ_INT(p2pm_counter_add(c, "final", 1, NULL, 0), 0);
+        if (i % 100 == 0)
+            CHECK_EQ_INT(p2pm_flush(c), 0);   /* the pending datagram starts afresh */
+    }
+    pthread_join(ht, NULL);
+    p2pm_close(c);
+    sleep_ms(100);
+    dr.stop = 1;
+    pthread_join(dt, NULL);
+    receiver_close(&r);
+}
+
+/* ---- The default mode: lossless bursts, bounded calls, exact drops ---- */
+
+static uint64_t mono_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+struct burster {
+    p2pm_client *c;
+    int id, calls;
+    uint64_t max_ns;
+};
+
+static void *burst_main(void *arg)
+{
+    struct burster *b = arg;
+    char id[16];
+    snprintf(id, sizeof id, "%d", b->id);
+    p2pm_label l = { "thread", id };
+    for (int i = 0; i < b->calls; i++) {
+        uint64_t t0 = mono_ns();
+        CHECK_EQ_INT(p2pm_counter_add(b->c, "thread.calls", 1, &l, 1), 0);
+        uint64_t dt = mono_ns() - t0;
+        if (dt > b->max_ns)
+            b->max_ns = dt;
+    }
+    return NULL;
+}
+
+/* A sidecar slower than the senders (1 ms per datagram, a queue of 10 on this kernel), 4 threads
+ * at full speed with the library's defaults: every sample arrives, nothing is dropped; the senders
+ * are slowed down by the bounded wait for room when they outrun the receiver. */
+static void test_default_burst_loses_nothing(void)
+{
+    enum { T = 4, N = 50000 };
+    struct receiver r;
+    receiver_open(&r, 1);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    struct drainer dr = { .r = &r, .delay_us = 1000 };
+    struct burster b[T];
+    pthread_t dt, bt[T];
+    REQUIRE(pthread_create(&dt, NULL, drain_main, &dr) == 0);
+    for (int i = 0; i < T; i++) {
+        b[i] = (struct burster){ c, i, N, 0 };
+        REQUIRE(pthread_create(&bt[i], NULL, burst_main, &b[i]) == 0);
+    }
+    uint64_t max_ns = 0;
+    for (int i = 0; i < T; i++) {
+        pthread_join(bt[i], NULL);
+        if (b[i].max_ns > max_ns)
+            max_ns = b[i].max_ns;
+    }
+    p2pm_stats st;
+    CHECK_EQ_INT(p2pm_get_stats(c, &st), 0);
+    sleep_ms(200);   /* the linger flush sends the rest */
+    dr.stop = 1;
+    pthread_join(dt, NULL);
+    for (int i = 0; i < T; i++)
+        CHECK_EQ_INT(dr.per_thread[i], N);
+    CHECK_EQ_INT(dr.bad, 0);
+    CHECK_EQ_INT(p2pm_dropped(c), 0);
+    CHECK_EQ_INT(p2pm_get_stats(c, &st), 0);
+    CHECK_EQ_INT(st.dropped_samples, 0);
+    CHECK_EQ_INT(st.sent_samples, T * N);
+    CHECK_EQ_INT(st.buffered_samples, 0);   /* (waits: usually > 0, unless the senders are slow) */
+    printf("default burst: %d samples from %d threads to a slow receiver, %llu datagrams, "
+           "%llu waits for room, 0 lost; slowest call %.1f ms (bound %d ms)\n",
+           T * N, T, (unsigned long long)st.sent_datagrams, (unsigned long long)st.waits,
+           max_ns / 1e6, 2 * P2PM_SEND_WAIT_MS);
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
+/* Records n counter samples, returning the slowest call in ns. */
+static uint64_t record_n(p2pm_client *c, const char *name, int n)
+{
+    uint64_t max_ns = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t t0 = mono_ns();
+        int rc = p2pm_counter_add(c, name, 1, NULL, 0);
+        uint64_t dt = mono_ns() - t0;
+        CHECK(rc == 0 || rc == -EAGAIN);
+        if (dt > max_ns)
+            max_ns = dt;
+    }
+    return max_ns;
+}
+
+/* A sidecar that stops reading (as under SIGSTOP): the first call that finds the queue full waits
+ * up to P2PM_SEND_WAIT_MS, later ones do not wait at all; every sample is either received or
+ * counted as dropped, exactly, and the drop report reaches the sidecar when it reads again. */
+static void test_stopped_sidecar_bounded_and_exact(void)
+{
+    static struct decoded d;
+    enum { N = 200000 };
+    struct receiver r;
+    receiver_open(&r, 1);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    uint64_t max_ns = record_n(c, "stopped.calls", N);
+    CHECK_EQ_INT(p2pm_flush(c), -EAGAIN);   /* still stopped: the rest is dropped, counted */
+    p2pm_stats st;
+    CHECK_EQ_INT(p2pm_get_stats(c, &st), 0);
+    CHECK(st.waits >= 1 && st.dropped_datagrams >= 1);
+    CHECK(max_ns < 2000000000u);   /* stated: < 2 x P2PM_SEND_WAIT_MS; generous here */
+    uint64_t samples = 0, dropped = 0;
+    int got = collect_count(&r, &samples, &dropped, 1000);   /* the sidecar reads again */
+    CHECK_EQ_INT(got, st.sent_datagrams);
+    CHECK_EQ_INT(samples + st.dropped_samples, N);
+    CHECK_EQ_INT(samples, st.sent_samples);
+    CHECK_EQ_INT(p2pm_counter_add(c, "stopped.after", 1, NULL, 0), 0);
+    CHECK_EQ_INT(p2pm_flush(c), 0);
+    decoded_reset(&d);
+    CHECK_EQ_INT(collect(&r, &d, 1000), 1);
+    CHECK_EQ_INT(d.dropped, st.dropped_datagrams);
+    printf("stopped sidecar: %d calls, %llu samples delivered, %llu dropped (counted exactly), "
+           "%llu wait(s); slowest call %.1f ms\n", N, (unsigned long long)st.sent_samples,
+           (unsigned long long)st.dropped_samples, (unsigned long long)st.waits, max_ns / 1e6);
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
+/* No sidecar at all: calls never wait, every sample is counted as dropped. */
+static void test_absent_sidecar_never_waits(void)
+{
+    enum { N = 100000 };
+    struct receiver r;
+    receiver_open(&r, 0);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    uint64_t max_ns = record_n(c, "absent.calls", N);
+    CHECK_EQ_INT(p2pm_flush(c), -ENOENT);
+    p2pm_stats st;
+    CHECK_EQ_INT(p2pm_get_stats(c, &st), 0);
+    CHECK_EQ_INT(st.waits, 0);
+    CHECK_EQ_INT(st.dropped_samples, N);
+    CHECK_EQ_INT(st.sent_samples, 0);
+    printf("absent sidecar: %d calls, all %llu samples counted as dropped, slowest call %.2f ms\n",
+           N, (unsigned long long)st.dropped_samples, max_ns / 1e6);
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
+/* P2PM_BLOCKING: a call that finds the queue full waits its timeout for room, then drops. */
+static void test_blocking_mode_waits_then_drops(void)
+{
+    struct receiver r;
+    receiver_open(&r, 1);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    CHECK_EQ_INT(p2pm_set_mode(c, P2PM_BLOCKING, 100), 0);
+    int sent = 0, rc;
+    uint64_t t0 = 0;
+    for (;;) {
+        t0 = mono_ns();
+        if ((rc = p2pm_counter_add(c, "blocking.calls", 1, NULL, 0)) != 0)
+            break;
+        REQUIRE(++sent < 1000);
+    }
+    uint64_t waited = mono_ns() - t0;
+    CHECK_EQ_INT(rc, -EAGAIN);
+    CHECK(waited >= 90000000u && waited < 5000000000u);
+    CHECK_EQ_INT(p2pm_dropped(c), 1);
+    CHECK_EQ_INT(receiver_drain(&r), sent);
+    CHECK_EQ_INT(p2pm_counter_add(c, "blocking.calls", 1, NULL, 0), 0);   /* room again */
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
+/* A sample recorded in the default mode reaches the sidecar by the linger flush. */
+static void test_linger_delivers(void)
+{
+    static struct decoded d;
+    struct receiver r;
+    receiver_open(&r, 1);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    uint64_t t0 = mono_ns();
+    CHECK_EQ_INT(p2pm_record_cache_access(c, true, "chunk"), 0);
+    decoded_reset(&d);
+    CHECK_EQ_INT(collect(&r, &d, 2000), 1);
+    uint64_t delay = mono_ns() - t0;
+    CHECK(d.n == 1 && strcmp(d.s[0].key, "p2p.cache.hits{cache_type=chunk}") == 0);
+    printf("linger: one sample received %.2f ms after the call (P2PM_LINGER_MS %d)\n", delay / 1e6,
+           P2PM_LINGER_MS);
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
+/* fork(): the child starts with an empty pending datagram and its exit flushes what it recorded;
+ * the parent keeps and sends its own. Nothing lost, nothing twice. */
+static void test_fork_and_exit_flush(void)
+{
+    static struct decoded d;
+    struct receiver r;
+    receiver_open(&r, 1);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    CHECK_EQ_INT(p2pm_batch_begin(c), 0);   /* keep them pending across the fork */
+    for (int i = 0; i < 100; i++)
+        CHECK_EQ_INT(p2pm_counter_add(c, "fork.parent", 1, NULL, 0), 0);
+    fflush(stdout);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        for (int i = 0; i < 30; i++)
+            p2pm_counter_add(c, "fork.child", 1, NULL, 0);
+        p2pm_client *own = p2pm_open(r.path);   /* and a client opened in the child */
+        for (int i = 0; i < 7; i++)
+            p2pm_counter_add(own, "fork.child_own", 1, NULL, 0);
+        exit(0);   /* no flush, no close: the exit flush sends both */
+    }
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK_EQ_INT(p2pm_batch_end(c), 0);
+    decoded_reset(&d);
+    collect(&r, &d, 1000);
+    double parent = 0, child = 0, own = 0;
+    for (size_t i = 0; i < d.n; i++) {
+        parent += strcmp(d.s[i].key, "fork.parent") == 0 ? d.s[i].v : 0;
+        child += strcmp(d.s[i].key, "fork.child") == 0 ? d.s[i].v : 0;
+        own += strcmp(d.s[i].key, "fork.child_own") == 0 ? d.s[i].v : 0;
+    }
+    CHECK(parent == 100 && child == 30 && own == 7);
+    CHECK_EQ_INT(d.n, 137);
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
+/* Sum of the p2p.transfers.active adds in d, in order; how many there were; whether the running
+ * sum ever went below zero. */
+static double active_sum(const struct decoded *d, int *count, bool *negative)
+{
+    double sum = 0;
+    *count = 0;
+    *negative = false;
+    for (size_t i = 0; i < d->n; i++)
+        if (strcmp(d->s[i].key, "p2p.transfers.active") == 0) {
+            sum += d->s[i].v;
+            ++*count;
+            *negative |= sum < 0;
+        }
+    return sum;
+}
+
+/* A transfer's -1 is never lost, and never sent twice: dropped while the sidecar is stopped, it
+ * is delivered by the flusher once there is room, without any further call; a +1 dropped while
+ * the sidecar is absent travels with the -1. */
+static void test_transfer_cannot_stick(void)
+{
+    static struct decoded d;
+    struct receiver r;
+    receiver_open(&r, 1);
+    p2pm_client *c = open_immediate(&r);
+    p2pm_transfer t = p2pm_transfer_start(c);
+    CHECK_EQ_INT(t.err, 0);
+    int filled = 0;
+    while (p2pm_counter_add(c, "filler", 1, NULL, 0) == 0)   /* the sidecar stops reading */
+        filled++;
+    CHECK_EQ_INT(p2pm_transfer_end(&t), -EAGAIN);   /* the duration is lost, the -1 is kept */
+    CHECK_EQ_INT(p2pm_transfer_end(&t), 0);         /* twice: nothing */
+    p2pm_stats st;
+    CHECK_EQ_INT(p2pm_get_stats(c, &st), 0);
+    CHECK_EQ_INT(st.dropped_samples, 2);            /* one filler and the duration */
+    decoded_reset(&d);
+    collect(&r, &d, 1000);                          /* reads again: +1 and the fillers */
+    uint64_t t0 = mono_ns();
+    int count;
+    bool negative;
+    while (mono_ns() - t0 < 3000000000u) {          /* the flusher's datagram of its own */
+        if (collect(&r, &d, 50) && active_sum(&d, &count, &negative) == 0)
+            break;
+    }
+    CHECK(active_sum(&d, &count, &negative) == 0 && count == 2 && !negative);
+    CHECK_EQ_INT(d.dropped, 2);
+
+    /* Absent at the start: the +1 is kept and delivered before or with the -1. */
+    receiver_unbind(&r);
+    t = p2pm_transfer_start(c);
+    CHECK(t.err < 0 && t.err != -EAGAIN);
+    CHECK(t.active == 1);
+    receiver_bind(&r);
+    sleep_ms(P2PM_RECONNECT_MS + 20);
+    CHECK_EQ_INT(p2pm_transfer_end(&t), 0);
+    decoded_reset(&d);
+    collect(&r, &d, 1000);
+    CHECK(active_sum(&d, &count, &negative) == 0 && count == 2 && !negative);
+
+    /* A kept +1 is delivered before the -1 even when the next datagram is filled to the brim by
+     * a batch (room is kept for it; the flusher may also deliver it first on its own). */
+    receiver_unbind(&r);
+    t = p2pm_transfer_start(c);
+    receiver_bind(&r);
+    sleep_ms(P2PM_RECONNECT_MS + 20);
+    CHECK_EQ_INT(p2pm_batch_begin(c), 0);
+    for (int i = 0; i < 3000; i++)   /* more than one full datagram */
+        CHECK_EQ_INT(p2pm_counter_add(c, "same", 1, NULL, 0), 0);
+    CHECK_EQ_INT(p2pm_transfer_end(&t), 0);
+    CHECK_EQ_INT(p2pm_batch_end(c), 0);
+    decoded_reset(&d);
+    collect(&r, &d, 1000);
+    CHECK(active_sum(&d, &count, &negative) == 0 && count == 2 && !negative);
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
+/* The helpers take extra labels (the per-peer convention); the transfer guard's end puts its
+ * labels on the duration (invalid ones: the -1 is still sent). */
+static void test_helper_labels(void)
+{
+    static struct decoded d;
+    struct receiver r;
+    receiver_open(&r, 1);
+    p2pm_client *c = p2pm_open(r.path);
+    REQUIRE(c != NULL);
+    p2pm_label peer = { "peer", "node-7" }, dup = { "artifact_type", "x" };
+    p2pm_label many[16];
+    for (int i = 0; i < 16; i++)
+        many[i] = (p2pm_label){ "peer", "x" };
+    CHECK_EQ_INT(p2pm_batch_begin(c), 0);
+    CHECK_EQ_INT(p2pm_record_chunk_transfer_labels(c, 4096, false, &peer, 1), 0);
+    CHECK_EQ_INT(p2pm_record_image_import_labels(c, "microvm", true, 5, &peer, 1), 0);
+    CHECK_EQ_INT(p2pm_record_image_download_labels(c, "img", false, 1.5, &peer, 1), 0);
+    CHECK_EQ_INT(p2pm_record_image_import_labels(c, "microvm", true, 5, &dup, 1), -EINVAL);
+    CHECK_EQ_INT(p2pm_record_image_import_labels(c, "microvm", true, 5, many, 16), -EINVAL);
+    CHECK_EQ_INT(p2pm_record_chunk_transfer_labels(c, 1, false, NULL, 1), -EINVAL);
+    p2pm_transfer t = p2pm_transfer_start(c);
+    CHECK_EQ_INT(t.err, 0);
+    CHECK_EQ_INT(p2pm_transfer_end_labels(&t, &peer, 1), 0);
+    p2pm_label le = { "le", "1" };
+    t = p2pm_transfer_start(c);
+    CHECK_EQ_INT(p2pm_transfer_end_labels(&t, &le, 1), -EINVAL);   /* the -1 alone */
+    CHECK_EQ_INT(p2pm_batch_end(c), 0);
+    decoded_reset(&d);
+    CHECK_EQ_INT(collect(&r, &d, 1000), 1);
+    const char *want[] = {
+        "p2p.chunks_transferred.total{peer=node-7}", "p2p.bytes_transferred.total{peer=node-7}",
+        "p2p.image.imports.total{artifact_type=microvm,peer=node-7}",
+        "p2p.bytes_transferred.total{artifact_type=microvm,peer=node-7}",
+        "p2p.image.downloads.total{peer=node-7}", "p2p.image.downloads.failed{peer=node-7}",
+        "p2p.transfer.duration{peer=node-7}", "p2p.transfers.active", "p2p.transfers.active",
+        "p2p.transfer.duration{peer=node-7}", "p2p.transfers.active", "p2p.transfers.active",
+    };
+    CHECK_EQ_INT(d.n, sizeof want / sizeof want[0]);
+    for (size_t i = 0; i < d.n && i < sizeof want / sizeof want[0]; i++)
+        if (strcmp(d.s[i].key, want[i]) != 0) {
+            fprintf(stderr, "sample %zu: %s, want %s\n", i, d.s[i].key, want[i]);
+            test_failures++;
+        }
+    p2pm_close(c);
+    receiver_close(&r);
+}
+
 int main(void)
 {
+    test_canonical_nan();
     test_validation();
     test_sizes_and_batches();
     test_drops();
@@ -549,6 +995,15 @@ int main(void)
     test_threads();
     test_default_and_open();
     test_series_handles();
+    test_series_init_while_sending();
+    test_linger_delivers();
+    test_default_burst_loses_nothing();
+    test_stopped_sidecar_bounded_and_exact();
+    test_absent_sidecar_never_waits();
+    test_blocking_mode_waits_then_drops();
+    test_fork_and_exit_flush();
+    test_transfer_cannot_stick();
+    test_helper_labels();
     if (test_failures) {
         fprintf(stderr, "test_client: %d failure(s)\n", test_failures);
         return 1;

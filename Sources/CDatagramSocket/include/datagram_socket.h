@@ -10,7 +10,7 @@
 typedef struct {
     uint8_t *buffer;
     size_t capacity;
-    size_t length;     /* bytes received */
+    size_t length;     /* the datagram's real size (more than `capacity` when truncated) */
     int truncated;     /* the datagram was larger than `capacity` */
     int has_credentials;
     int32_t pid;
@@ -34,13 +34,18 @@ int p2pmd_socket_type(int fd);
 int p2pmd_socket_family(int fd);
 
 /* Binds a non-blocking, close-on-exec AF_UNIX datagram socket at `path` with file mode `mode`.
- * A stale socket file (nobody bound) is replaced; a live one is an error (-EADDRINUSE).
+ * Never removes anything: an existing file at `path` is an error (-EADDRINUSE).
  * Returns the fd or a negative errno. */
 int p2pmd_bind_datagram(const char *path, unsigned mode);
 
-/* Binds a non-blocking, close-on-exec UDP socket to the numeric IPv4 or IPv6 address `host` and
- * `port`. Returns the fd or a negative errno (-EINVAL for a host that is not a numeric address). */
-int p2pmd_bind_udp(const char *host, unsigned short port);
+/* Connects a throwaway datagram socket to `path`: 0 when something is bound there (live), else
+ * the negative errno of connect (-ECONNREFUSED: nobody bound; -EACCES: no write permission...). */
+int p2pmd_probe_datagram(const char *path);
+
+struct sockaddr;
+/* Binds a non-blocking, close-on-exec UDP socket to `addr` (IPv4 or IPv6).
+ * Returns the fd or a negative errno. */
+int p2pmd_bind_udp(const struct sockaddr *addr, unsigned length);
 
 /* A pidfd for process `pid` (readable once it exits), or a negative errno. */
 int p2pmd_pidfd_open(int pid);

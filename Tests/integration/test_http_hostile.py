@@ -1,0 +1,405 @@
+"""Hostile and unusual HTTP clients, and ingest under scrape load (issues 14 and 19).
+
+Each attack is reproduced against the built daemon with its exact expectation. Figures that depend
+on the shared machine (drop ratios, latencies) are printed and asserted only with generous bounds.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import multiprocessing
+import os
+import socket
+import threading
+import time
+
+from conftest import parse_exposition, start_daemon
+from wire import counter
+
+
+def config(tmp_path, **content) -> str:
+    path = tmp_path / "http-config.json"
+    path.write_text(json.dumps(content))
+    return str(path)
+
+
+def fill(daemon, n: int, name: str = "p2p.bytes_transferred.total") -> None:
+    """n counter series with long-ish labels (blocking sends: all of them arrive)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        for i in range(n):
+            s.sendto(counter(name, i + 1, {"peer": f"peer-{i:06d}", "zone": "z" * 40}), daemon.socket_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and daemon.value("p2pmetricsd_series") != n:
+        time.sleep(0.05)
+    assert daemon.value("p2pmetricsd_series") == n
+
+
+def read_all(s: socket.socket, timeout: float = 30) -> bytes:
+    s.settimeout(timeout)
+    raw = b""
+    while chunk := s.recv(1 << 20):
+        raw += chunk
+    return raw
+
+
+def dechunk(body: bytes) -> bytes:
+    out, rest = b"", body
+    while True:
+        size_line, sep, rest = rest.partition(b"\r\n")
+        assert sep, "chunked body cut before its last chunk"
+        size = int(size_line, 16)
+        if size == 0:
+            assert rest == b"\r\n"
+            return out
+        out, rest = out + rest[:size], rest[size + 2:]
+
+
+def decode_response(raw: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Status line, headers (lower-case names) and the exact body: a response whose framing says
+    it is incomplete fails the assertion instead of looking complete."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    assert sep, "no complete head"
+    lines = head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:])}
+    if "content-length" in headers:
+        assert len(body) == int(headers["content-length"]), f"{len(body)} of {headers['content-length']} bytes"
+    elif headers.get("transfer-encoding") == "chunked":
+        body = dechunk(body)
+    else:
+        raise AssertionError(f"body without a length or chunked framing: {lines[0]} {headers}")
+    if headers.get("content-encoding") == "gzip":
+        body = gzip.decompress(body)
+    return lines[0], headers, body
+
+
+def test_oversized_datagram_counts_its_real_size(daemon):
+    big = counter("c", 1) + b"\x10\x00\x01" * 33_333  # 100,000-odd bytes
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        s.sendto(big, daemon.socket_path)
+        s.sendto(counter("c", 1), daemon.socket_path)
+    assert daemon.wait_for("c", 1) == 1
+    assert daemon.value("p2pmetricsd_datagrams_rejected_total", reason="oversized") == 1
+    assert daemon.value("p2pmetricsd_bytes_received_total") == len(big) + len(counter("c", 1))
+
+
+def test_half_closed_request_gets_the_whole_response(daemon):
+    fill(daemon, 20_000)
+    full = daemon.scrape_text().encode()
+    assert len(full) > 1_000_000
+    for version in (b"1.1", b"1.0"):
+        with socket.create_connection(("127.0.0.1", daemon.port)) as s:
+            s.sendall(b"GET /metrics HTTP/" + version + b"\r\nHost: x\r\n\r\n")
+            s.shutdown(socket.SHUT_WR)  # what some clients do once their request is out
+            status, headers, body = decode_response(read_all(s))
+        assert status.endswith("200 OK")
+        m = parse_exposition(body.decode())
+        assert sum(1 for (name, _) in m if name == "p2p_bytes_transferred_total") == 20_000
+        assert m[("p2p_bytes_transferred_total", frozenset({"peer": "peer-019999", "zone": "z" * 40}.items()))] == 20_000
+
+
+def test_http_1_0_bodies_are_delimited_and_never_chunked(daemon):
+    fill(daemon, 20_000)
+    for accept_encoding in (b"", b"Accept-Encoding: gzip\r\n"):
+        with socket.create_connection(("127.0.0.1", daemon.port)) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n" + accept_encoding + b"\r\n")
+            raw = read_all(s)
+        status, headers, body = decode_response(raw)
+        assert status == "HTTP/1.0 200 OK"
+        assert "transfer-encoding" not in headers
+        assert "content-length" in headers  # a cut body can never look complete
+        assert len(body) > 1_000_000 and body.endswith(b"\n")
+        assert sum(1 for line in body.splitlines() if line.startswith(b"p2p_bytes_transferred_total{")) == 20_000
+    # Keep-alive under 1.0: the same connection answers a second request after a full body.
+    with socket.create_connection(("127.0.0.1", daemon.port)) as s:
+        s.settimeout(30)
+        for _ in range(2):
+            s.sendall(b"GET /metrics HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            raw = b""
+            while b"\r\n\r\n" not in raw:
+                raw += s.recv(65536)
+            head = raw.partition(b"\r\n\r\n")[0].decode().lower()
+            length = int(head.split("content-length:")[1].split("\r\n")[0])
+            while len(raw.partition(b"\r\n\r\n")[2]) < length:
+                raw += s.recv(1 << 20)
+            assert len(raw.partition(b"\r\n\r\n")[2]) == length
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_idle_slow_and_half_open_connections_cannot_lock_out_a_scrape(tmp_path):
+    """Issue 14: 300 idle half-open connections used to lock Prometheus out for the 10 s head
+    timeout (cap 64). Now the oldest connection without a completed request is evicted."""
+    d = start_daemon(tmp_path)
+    fill(d, 5_000)
+    held = []
+    rss_before = rss_kib(d.proc.pid)
+    try:
+        for i in range(1_200):
+            s = socket.create_connection(("127.0.0.1", d.port))
+            if i % 4 == 1:
+                s.sendall(b"GET /metr")  # a slow head
+            elif i % 4 == 2:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # a scraper that never reads
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            elif i % 4 == 3:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /-/hea")  # one request done, then slow
+            held.append(s)
+        time.sleep(0.5)
+        rss_held = rss_kib(d.proc.pid)
+        for attempt in range(5):
+            start = time.monotonic()
+            status, headers, body = None, None, None
+            with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                status, headers, body = decode_response(read_all(s, timeout=10))
+            elapsed = time.monotonic() - start
+            assert status == "HTTP/1.1 200 OK"
+            m = parse_exposition(body.decode())
+            assert sum(1 for (name, _) in m if name == "p2p_bytes_transferred_total") == 5_000
+            assert elapsed < 5, f"scrape took {elapsed:.2f} s with {len(held)} hostile connections"
+            print(f"lock-out: scrape {attempt} served in {elapsed * 1000:.0f} ms past 1,200 hostile connections")
+        m = d.scrape()
+        evicted = {dict(labels)["reason"]: v for (name, labels), v in m.items()
+                   if name == "p2pmetricsd_http_connections_evicted_total"}
+        assert set(evicted) == {"no_request", "idle", "stalled"}
+        # The default cap is 1,024: every connection past it evicted one that never completed a
+        # request (the idle ones and slow heads, oldest first), and the first scrape one more
+        # (each later scrape took the slot its predecessor freed).
+        assert evicted == {"no_request": 1_200 - 1_024 + 1, "idle": 0, "stalled": 0}
+        assert m[("p2pmetricsd_http_connections_refused_total", frozenset())] == 0
+        assert m[("p2pmetricsd_http_connections", frozenset())] <= 1_024
+        print(f"lock-out: evicted {evicted}; RSS {rss_before} KiB → {rss_held} KiB with 1,024 connections held")
+        assert rss_held - rss_before < 64 * 1024  # bounded per connection (no per-connection copy of a body)
+    finally:
+        for s in held:
+            s.close()
+        d.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _scraper(port: int, use_gzip: bool, seconds: float, results) -> None:
+    import http.client
+    done, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"} if use_gzip else {})
+        r = conn.getresponse()
+        body = r.read()
+        conn.close()
+        assert r.status == 200 and len(body) > 0
+        done += 1
+    results.put(done)
+
+
+def _blocking_sender(path: str, seconds: float, results) -> None:
+    sent, deadline = 0, time.monotonic() + seconds
+    datagram = counter("ingest.exact", 1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        while time.monotonic() < deadline:
+            s.sendto(datagram, path)
+            sent += 1
+    results.put(sent)
+
+
+def _paced_sender(path: str, rate: int, seconds: float, results) -> None:
+    """Non-blocking, at a fixed rate: what it could not send (EAGAIN) is a drop."""
+    sent = dropped = 0
+    datagram = counter("ingest.paced", 1)
+    start = time.monotonic()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        while (now := time.monotonic()) - start < seconds:
+            due = int((now - start) * rate)
+            while sent + dropped < due:
+                try:
+                    s.sendto(datagram, path)
+                    sent += 1
+                except BlockingIOError:
+                    dropped += 1
+            time.sleep(0.0005)
+    results.put((sent, dropped))
+
+
+def _run(ctx, target, args_list):
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, results)) for args in args_list]
+    for p in procs:
+        p.start()
+    return procs, results
+
+
+def _collect(procs, results):
+    for p in procs:
+        p.join(120)
+    return [results.get(timeout=10) for _ in procs]
+
+
+def test_ingest_keeps_priority_over_concurrent_scrapes(tmp_path):
+    """Issue 19: 4 concurrent scrapers used to make a non-blocking sender lose 90 % (98 % with
+    gzip). Scaled down: 30 k series, 8 scrapers (half gzip) in loops. Blocking senders must lose
+    nothing; the non-blocking sender's drops are measured and reported (the machine is shared)."""
+    ctx = multiprocessing.get_context("fork")
+    d = start_daemon(tmp_path)
+    try:
+        fill(d, 30_000)
+        seconds = 4.0
+        # Drops of a paced non-blocking sender alone, then with 8 scrapers.
+        alone = _collect(*_run(ctx, _paced_sender, [(d.socket_path, 10_000, seconds)]))[0]
+        scrapers, scraped = _run(ctx, _scraper, [(d.port, i % 2 == 0, seconds + 1) for i in range(8)])
+        loaded = _collect(*_run(ctx, _paced_sender, [(d.socket_path, 10_000, seconds)]))[0]
+        scrapes = sum(_collect(scrapers, scraped))
+        ratio = lambda r: r[1] / max(1, r[0] + r[1])
+        print(f"priority: non-blocking sender at 10 k/s (qlen 10): drops alone {ratio(alone):.2%}, "
+              f"with 8 scrapers {ratio(loaded):.2%} ({scrapes} scrapes of 30 k series in {seconds + 1:.0f} s)")
+        # Blocking senders with the same scrapers: exact.
+        base_sent = _collect(*_run(ctx, _blocking_sender, [(d.socket_path, 2.0)]))[0]
+        scrapers, scraped = _run(ctx, _scraper, [(d.port, i % 2 == 0, 3.0) for i in range(8)])
+        sent = sum(_collect(*_run(ctx, _blocking_sender, [(d.socket_path, 2.0), (d.socket_path, 2.0)])))
+        scrapes = sum(_collect(scrapers, scraped))
+        total = base_sent + sent
+        assert d.wait_for("ingest_exact", total, timeout=30) == total
+        assert d.value("ingest_paced") == alone[0] + loaded[0]  # every datagram the kernel accepted
+        print(f"priority: blocking sender {base_sent / 2:.0f}/s alone, {sent / 2:.0f}/s for two with 8 scrapers "
+              f"({scrapes} scrapes); all {total} applied")
+        assert scrapes >= 8
+        # The only robust bound (before: blocking sends 34x slower with the scrapers, 99 % drops).
+        # The drop ratio is reported, not asserted: with 8 scraper processes reading ~100 MB/s on
+        # 2 shared cores, the sender itself is short of CPU.
+        assert sent * 10 > base_sent
+    finally:
+        d.stop()
+
+
+def test_scrapers_that_never_read_cost_nothing_after_their_timeout(tmp_path):
+    """Issue 19: 60 gzip scrapers of a big store that never read kept the daemon at 100 % CPU
+    and made blocking sends 150x slower. Now they share renderings, cost no CPU while stalled,
+    hold bounded memory, and are closed after the send timeout."""
+    ctx = multiprocessing.get_context("fork")
+    d = start_daemon(tmp_path, "--config", config(tmp_path, limits={"request_timeout_seconds": 3, "idle_timeout_seconds": 3}))
+    held = []
+    try:
+        fill(d, 30_000)
+        base_sent = _collect(*_run(ctx, _blocking_sender, [(d.socket_path, 1.0)]))[0]
+        rss_before = rss_kib(d.proc.pid)
+        for i in range(60):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", d.port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+            held.append(s)
+            if i % 10 == 9:
+                time.sleep(0.2)  # in waves: several renderings, some held by stalled clients
+        time.sleep(1.0)
+        cpu_start = cpu_seconds(d.proc.pid)
+        stalled_sent = _collect(*_run(ctx, _blocking_sender, [(d.socket_path, 1.0)]))[0]
+        time.sleep(0.5)
+        cpu = cpu_seconds(d.proc.pid) - cpu_start
+        rss_held = rss_kib(d.proc.pid)
+        print(f"never-reading: 60 gzip scrapers held; daemon CPU {cpu:.2f} s over 1.5 s (of which a 1 s blocking "
+              f"send at {stalled_sent}/s vs {base_sent}/s before); RSS {rss_before} → {rss_held} KiB")
+        assert stalled_sent * 10 > base_sent  # not starved (was 150x slower)
+        assert rss_held - rss_before < 128 * 1024
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and d.value("p2pmetricsd_http_connections") != 1:
+            time.sleep(0.2)
+        # Only the scrape asking is left: the 60 were closed by the send timeout (a body the
+        # kernel could not take) or the idle timeout (a small gzip body the kernel buffered).
+        assert d.value("p2pmetricsd_http_connections") == 1
+        for s in held:
+            s.settimeout(5)
+            try:
+                while s.recv(1 << 16):
+                    pass
+            except ConnectionResetError:
+                pass
+        total = base_sent + stalled_sent
+        assert d.wait_for("ingest_exact", total) == total
+    finally:
+        for s in held:
+            s.close()
+        d.stop()
+
+
+def _text_flooder(path: str, seconds: float, results) -> None:
+    datagram = b"flood.t:1|c\n" * 5_000  # 60,000 bytes: 5,000 lines of work per datagram
+    sent, deadline = 0, time.monotonic() + seconds
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        while time.monotonic() < deadline:
+            s.sendto(datagram, path)
+            sent += 1
+    results.put(sent)
+
+
+def _flood_in_own_namespace(tmp_path, out) -> None:
+    """In a new network namespace (its own net.unix.max_dgram_qlen, raised to the contrib
+    value 512 so that the queue never runs dry): flood, and time /-/healthy meanwhile."""
+    import ctypes
+    import subprocess
+    import urllib.request
+    try:
+        assert ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0, "unshare(CLONE_NEWNET) failed"
+        open("/proc/sys/net/unix/max_dgram_qlen", "w").write("512")
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        d = start_daemon(tmp_path)
+        ctx = multiprocessing.get_context("fork")
+        try:
+            procs, results = _run(ctx, _text_flooder, [(d.socket_path, 6.0) for _ in range(3)])
+            time.sleep(1.0)
+            latencies = []
+            for _ in range(20):
+                start = time.monotonic()
+                with urllib.request.urlopen(f"http://127.0.0.1:{d.port}/-/healthy", timeout=120) as r:
+                    assert r.read() == b"OK\n"
+                latencies.append(time.monotonic() - start)
+                time.sleep(0.1)
+            sent = sum(_collect(procs, results))
+            applied = d.wait_for("flood_t", sent * 5_000, timeout=120)
+            out.put(("ok", latencies, sent, applied))
+        finally:
+            d.stop()
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        out.put(("error", repr(e), 0, 0))
+
+
+def test_healthy_is_served_within_milliseconds_under_a_flood(tmp_path):
+    """Issue 19: the ingest loop must yield after a bounded amount of work, so that /-/healthy and
+    scrapes are served while senders keep the queue full of heavy datagrams."""
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_flood_in_own_namespace, args=(tmp_path, out))
+    child.start()
+    status, latencies, sent, applied = out.get(timeout=600)
+    child.join(30)
+    assert status == "ok", latencies
+    latencies.sort()
+    print(f"flood: /-/healthy under 3 blocking senders of 60 KB text datagrams (qlen 512): median "
+          f"{latencies[len(latencies) // 2] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms; "
+          f"{sent} datagrams = {sent * 5_000} lines, all applied; all: {[round(l * 1000) for l in latencies]}")
+    assert applied == sent * 5_000
+    assert latencies[-1] < 5.0  # generous (a shared machine, a debug build); it was 12-17 s before the fix
+
+
+def test_a_response_that_closes_is_not_destroyed_by_unread_input(daemon):
+    """Closing with unread input sends a reset, which can destroy the response in flight: the
+    daemon shuts its side down after the last byte and discards input until the client closes."""
+    fill(daemon, 20_000)
+    with socket.create_connection(("127.0.0.1", daemon.port)) as s:
+        # A request with a body the daemon never reads: answered, then the connection closes.
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 400000\r\n\r\n")
+        time.sleep(0.05)
+        s.sendall(b"x" * 400_000)
+        time.sleep(0.5)  # the response is sent meanwhile, and unread input waits at the daemon
+        status, headers, body = decode_response(read_all(s))
+    assert status == "HTTP/1.1 200 OK" and headers["connection"] == "close"
+    assert sum(1 for line in body.splitlines() if line.startswith(b"p2p_bytes_transferred_total{")) == 20_000
