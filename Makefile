@@ -67,6 +67,7 @@ run: release
 test: build
 	$(MAKE) test-swift
 	$(MAKE) test-c
+	$(MAKE) test-rust
 	$(MAKE) test-integration
 
 test-swift:
@@ -74,6 +75,17 @@ test-swift:
 
 test-c:
 	$(MAKE) -C Clients/c test
+
+## The Rust client (Clients/rust): its tests (vectors, encoder, end to end against the built
+## daemon) and clippy. Uses the cargo on PATH (or ~/.cargo/bin), else installs Debian's.
+CARGO = PATH="$$PATH:$$HOME/.cargo/bin" cargo
+.PHONY: test-rust
+test-rust:
+	@$(CARGO) --version >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq cargo rust-clippy >/dev/null
+	cd Clients/rust && $(CARGO) test --offline
+	@if (cd Clients/rust && $(CARGO) clippy --version >/dev/null 2>&1); then \
+		cd Clients/rust && $(CARGO) clippy --offline --all-targets -q -- -D warnings; \
+	else echo "cargo clippy not installed: skipped"; fi
 
 test-integration:
 	python3 -m pytest -q -p no:cacheprovider Tests/integration
