@@ -115,13 +115,7 @@ public struct MetricStore {
         var descriptors: [String: MetricDescriptor] = [:]
         for d in configuration.metrics { descriptors[d.exposedName] = d }
         self.descriptors = descriptors
-        // Known metrics claim their names before any client can (a clashing one stays unclaimed,
-        // and its samples are refused as `name_clash`).
-        var clashes: [String] = []
-        for d in configuration.metrics where descriptors[d.exposedName] == d {
-            if !exposedNames.claim(d.exposedName, type: d.type) { clashes.append(d.name) }
-        }
-        configuredNameClashes = clashes
+        claimKnownNames()
     }
 
     /// Live series.
@@ -140,6 +134,17 @@ public struct MetricStore {
         configuration = new
         descriptors = [:]
         for d in new.metrics { descriptors[d.exposedName] = d }
+        claimKnownNames()
+    }
+
+    /// Known metrics claim their names before any client can (a clashing one stays unclaimed, and
+    /// its samples are refused as `name_clash`).
+    private mutating func claimKnownNames() {
+        var clashes: [String] = []
+        for d in configuration.metrics where descriptors[d.exposedName] == d {
+            if !exposedNames.claim(d.exposedName, type: d.type) { clashes.append(d.name) }
+        }
+        configuredNameClashes = clashes
     }
 
     // MARK: Ingest
@@ -421,8 +426,12 @@ public struct MetricStore {
     /// index entry and the help text around the name.
     static let bytesPerFamily = 256
 
-    private static func familyCost(name: String, buckets: Int) -> Int {
-        bytesPerFamily + 3 * name.utf8.count + buckets * 8
+    /// Bytes charged per name a family claims in `ExposedNames` (its entry and the owner's name).
+    static let bytesPerClaim = 64
+
+    private static func familyCost(name: String, type: MetricType, buckets: Int) -> Int {
+        let claims = ExposedNames.claims(of: name, type: type).reduce(0) { $0 + $1.utf8.count + name.utf8.count + bytesPerClaim }
+        return bytesPerFamily + 3 * name.utf8.count + buckets * 8 + claims
     }
 
     /// Bytes the series tables hold (without the wire cache), as charged against the budget.
@@ -458,7 +467,7 @@ public struct MetricStore {
         }
         if family == nil {
             let buckets = type == .histogram ? (descriptor?.buckets ?? configuration.defaultBuckets).count : 0
-            cost += Self.familyCost(name: name, buckets: buckets)
+            cost += Self.familyCost(name: name, type: type, buckets: buckets)
         }
         let limit = configuration.maxMemoryBytes - configuration.wireCacheReserve
         if tableBytes + cost > limit || !canonical.canStore(length: keyScratch.count), canonical.deadBytes > 0 {
@@ -487,7 +496,7 @@ public struct MetricStore {
         let ttl = descriptor?.ttlSeconds ?? (type == .counter ? nil : configuration.defaultTTLSeconds)
         let family = MetricFamily(name: name, type: type, help: help, buckets: buckets, ttlSeconds: ttl,
                                   processScoped: descriptor?.processScoped ?? false, topK: Self.topK(of: descriptor))
-        familyBytes += Self.familyCost(name: name, buckets: buckets.count)
+        familyBytes += Self.familyCost(name: name, type: type, buckets: buckets.count)
         exposedNames.claim(name, type: type)
         if let reused = freeFamilies.popLast() {
             let f = Int(reused)
@@ -510,8 +519,9 @@ public struct MetricStore {
     private mutating func releaseFamily(_ f: Int) {
         let family = families[f]
         familyIndex[family.name] = nil
-        exposedNames.release(family.name, type: family.type)
-        familyBytes -= Self.familyCost(name: family.name, buckets: family.buckets.count)
+        // Its names are free again, unless a known metric holds them from the start.
+        if descriptors[family.name] == nil { exposedNames.release(family.name, type: family.type) }
+        familyBytes -= Self.familyCost(name: family.name, type: family.type, buckets: family.buckets.count)
         families[f] = MetricFamily(name: "", type: family.type, help: "", buckets: [], ttlSeconds: nil,
                                    processScoped: false, topK: 1)
         familyBuckets[f] = []

@@ -119,7 +119,9 @@ struct StatsDTests {
             store.ingestText(batch.joined(separator: "\n"))
             let estimate = store.value(name)!
             let error = abs(estimate - Double(n)) / Double(n)
-            #expect(error <= (n < 1000 ? 0.01 : 3 * 0.0163), "n=\(n) estimate=\(estimate)")
+            // Small sets: linear counting, exact to within a key or two (two keys may share a
+            // register: ~1 % of runs at n = 10, the hash being seeded per process).
+            #expect(error <= (n < 1000 ? max(0.01, 2 / Double(n)) : 3 * 0.0163), "n=\(n) estimate=\(estimate)")
         }
         #expect(store.memoryFootprint < 4 * 4096 + 1 << 20)
     }
