@@ -13,7 +13,7 @@ struct ExpiryNameTests {
         configuration.defaultTTLSeconds = 10
         var store = MetricStore(configuration: configuration)
         func send(_ kind: SampleKind, _ name: String) {
-            _ = datagram([(kind, name, [], .unsigned(1))]).withUnsafeBytes { store.ingest($0) }
+            _ = datagram([(kind, name, [], .unsigned(1))]).withUnsafeBytes { store.apply($0) }
         }
         send(.histogramObserve, "ex")
         send(.histogramObserve, "p2p.transfer.duration")
@@ -34,7 +34,7 @@ struct ExpiryNameTests {
         configuration.metrics.append(MetricDescriptor(name: "rh", type: .histogram, help: "Reloaded."))
         configuration.metrics.append(MetricDescriptor(name: "p2p.transfer.duration.sum", type: .gauge, help: "Clash."))
         store.reconfigure(configuration)
-        _ = datagram([(.gaugeSet, "rh.count", [], .unsigned(1))]).withUnsafeBytes { store.ingest($0) }
+        _ = datagram([(.gaugeSet, "rh.count", [], .unsigned(1))]).withUnsafeBytes { store.apply($0) }
         #expect(store.statistics.rejected(SampleRejection.nameClash) == 1)
         #expect(store.configuredNameClashes == ["p2p.transfer.duration.sum"])
     }
