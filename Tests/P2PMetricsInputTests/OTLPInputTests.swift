@@ -109,14 +109,14 @@ struct OTLPFed {
         #expect(request.refused == [.badAttribute])
     }
 
-    @Test("garbage and truncated bodies are decode errors; histograms and too many points are refused points")
+    @Test("garbage and truncated bodies are decode errors; summaries and too many points are refused points")
     func refusals() throws {
         for garbage: [UInt8] in [[0xFF, 0xFF, 0xFF], [0x0A, 0x05, 0x01], Array("hello world".utf8), [0x0B]] {
             #expect(throws: OTLPDecodeError.self) { try garbage.withUnsafeBytes { try OTLPDecoder().decode($0).get() } }
         }
-        let histogram = PB.string(1, "h") + PB.bytes(10, PB.bytes(1, PB.fixed64(4, 1)) + PB.varint(2, 1))  // exponential
+        let summary = PB.string(1, "s") + PB.bytes(11, PB.bytes(1, PB.fixed64(4, 1)))
         let many = PB.gauge("g", (0..<5).map { PB.point(Double($0)) })
-        let request = try PB.request([histogram, many]).withUnsafeBytes { try OTLPDecoder(maxPointsPerRequest: 3).decode($0).get() }
+        let request = try PB.request([summary, many]).withUnsafeBytes { try OTLPDecoder(maxPointsPerRequest: 3).decode($0).get() }
         #expect(request.points.count == 3)
         #expect(request.refused == [.unsupportedType, .tooManyPoints, .tooManyPoints])
         let tooManyAttributes = PB.point(1, attributes: (0..<17).map { ("k\($0)", "v") })
@@ -319,5 +319,164 @@ struct OTLPFed {
         }
         #expect(decoded > 0)
         #expect(o.otlp.statistics.requestsReceived == 20_000)
+    }
+}
+
+extension PB {
+    /// ExponentialHistogramDataPoint.Buckets {offset 1 (sint32), bucket_counts 2 (varints, packed or not)}.
+    static func exponentialSide(_ field: UInt64, offset: Int64, _ counts: [UInt64], packed: Bool) -> [UInt8] {
+        var payload = varint(1, Varint.zigzag(offset))
+        if packed {
+            var packedCounts: [UInt8] = []
+            for c in counts { Varint.append(c, to: &packedCounts) }
+            payload += bytes(2, packedCounts)
+        } else {
+            for c in counts { payload += varint(2, c) }
+        }
+        return bytes(field, payload)
+    }
+
+    /// Metric with an ExponentialHistogram (field 10): ExponentialHistogramDataPoint {attributes 1,
+    /// start 2, time 3, count 4, sum 5, scale 6 (sint32), zero_count 7, positive 8, negative 9,
+    /// min 12, max 13, zero_threshold 14}.
+    static func exponential(_ name: String, temporality: UInt64, start: UInt64 = 1, scale: Int64, zeroCount: UInt64 = 0,
+                            positive: (offset: Int64, counts: [UInt64]) = (0, []), negative: (offset: Int64, counts: [UInt64]) = (0, []),
+                            sum: Double?, max: Double? = nil, zeroThreshold: Double? = nil, packed: Bool = true,
+                            attributes: [(String, String)] = []) -> [UInt8] {
+        let count = zeroCount + positive.counts.reduce(0, +) + negative.counts.reduce(0, +)
+        var p = fixed64(2, start) + fixed64(3, 2) + fixed64(4, count)
+        if let sum { p += double(5, sum) }
+        p += varint(6, Varint.zigzag(scale)) + fixed64(7, zeroCount)
+        p += exponentialSide(8, offset: positive.offset, positive.counts, packed: packed)
+        p += exponentialSide(9, offset: negative.offset, negative.counts, packed: packed)
+        p += double(12, -1)  // min: read past
+        if let max { p += double(13, max) }
+        if let zeroThreshold { p += double(14, zeroThreshold) }
+        for (k, v) in attributes { p += bytes(1, string(1, k) + bytes(2, string(1, v))) }
+        return string(1, name) + bytes(10, bytes(1, p) + varint(2, temporality))
+    }
+}
+
+@Suite struct OTLPExponentialHistogramTests {
+    let bounds = [1.0, 2.5, 5, 10]
+
+    func fed() -> OTLPFed {
+        var configuration = StoreConfiguration()
+        configuration.defaultBuckets = bounds
+        var o = OTLPFed()
+        o.fed = FedStore(configuration: configuration)
+        return o
+    }
+
+    func buckets(_ o: OTLPFed, _ name: String) throws -> (buckets: [UInt64], sum: Double, count: UInt64) {
+        let family = try #require(o.fed.store.families.first { $0.name == name })
+        let id = try #require(family.series.first)
+        return o.fed.store.withHistogram(id) { buckets, sum, count in (Array(buckets), sum, count) }
+    }
+
+    @Test("an exponential point decodes: scale (sint32), zero count and threshold, both sides' offsets and counts (packed or not), sum, max")
+    func decodes() throws {
+        for packed in [true, false] {
+            let body = PB.request([PB.exponential("e", temporality: 1, scale: -3, zeroCount: 4, positive: (-2, [1, 0, 7]),
+                                                  negative: (5, [2]), sum: 12.5, max: 9, zeroThreshold: 0.001, packed: packed,
+                                                  attributes: [("peer", "p")])])
+            let request = try body.withUnsafeBytes { try OTLPDecoder().decode($0).get() }
+            #expect(request.refused.isEmpty)
+            let point = try #require(request.points.first)
+            #expect(point.shape == .exponentialHistogram && point.temporality == .delta && point.value == 12.5)
+            #expect(point.attributes.map { "\($0.key)=\($0.value)" } == ["peer=p"])
+            #expect(point.exponential == ExponentialBuckets(scale: -3, zeroCount: 4, zeroThreshold: 0.001, positiveOffset: -2,
+                                                            positive: [1, 0, 7], negativeOffset: 5, negative: [2], max: 9))
+        }
+    }
+
+    @Test("re-bucketing: each exponential bucket's count goes whole to the explicit bucket holding its upper boundary (or the max)")
+    func rebucket() {
+        // scale 0, base 2: (0.5, 1] → le 1; (1, 2] → le 2.5; (2, 4] straddles 2.5 → le 5; (4, 8] straddles 5 → le 10
+        let e = ExponentialBuckets(scale: 0, zeroCount: 6, positiveOffset: -1, positive: [1, 2, 3, 4], negativeOffset: 0, negative: [5])
+        // the zero bucket (threshold 0) and the negative bucket [-2, -1) go to le 1
+        #expect(OTLPInput.rebucket(e, into: bounds) == [12, 2, 3, 4, 0])
+        var clamped = e
+        clamped.max = 4.5  // no observation above 4.5: (4, 8]'s count belongs at or below le 5
+        #expect(OTLPInput.rebucket(clamped, into: bounds) == [12, 2, 7, 0, 0])
+        // scale 2: bucket 3 is (2^0.75, 2], its upper boundary exactly the bound 2; bucket 4 is above it
+        #expect(OTLPInput.rebucket(ExponentialBuckets(scale: 2, positiveOffset: 3, positive: [1, 1]), into: [2]) == [1, 1])
+        // scale -1, base 4: bucket 1 is (4, 16]; past every bound → +Inf
+        #expect(OTLPInput.rebucket(ExponentialBuckets(scale: -1, positiveOffset: 1, positive: [9]), into: bounds) == [0, 0, 0, 0, 9])
+        #expect(OTLPInput.rebucket(ExponentialBuckets(scale: 2, positive: [UInt64.max, 1]), into: bounds) == nil)  // both in le 2.5: overflow
+    }
+
+    @Test("a delta exponential point lands in the metric's explicit buckets: counts, count and sum exact")
+    func deltaIntoStore() throws {
+        var o = fed()
+        // scale 3: 0.7 is in bucket -5 (2^(-5/8), 2^(-4/8)] = (0.648, 0.707]; 45 in bucket 43 (41.5, 45.25]
+        var counts = [UInt64](repeating: 0, count: 49)
+        counts[0] = 1
+        counts[48] = 1
+        let outcome = try o.export(PB.request([PB.exponential("p2p.transfer.duration", temporality: 1, scale: 3,
+                                                              positive: (-5, counts), sum: 45.7)])).get()
+        #expect(outcome.rejectedPoints == 0)
+        let h = try buckets(o, "p2p_transfer_duration")  // the catalog's bounds: 0.707 → le 1, 45.25 → le 60
+        let catalog = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+        #expect(h.buckets == (0...catalog.count).map { $0 == 6 || $0 == 11 ? 1 : 0 })
+        #expect(h.count == 2)
+        #expect(abs(h.sum - 45.7) < 1e-9)
+    }
+
+    @Test("cumulative exponential points become deltas across a scale change (no reset, nothing counted twice); a new start time is a reset")
+    func cumulativeAcrossScales() throws {
+        var o = fed()
+        func export(start: UInt64, scale: Int64, _ positive: (Int64, [UInt64]), sum: Double) throws {
+            let outcome = try o.export(PB.request([PB.exponential("d", temporality: 2, start: start, scale: scale,
+                                                                  positive: (positive.0, positive.1), sum: sum)])).get()
+            #expect(outcome.rejectedPoints == 0)
+        }
+        // scale 1: 2 in (1, 1.414], 1 in (1.414, 2] → le 2.5
+        try export(start: 5, scale: 1, (0, [2, 1]), sum: 3.9)
+        #expect(try buckets(o, "d").buckets == [0, 3, 0, 0, 0])
+        // the SDK downscaled to 0: (1, 2] now holds 4 (one more), (4, 8] holds 2 (new) → le 2.5 +1, le 10 +2
+        try export(start: 5, scale: 0, (0, [4, 0, 2]), sum: 16.4)
+        var h = try buckets(o, "d")
+        #expect(h.buckets == [0, 4, 0, 2, 0])
+        #expect(h.count == 6)
+        #expect(abs(h.sum - 16.4) < 1e-9)
+        // restarted (new start time): its point counts whole
+        try export(start: 9, scale: 0, (0, [1]), sum: 1.5)
+        h = try buckets(o, "d")
+        #expect(h.buckets == [0, 5, 0, 2, 0])
+        #expect(abs(h.sum - 17.9) < 1e-9)
+        // a point whose scale went up compares at the coarser scale: (1, 1.414] at scale 1 is (1, 2] at 0
+        #expect(CumulativeStreams.difference(ExponentialBuckets(scale: 1, positive: [3, 0, 0, 2]),
+                                             ExponentialBuckets(scale: 0, positive: [2, 1]))
+                == ExponentialBuckets(scale: 0, positive: [1, 1]))
+        // a count that went down is a reset
+        #expect(CumulativeStreams.difference(ExponentialBuckets(positive: [1]), ExponentialBuckets(positive: [2])) == nil)
+        #expect(CumulativeStreams.difference(ExponentialBuckets(positiveOffset: 1, positive: [5]), ExponentialBuckets(positive: [2])) == nil)
+    }
+
+    @Test("without a sum each observation counts at its bucket's upper bound; negative and zero buckets count too")
+    func noSumAndNegatives() throws {
+        var o = fed()
+        _ = try o.export(PB.request([PB.exponential("n", temporality: 1, scale: 0, zeroCount: 2, positive: (1, [1]),
+                                                    negative: (0, [3]), sum: nil)])).get()
+        let h = try buckets(o, "n")
+        #expect(h.buckets == [5, 0, 1, 0, 0])  // zero and [-2, -1) → le 1; (2, 4] → le 5
+        #expect(h.count == 6)
+        #expect(h.sum == 5 * 1 + 5)
+    }
+
+    @Test("limits: more than 1,024 buckets a side, a scale outside -10...20, no temporality, overflowing counts: refused and counted")
+    func limits() throws {
+        var o = fed()
+        let tooMany = PB.exponential("l", temporality: 1, scale: 0, positive: (0, [UInt64](repeating: 1, count: 1_025)), sum: 1)
+        let badScale = PB.exponential("l", temporality: 1, scale: 21, positive: (0, [1]), sum: 1)
+        let unspecified = PB.exponential("l", temporality: 0, scale: 0, positive: (0, [1]), sum: 1)
+        let huge = PB.exponential("l", temporality: 1, scale: 0, positive: (0, [1 << 40]), sum: 1)
+        let good = PB.exponential("l", temporality: 1, scale: 0, positive: (0, [UInt64](repeating: 1, count: 1_024)), sum: 1)
+        let outcome = try o.export(PB.request([tooMany, badScale, unspecified, huge, good])).get()
+        #expect(outcome.rejectedPoints == 4)
+        #expect(o.otlp.statistics.rejected[.tooManyBuckets] == 1)
+        #expect(o.otlp.statistics.rejected[.badValue] == 3)
+        #expect(try buckets(o, "l").count == 1_024)
     }
 }

@@ -39,10 +39,10 @@ def post(port: int, body: bytes, content_type: str = "application/x-protobuf", e
     return result
 
 
-def run_exporter(port: int, instance: str, temporality: str, *steps: str) -> subprocess.Popen:
+def run_exporter(port: int, instance: str, temporality: str, *steps: str, **env_extra: str) -> subprocess.Popen:
     """One seed process; `instance` is its service.instance.id (the SDK draws a random one per
     process otherwise: a restarted process would be a new stream, not a reset of its old one)."""
-    env = dict(os.environ, OTEL_RESOURCE_ATTRIBUTES=f"service.name=seed,service.instance.id={instance}")
+    env = dict(os.environ, OTEL_RESOURCE_ATTRIBUTES=f"service.name=seed,service.instance.id={instance}", **env_extra)
     return subprocess.Popen([sys.executable, str(EXPORTER), f"http://127.0.0.1:{port}/v1/metrics", temporality, *steps],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
@@ -89,6 +89,30 @@ def test_otel_sdk_cumulative_and_delta_processes_with_a_restart_give_exact_total
     # The same series through text StatsD: one store, the counts add.
     otlp.send(b"p2p.image.imports.total:2|c|#artifact_type:image,status:success")
     assert otlp.wait_for("p2p_image_imports_total", 17, artifact_type="image", status="success") == 17
+
+
+def test_otel_sdk_exponential_histograms_land_in_the_catalogs_buckets_with_exact_counts_and_sum(otlp):
+    """`p2p.transfer.duration` exported by the real SDK as an exponential histogram (its default
+    ExponentialBucketHistogramAggregation) from a cumulative process — whose second export has
+    downscaled from scale 20 to 4 — and a delta one: re-bucketed into the catalog's explicit
+    bounds, every bucket count, the count and the sum exact; nothing counted twice across the
+    scale change."""
+    port = otlp.otlp_port
+    cumulative = run_exporter(port, "a", "cumulative", "duration:0.7", "flush", "duration:0.9", "duration:7", "duration:45",
+                              "flush", P2PM_HISTOGRAM="exponential")
+    delta = run_exporter(port, "b", "delta", "duration:700", "duration:0.3", "flush", P2PM_HISTOGRAM="exponential")
+    finish(cumulative)
+    finish(delta)
+    expected = {"0.25": 0, "0.5": 1, "1": 3, "5": 3, "10": 4, "30": 4, "60": 5, "600": 5, "+Inf": 6}
+    for le, count in expected.items():
+        assert otlp.value("p2p_transfer_duration_bucket", peer_type="seed", le=le) == count, le
+    assert otlp.value("p2p_transfer_duration_count", peer_type="seed") == 6
+    assert abs(otlp.value("p2p_transfer_duration_sum", peer_type="seed") - (0.7 + 0.9 + 7 + 45 + 700 + 0.3)) < 1e-9
+    for reason in ("unsupported_type", "bad_value", "bucket_mismatch", "too_many_buckets"):
+        assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason=reason) == 0, reason
+    assert otlp.value("p2pmetricsd_otlp_points_received_total") >= 3
+    text = otlp.scrape_text()
+    assert promtool_problems(text) == [] and problems(text, openmetrics=False) == []
 
 
 def test_a_restart_under_a_new_instance_id_is_a_new_stream_whose_counts_add(otlp):

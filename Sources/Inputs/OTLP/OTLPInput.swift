@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import P2PMetricsInputStatsD
 import P2PMetricsStore
 import P2PMetricsWire
@@ -6,7 +9,8 @@ import P2PMetricsWire
 /// sample records and counts the points it read and refused.
 ///
 /// Mapping: a monotonic Sum is a counter, a non-monotonic Sum a gauge (adds), a Gauge a gauge
-/// (sets). Delta points add; cumulative points go through `CumulativeStreams` first. Metric names
+/// (sets), a Histogram a histogram, an ExponentialHistogram a histogram with the metric's explicit
+/// bounds (re-bucketed, `rebucket`). Delta points add; cumulative points go through `CumulativeStreams` first. Metric names
 /// and attribute keys are sanitized as StatsD names and tags are (dots become underscores in the
 /// exposition); resource attributes are not labels.
 public struct OTLPInput: Sendable {
@@ -122,15 +126,17 @@ public struct OTLPInput: Sendable {
     }
 
     private mutating func samples(for point: OTLPNumberPoint, store: MetricStore) -> Result<Samples, OTLPPointRejection> {
-        guard point.shape == .histogram else {
+        switch point.shape {
+        case .histogram, .exponentialHistogram: return histogramSamples(for: point, store: store)
+        default:
             return sample(for: point, now: store.now).map { Samples(name: $0.name, labels: $0.labels, values: [($0.kind, $0.value, 1)]) }
         }
-        return histogramSamples(for: point, store: store)
     }
 
     /// A histogram point as weighted observations, one per non-empty bucket: each at a value inside
     /// its bucket, chosen so that value × count summed over the buckets is the point's sum (as
-    /// nearly as the buckets allow). Bounds must equal the metric's (configured, or its family's).
+    /// nearly as the buckets allow). The bounds are the metric's (configured, or its family's): an
+    /// explicit-bucket point's must equal them, an exponential point is re-bucketed into them.
     private mutating func histogramSamples(for point: OTLPNumberPoint, store: MetricStore) -> Result<Samples, OTLPPointRejection> {
         let name: String, labels: [(String, String)]
         switch Self.series(of: point, histogram: true) {
@@ -141,23 +147,68 @@ public struct OTLPInput: Sendable {
         let bounds = store.families.first { $0.name == exposed && $0.type == .histogram }?.buckets
             ?? store.configuration.metrics.first { Names.exposedName($0.name.utf8) == exposed }?.buckets
             ?? store.configuration.defaultBuckets
-        guard point.bounds == bounds else { return .failure(.bucketMismatch) }
-        guard let sum = point.value, sum.isFinite else { return .failure(.badValue) }
-        var counts = point.bucketCounts
-        var total = sum
-        switch point.temporality {
-        case .unspecified: return .failure(.badValue)
-        case .delta: break
-        case .cumulative:
-            guard let delta = streams.delta(stream: Self.streamKey(point), start: point.startTimeUnixNano, buckets: counts,
-                                            sum: sum, now: store.now) else { return .failure(.streamTableFull) }
-            (counts, total) = delta
+        if point.temporality == .unspecified { return .failure(.badValue) }
+        if let sum = point.value, !sum.isFinite { return .failure(.badValue) }
+        var counts: [UInt64]
+        var total: Double
+        if let exponential = point.exponential {
+            var buckets = exponential
+            var sum = point.value
+            if point.temporality == .cumulative {
+                guard let delta = streams.delta(stream: Self.streamKey(point), start: point.startTimeUnixNano, exponential: buckets,
+                                                sum: sum, now: store.now) else { return .failure(.streamTableFull) }
+                (buckets, sum) = delta
+            }
+            guard let rebucketed = Self.rebucket(buckets, into: bounds) else { return .failure(.badValue) }
+            counts = rebucketed
+            // Without a sum (the SDKs omit it once negative values were recorded), each
+            // observation counts at its bucket's upper bound.
+            total = sum ?? counts.indices.reduce(0) { $0 + Double(counts[$1]) * ($1 < bounds.count ? bounds[$1] : (bounds.last ?? 0).nextUp) }
+        } else {
+            guard point.bounds == bounds else { return .failure(.bucketMismatch) }
+            counts = point.bucketCounts
+            total = point.value ?? 0
+            if point.temporality == .cumulative {
+                guard let delta = streams.delta(stream: Self.streamKey(point), start: point.startTimeUnixNano, buckets: counts,
+                                                sum: total, now: store.now) else { return .failure(.streamTableFull) }
+                (counts, total) = delta
+            }
         }
         guard counts.allSatisfy({ $0 <= UInt64(UInt32.max) }) else { return .failure(.badValue) }
         let values = Self.representatives(counts: counts, bounds: bounds, sum: total)
         return .success(Samples(name: name, labels: labels, values: counts.indices.compactMap { i in
             counts[i] == 0 ? nil : (.histogramObserve, SampleValue(canonical: values[i]), UInt32(counts[i]))
         }))
+    }
+
+    /// An exponential histogram's counts re-bucketed into explicit `bounds` (bucket i is
+    /// (bounds[i-1], bounds[i]], the last one +Inf): every exponential bucket's count goes whole
+    /// into the explicit bucket that holds its upper boundary — base^(index+1) for a positive
+    /// bucket, −base^index for a negative one, the zero threshold for the zero bucket — or the
+    /// point's max when that is lower. Counts stay exact; an observation is never placed in a
+    /// bucket below its own (a bucket that straddles a bound counts in the upper one). nil when
+    /// the counts overflow.
+    static func rebucket(_ e: ExponentialBuckets, into bounds: [Double]) -> [UInt64]? {
+        var counts = [UInt64](repeating: 0, count: bounds.count + 1)
+        // 2^-scale is exact; exp2 of an integer (a power-of-two boundary) is exact too.
+        let step = Double(sign: .plus, exponent: -e.scale, significand: 1)
+        var overflow = false
+        func add(_ count: UInt64, at upper: Double) {
+            guard count > 0 else { return }
+            let value = e.max.map { Swift.min(upper, $0) } ?? upper
+            var low = 0, high = bounds.count  // first bound ≥ value, else the +Inf bucket
+            while low < high {
+                let mid = (low + high) / 2
+                if bounds[mid] >= value { high = mid } else { low = mid + 1 }
+            }
+            let (sum, o) = counts[low].addingReportingOverflow(count)
+            counts[low] = sum
+            overflow = overflow || o
+        }
+        add(e.zeroCount, at: e.zeroThreshold)
+        for (i, count) in e.positive.enumerated() { add(count, at: exp2(Double(e.positiveOffset + i + 1) * step)) }
+        for (i, count) in e.negative.enumerated() { add(count, at: -exp2(Double(e.negativeOffset + i) * step)) }
+        return overflow ? nil : counts
     }
 
     /// A value inside each bucket (bucket i is (bounds[i-1], bounds[i]]) such that Σ counts[i] ×
@@ -209,7 +260,7 @@ public struct OTLPInput: Sendable {
         let kind: SampleKind
         var amount = value
         switch (point.shape, point.temporality) {
-        case (.histogram, _):
+        case (.histogram, _), (.exponentialHistogram, _):
             return .failure(.unsupportedType)  // histograms go through histogramSamples
         case (.gauge, _):
             kind = .gaugeSet
