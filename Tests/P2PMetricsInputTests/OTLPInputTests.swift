@@ -395,15 +395,40 @@ extension PB {
         // scale 0, base 2: (0.5, 1] → le 1; (1, 2] → le 2.5; (2, 4] straddles 2.5 → le 5; (4, 8] straddles 5 → le 10
         let e = ExponentialBuckets(scale: 0, zeroCount: 6, positiveOffset: -1, positive: [1, 2, 3, 4], negativeOffset: 0, negative: [5])
         // the zero bucket (threshold 0) and the negative bucket [-2, -1) go to le 1
-        #expect(OTLPInput.rebucket(e, into: bounds) == [12, 2, 3, 4, 0])
+        let r = OTLPInput.rebucket(e, into: bounds)
+        #expect(r?.counts == [12, 2, 3, 4, 0])
+        #expect(r?.straddlers == [.init(count: 3, upper: 2, lowest: 1), .init(count: 4, upper: 3, lowest: 2)])
         var clamped = e
         clamped.max = 4.5  // no observation above 4.5: (4, 8]'s count belongs at or below le 5
-        #expect(OTLPInput.rebucket(clamped, into: bounds) == [12, 2, 7, 0, 0])
+        #expect(OTLPInput.rebucket(clamped, into: bounds)?.counts == [12, 2, 7, 0, 0])
         // scale 2: bucket 3 is (2^0.75, 2], its upper boundary exactly the bound 2; bucket 4 is above it
-        #expect(OTLPInput.rebucket(ExponentialBuckets(scale: 2, positiveOffset: 3, positive: [1, 1]), into: [2]) == [1, 1])
+        let exact = OTLPInput.rebucket(ExponentialBuckets(scale: 2, positiveOffset: 3, positive: [1, 1]), into: [2])
+        #expect(exact?.counts == [1, 1] && exact?.straddlers == [])
         // scale -1, base 4: bucket 1 is (4, 16]; past every bound → +Inf
-        #expect(OTLPInput.rebucket(ExponentialBuckets(scale: -1, positiveOffset: 1, positive: [9]), into: bounds) == [0, 0, 0, 0, 9])
+        #expect(OTLPInput.rebucket(ExponentialBuckets(scale: -1, positiveOffset: 1, positive: [9]), into: bounds)?.counts == [0, 0, 0, 0, 9])
         #expect(OTLPInput.rebucket(ExponentialBuckets(scale: 2, positive: [UInt64.max, 1]), into: bounds) == nil)  // both in le 2.5: overflow
+    }
+
+    @Test("a sum the straddling buckets cannot reach moves just enough of them one explicit bucket down: counts and sum exact")
+    func straddlersFitTheSum() throws {
+        // scale 0: 2.2 and 2.3 are in (2, 4], which straddles 2.5: counted in (2.5, 5], where two
+        // values sum to more than 5 — a sum of 4.5 needs one of them in (1, 2.5]
+        var o = fed()
+        _ = try o.export(PB.request([PB.exponential("s", temporality: 1, scale: 0, positive: (1, [2]), sum: 4.5)])).get()
+        var h = try buckets(o, "s")
+        #expect(h.buckets == [0, 1, 1, 0, 0] && h.count == 2)
+        #expect(abs(h.sum - 4.5) < 1e-9)
+        // 2.2, 2.3 and 2.4 (sum 6.9): still one move (7.5 − 2.5 + 1 = 6)
+        _ = try o.export(PB.request([PB.exponential("s", temporality: 1, scale: 0, positive: (1, [3]), sum: 6.9)])).get()
+        h = try buckets(o, "s")
+        #expect(h.buckets == [0, 2, 3, 0, 0] && h.count == 5)
+        #expect(abs(h.sum - 11.4) < 1e-9)
+        // 3 and 3.5: reachable where they are, nothing moves
+        _ = try o.export(PB.request([PB.exponential("s", temporality: 1, scale: 0, positive: (1, [2]), sum: 6.5)])).get()
+        #expect(try buckets(o, "s").buckets == [0, 2, 5, 0, 0])
+        // one observation of 0.3 in (0.25, 0.5] below the first bound, counted at le 1: reachable (bucket 0 has no floor)
+        _ = try o.export(PB.request([PB.exponential("s", temporality: 1, scale: 0, positive: (-2, [1]), sum: 0.3)])).get()
+        #expect(try buckets(o, "s").buckets == [1, 2, 5, 0, 0])
     }
 
     @Test("a delta exponential point lands in the metric's explicit buckets: counts, count and sum exact")

@@ -210,6 +210,35 @@ def test_otlp_json_maps_like_protobuf(otlp):
     assert status == 400
 
 
+def test_otlp_json_exponential_histogram_maps_like_protobuf(otlp):
+    """An ExponentialHistogram in OTLP/JSON (zeroCount and bucketCounts as strings, scale and
+    offsets as numbers): re-bucketed into the catalog's bounds like a protobuf one; a scale
+    outside -10...20 is a refused point."""
+    import json
+
+    def request(scale: int) -> bytes:
+        # scale -1 (base 4): zero bucket ×1; positive offset -1: (0.25, 1] ×2, (1, 4] ×1, (4, 16] ×1;
+        # negative offset 0: [-4, -1) ×1; max 9 — into the catalog's bounds: le 0.01 (0, −1), le 1, le 5, le 10 (9, not 16)
+        return json.dumps({"resourceMetrics": [{"scopeMetrics": [{"metrics": [{
+            "name": "p2p.transfer.duration", "exponentialHistogram": {"aggregationTemporality": 1, "dataPoints": [{
+                "attributes": [{"key": "peer_type", "value": {"stringValue": "json"}}],
+                "startTimeUnixNano": "1000", "timeUnixNano": "2000", "count": "6", "sum": 11.5, "scale": scale,
+                "zeroCount": "1", "positive": {"offset": -1, "bucketCounts": ["2", "1", "1"]},
+                "negative": {"offset": 0, "bucketCounts": ["1"]}, "min": -2, "max": 9}]}}]}]}]}).encode()
+
+    status, body = post(otlp.otlp_port, request(-1), content_type="application/json")
+    assert status == 200 and json.loads(body) == {}
+    expected = {"0.01": 2, "0.5": 2, "1": 4, "2.5": 4, "5": 5, "10": 6, "+Inf": 6}
+    for le, count in expected.items():
+        assert otlp.value("p2p_transfer_duration_bucket", peer_type="json", le=le) == count, le
+    assert otlp.value("p2p_transfer_duration_count", peer_type="json") == 6
+    assert abs(otlp.value("p2p_transfer_duration_sum", peer_type="json") - 11.5) < 1e-9
+    status, body = post(otlp.otlp_port, request(21), content_type="application/json")
+    assert status == 200 and json.loads(body)["partialSuccess"]["rejectedDataPoints"] == "1"
+    assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason="bad_value") == 1
+    assert otlp.value("p2p_transfer_duration_count", peer_type="json") == 6
+
+
 def test_a_stalled_export_body_times_out_and_never_holds_up_datagrams(tmp_path):
     """A client that announces a body and sends a little of it: datagrams keep applying meanwhile,
     the request ends with 408 after the request timeout, and the receiver still answers."""

@@ -160,10 +160,15 @@ public struct OTLPInput: Sendable {
                 (buckets, sum) = delta
             }
             guard let rebucketed = Self.rebucket(buckets, into: bounds) else { return .failure(.badValue) }
-            counts = rebucketed
-            // Without a sum (the SDKs omit it once negative values were recorded), each
-            // observation counts at its bucket's upper bound.
-            total = sum ?? counts.indices.reduce(0) { $0 + Double(counts[$1]) * ($1 < bounds.count ? bounds[$1] : (bounds.last ?? 0).nextUp) }
+            counts = rebucketed.counts
+            if let sum {
+                Self.fitSum(&counts, rebucketed.straddlers, bounds: bounds, sum: sum)
+                total = sum
+            } else {
+                // Without a sum (the SDKs omit it once negative values were recorded), each
+                // observation counts at its bucket's upper bound.
+                total = counts.indices.reduce(0) { $0 + Double(counts[$1]) * ($1 < bounds.count ? bounds[$1] : (bounds.last ?? 0).nextUp) }
+            }
         } else {
             guard point.bounds == bounds else { return .failure(.bucketMismatch) }
             counts = point.bucketCounts
@@ -181,34 +186,80 @@ public struct OTLPInput: Sendable {
         }))
     }
 
+    /// Observations of one exponential bucket that straddles explicit bounds: counted in explicit
+    /// bucket `upper`, they may belong as low as `lowest`.
+    struct Straddler: Equatable {
+        var count: UInt64
+        var upper: Int
+        var lowest: Int
+    }
+
     /// An exponential histogram's counts re-bucketed into explicit `bounds` (bucket i is
     /// (bounds[i-1], bounds[i]], the last one +Inf): every exponential bucket's count goes whole
     /// into the explicit bucket that holds its upper boundary — base^(index+1) for a positive
     /// bucket, −base^index for a negative one, the zero threshold for the zero bucket — or the
     /// point's max when that is lower. Counts stay exact; an observation is never placed in a
-    /// bucket below its own (a bucket that straddles a bound counts in the upper one). nil when
-    /// the counts overflow.
-    static func rebucket(_ e: ExponentialBuckets, into bounds: [Double]) -> [UInt64]? {
+    /// bucket below its own (a bucket that straddles a bound counts in the upper one, and is
+    /// listed in `straddlers` for `fitSum`). nil when the counts overflow.
+    static func rebucket(_ e: ExponentialBuckets, into bounds: [Double]) -> (counts: [UInt64], straddlers: [Straddler])? {
         var counts = [UInt64](repeating: 0, count: bounds.count + 1)
+        var straddlers: [Straddler] = []
         // 2^-scale is exact; exp2 of an integer (a power-of-two boundary) is exact too.
         let step = Double(sign: .plus, exponent: -e.scale, significand: 1)
         var overflow = false
-        func add(_ count: UInt64, at upper: Double) {
-            guard count > 0 else { return }
-            let value = e.max.map { Swift.min(upper, $0) } ?? upper
-            var low = 0, high = bounds.count  // first bound ≥ value, else the +Inf bucket
+        /// The first explicit bucket whose bound is ≥ `value` (> when `exclusive`), else +Inf's.
+        func bucket(_ value: Double, exclusive: Bool = false) -> Int {
+            var low = 0, high = bounds.count
             while low < high {
                 let mid = (low + high) / 2
-                if bounds[mid] >= value { high = mid } else { low = mid + 1 }
+                if exclusive ? bounds[mid] > value : bounds[mid] >= value { high = mid } else { low = mid + 1 }
             }
-            let (sum, o) = counts[low].addingReportingOverflow(count)
-            counts[low] = sum
-            overflow = overflow || o
+            return low
         }
-        add(e.zeroCount, at: e.zeroThreshold)
-        for (i, count) in e.positive.enumerated() { add(count, at: exp2(Double(e.positiveOffset + i + 1) * step)) }
-        for (i, count) in e.negative.enumerated() { add(count, at: -exp2(Double(e.negativeOffset + i) * step)) }
-        return overflow ? nil : counts
+        /// `count` observations in (lower, upper] (or [lower, upper] when `closed`).
+        func add(_ count: UInt64, lower: Double, upper: Double, closed: Bool = false) {
+            guard count > 0 else { return }
+            let at = bucket(e.max.map { Swift.min(upper, $0) } ?? upper)
+            let (sum, o) = counts[at].addingReportingOverflow(count)
+            counts[at] = sum
+            overflow = overflow || o
+            let lowest = Swift.min(bucket(lower, exclusive: !closed), at)
+            if lowest < at { straddlers.append(Straddler(count: count, upper: at, lowest: lowest)) }
+        }
+        add(e.zeroCount, lower: -e.zeroThreshold, upper: e.zeroThreshold, closed: true)
+        for (i, count) in e.positive.enumerated() {
+            let index = Double(e.positiveOffset + i)
+            add(count, lower: exp2(index * step), upper: exp2((index + 1) * step))
+        }
+        for (i, count) in e.negative.enumerated() {
+            let index = Double(e.negativeOffset + i)
+            add(count, lower: -exp2((index + 1) * step), upper: -exp2(index * step), closed: true)
+        }
+        return overflow ? nil : (counts, straddlers)
+    }
+
+    /// Moves straddling observations down, one explicit bucket at a time, only as far as needed
+    /// for `sum` to be reachable with every observation inside its bucket (when the counts'
+    /// lowest possible sum is above it). Each stays in an explicit bucket its exponential bucket
+    /// overlaps; moving a group one bucket down never takes the highest reachable sum below `sum`.
+    static func fitSum(_ counts: inout [UInt64], _ straddlers: [Straddler], bounds: [Double], sum: Double) {
+        /// The lowest value an observation in explicit bucket i can have.
+        func floor(_ i: Int) -> Double { i == 0 ? -.infinity : bounds[i - 1] }
+        var deficit = counts.indices.reduce(0.0) { $0 + (counts[$1] == 0 ? 0 : Double(counts[$1]) * floor($1)) } - sum
+        for s in straddlers where deficit > 0 {
+            var group = s.count
+            var at = s.upper
+            while deficit > 0, at > s.lowest {
+                let gain = floor(at) - floor(at - 1)
+                let needed = (deficit / gain).rounded(.up)
+                let moved = gain.isInfinite ? 1 : needed < Double(group) ? UInt64(needed) : group
+                counts[at] -= moved
+                counts[at - 1] += moved
+                deficit -= Double(moved) * gain
+                group = moved
+                at -= 1
+            }
+        }
     }
 
     /// A value inside each bucket (bucket i is (bounds[i-1], bounds[i]]) such that Σ counts[i] ×
