@@ -57,9 +57,10 @@ enum PB {
         return string(1, name) + bytes(9, bytes(1, p) + varint(2, temporality))
     }
 
-    /// ExportMetricsServiceRequest with one ResourceMetrics (resource attribute service.name) and one scope.
-    static func request(service: String = "a", _ metrics: [[UInt8]]) -> [UInt8] {
-        let resource = bytes(1, string(1, "service.name") + bytes(2, string(1, service)))
+    /// ExportMetricsServiceRequest with one ResourceMetrics (resource attribute service.name, and
+    /// `resource` — KeyValues as `bytes(1, …)`) and one scope.
+    static func request(service: String = "a", resource extra: [UInt8] = [], _ metrics: [[UInt8]]) -> [UInt8] {
+        let resource = bytes(1, bytes(1, string(1, "service.name") + bytes(2, string(1, service))) + extra)
         let scope = bytes(1, string(1, "seed"))
         return bytes(1, resource + bytes(2, scope + metrics.flatMap { bytes(2, $0) }))
     }
@@ -503,5 +504,41 @@ extension PB {
         #expect(o.otlp.statistics.rejected[.tooManyBuckets] == 1)
         #expect(o.otlp.statistics.rejected[.badValue] == 3)
         #expect(try buckets(o, "l").count == 1_024)
+    }
+}
+
+@Suite struct OTLPResourceLabelTests {
+    func kv(_ key: String, _ value: String) -> [UInt8] { PB.bytes(1, PB.string(1, key) + PB.bytes(2, PB.string(1, value))) }
+
+    @Test("no resource attribute is a label by default; selected ones are, sanitized, in their configured order; a point attribute wins a clash")
+    func selected() throws {
+        let host = kv("host.name", "node-1") + kv("deployment.environment", "prod")
+        let body = PB.request(service: "seed", resource: host, [PB.gauge("g", [PB.point(1, attributes: [("peer", "p")])]),
+                                                                PB.gauge("h", [PB.point(2, attributes: [("host_name", "mine")])])])
+        var o = OTLPFed()
+        _ = try o.export(body).get()
+        #expect(o.value("g", ["peer": "p"]) == 1)  // default: resource attributes are not labels
+        o = OTLPFed()
+        o.otlp.decoder.resourceAttributes = ["service.name", "host.name", "cloud.region"]  // cloud.region absent: no label
+        let request = try body.withUnsafeBytes { try o.otlp.decoder.decode($0).get() }
+        #expect(request.points[0].resourceAttributes.map { "\($0.key)=\($0.value)" } == ["service.name=seed", "host.name=node-1"])
+        _ = try o.export(body).get()
+        #expect(o.value("g", ["service_name": "seed", "host_name": "node-1", "peer": "p"]) == 1)
+        #expect(o.value("h", ["service_name": "seed", "host_name": "mine"]) == 2)
+    }
+
+    @Test("a selected resource attribute that cannot be a label refuses its resource's points; 16 labels in all at most")
+    func limits() throws {
+        var o = OTLPFed()
+        o.otlp.decoder.resourceAttributes = ["service.name", "tags"]
+        let array = PB.bytes(1, PB.string(1, "tags") + PB.bytes(2, PB.bytes(5, [])))
+        var outcome = try o.export(PB.request(resource: array, [PB.gauge("g", [PB.point(1), PB.point(2)])])).get()
+        #expect(outcome.rejectedPoints == 2 && o.otlp.statistics.rejected[.badAttribute] == 2)
+        #expect(o.fed.store.families.first { $0.name == "g" } == nil)
+        let fifteen = (0..<15).map { ("k\($0)", "v") }
+        outcome = try o.export(PB.request([PB.gauge("g", [PB.point(1, attributes: fifteen)])])).get()  // 1 + 15 = 16
+        #expect(outcome.rejectedPoints == 0)
+        outcome = try o.export(PB.request([PB.gauge("g", [PB.point(1, attributes: fifteen + [("k15", "v")])])])).get()
+        #expect(outcome.rejectedPoints == 1 && o.otlp.statistics.rejected[.tooManyAttributes] == 1)
     }
 }

@@ -42,7 +42,8 @@ def post(port: int, body: bytes, content_type: str = "application/x-protobuf", e
 def run_exporter(port: int, instance: str, temporality: str, *steps: str, **env_extra: str) -> subprocess.Popen:
     """One seed process; `instance` is its service.instance.id (the SDK draws a random one per
     process otherwise: a restarted process would be a new stream, not a reset of its old one)."""
-    env = dict(os.environ, OTEL_RESOURCE_ATTRIBUTES=f"service.name=seed,service.instance.id={instance}", **env_extra)
+    env = dict(os.environ, OTEL_RESOURCE_ATTRIBUTES=f"service.name=seed,service.instance.id={instance}")
+    env.update(env_extra)
     return subprocess.Popen([sys.executable, str(EXPORTER), f"http://127.0.0.1:{port}/v1/metrics", temporality, *steps],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
@@ -113,6 +114,48 @@ def test_otel_sdk_exponential_histograms_land_in_the_catalogs_buckets_with_exact
     assert otlp.value("p2pmetricsd_otlp_points_received_total") >= 3
     text = otlp.scrape_text()
     assert promtool_problems(text) == [] and problems(text, openmetrics=False) == []
+
+
+def test_selected_resource_attributes_become_labels_through_the_real_sdk(tmp_path):
+    """`otlp_resource_labels: ["service.name", "host.name"]`: the SDK's Resource (from
+    OTEL_RESOURCE_ATTRIBUTES) labels every series of the process as `service_name`, `host_name`;
+    other resource attributes (`service.instance.id`) stay out. Two hosts, two series, exact
+    totals. A SIGHUP with another list keeps the running one until a restart, and says so."""
+    import json
+    import signal
+    import time
+
+    config = tmp_path / "p2pmetricsd.json"
+    config.write_text(json.dumps({"otlp_resource_labels": ["service.name", "host.name"]}))
+    port = free_port()
+    d = start_daemon(tmp_path, "--config", str(config), "--otlp", f"127.0.0.1:{port}")
+    try:
+        def attributes(host: str) -> str:
+            return f"service.name=seed,service.instance.id={host}-1,host.name={host}"
+
+        one = run_exporter(port, "x", "cumulative", "imports:2:image:success", "flush", "imports:1:image:success", "flush",
+                           OTEL_RESOURCE_ATTRIBUTES=attributes("node-1"))
+        two = run_exporter(port, "x", "delta", "imports:5:image:success", "duration:0.7", "flush",
+                           OTEL_RESOURCE_ATTRIBUTES=attributes("node-2"))
+        finish(one)
+        finish(two)
+        labels = {"artifact_type": "image", "status": "success", "service_name": "seed"}
+        assert d.value("p2p_image_imports_total", host_name="node-1", **labels) == 3
+        assert d.value("p2p_image_imports_total", host_name="node-2", **labels) == 5
+        assert d.value("p2p_transfer_duration_count", host_name="node-2", service_name="seed", peer_type="seed") == 1
+        assert "service_instance_id" not in d.scrape_text()
+        assert d.value("p2p_image_imports_total", artifact_type="image", status="success") is None  # no unlabelled series
+
+        config.write_text(json.dumps({"otlp_resource_labels": ["service.name"]}))
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "kept until a restart: otlp_resource_labels" not in d.log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "kept until a restart: otlp_resource_labels" in d.log_path.read_text()
+        finish(run_exporter(port, "x", "delta", "imports:4:image:success", "flush", OTEL_RESOURCE_ATTRIBUTES=attributes("node-1")))
+        assert d.value("p2p_image_imports_total", host_name="node-1", **labels) == 7
+    finally:
+        assert d.stop() == 0
 
 
 def test_a_restart_under_a_new_instance_id_is_a_new_stream_whose_counts_add(otlp):

@@ -51,6 +51,9 @@ public struct OTLPNumberPoint: Sendable {
     public var temporality: OTLPTemporality
     /// The point's attributes as label pairs (keys not sanitized), values rendered as text.
     public var attributes: [(key: String, value: String)]
+    /// The attributes of the point's Resource that `OTLPDecoder.resourceAttributes` selects, in
+    /// that order (keys not sanitized).
+    public var resourceAttributes: [(key: String, value: String)] = []
     /// A digest of the encoded Resource and InstrumentationScope the point came with: the rest of
     /// its stream identity.
     public var origin: [UInt8]
@@ -106,9 +109,13 @@ public struct OTLPRequest: Sendable {
 /// attribute sizes are bounded.
 public struct OTLPDecoder: Sendable {
     public var maxPointsPerRequest: Int
+    /// The resource attributes whose values become labels of every point of their resource
+    /// (`otlp_resource_labels`); none by default.
+    public var resourceAttributes: [String]
 
-    public init(maxPointsPerRequest: Int = 10_000) {
+    public init(maxPointsPerRequest: Int = 10_000, resourceAttributes: [String] = []) {
         self.maxPointsPerRequest = maxPointsPerRequest
+        self.resourceAttributes = resourceAttributes
     }
 
     public func decode(_ bytes: UnsafeRawBufferPointer) -> Result<OTLPRequest, OTLPDecodeError> {
@@ -139,14 +146,56 @@ public struct OTLPDecoder: Sendable {
                 return OTLPDecodeError("malformed resource_metrics")
             }
         }
+        let labels: Result<[(key: String, value: String)], OTLPPointRejection>
+        switch selectedAttributes(bytes, resource) {
+        case nil: return OTLPDecodeError("malformed resource")
+        case .some(let selected): labels = selected
+        }
         for scope in scopes {
-            if let error = decodeScopeMetrics(bytes, scope, resource: resource, into: &request) { return error }
+            if let error = decodeScopeMetrics(bytes, scope, resource: resource, labels: labels, into: &request) { return error }
         }
         return nil
     }
 
+    /// The Resource's attributes (field 1) that `resourceAttributes` selects, in its order: nil
+    /// when malformed, a refusal when a selected one cannot be a label (all the resource's points
+    /// are refused with it). Attributes not selected are not read.
+    private func selectedAttributes(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>)
+        -> Result<[(key: String, value: String)], OTLPPointRejection>? {
+        guard !resourceAttributes.isEmpty else { return .success([]) }
+        var found: [String: String] = [:]
+        var refusal: OTLPPointRejection?
+        var reader = ProtobufReader(bytes, range: range)
+        while !reader.isAtEnd {
+            guard let (field, wire) = reader.readKey() else { return nil }
+            guard field == 1 && wire == 2 else {
+                guard reader.skip(wire) else { return nil }
+                continue
+            }
+            guard let kv = reader.readLengthDelimited() else { return nil }
+            var inner = ProtobufReader(bytes, range: kv)
+            var key: String?
+            while !inner.isAtEnd, key == nil {
+                guard let (f, w) = inner.readKey() else { return nil }
+                if f == 1 && w == 2 {
+                    guard let r = inner.readLengthDelimited() else { return nil }
+                    key = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[r]), as: UTF8.self)
+                } else if !inner.skip(w) {
+                    return nil
+                }
+            }
+            guard let key, resourceAttributes.contains(key) else { continue }
+            var pairs: [(key: String, value: String)] = []
+            guard Self.addAttribute(bytes, kv, to: &pairs, refusal: &refusal) else { return nil }
+            if let pair = pairs.first { found[pair.key] = pair.value }
+        }
+        if let refusal { return .failure(refusal) }
+        return .success(resourceAttributes.compactMap { key in found[key].map { (key, $0) } })
+    }
+
     private func decodeScopeMetrics(
-        _ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, resource: Range<Int>, into request: inout OTLPRequest
+        _ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, resource: Range<Int>,
+        labels: Result<[(key: String, value: String)], OTLPPointRejection>, into request: inout OTLPRequest
     ) -> OTLPDecodeError? {
         var scope: Range<Int> = range.lowerBound..<range.lowerBound
         var metrics: [Range<Int>] = []
@@ -169,13 +218,14 @@ public struct OTLPDecoder: Sendable {
             hasher.combine(scope.count)
         }
         for metric in metrics {
-            if let error = decodeMetric(bytes, metric, origin: origin, into: &request) { return error }
+            if let error = decodeMetric(bytes, metric, origin: origin, resourceLabels: labels, into: &request) { return error }
         }
         return nil
     }
 
     private func decodeMetric(
-        _ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, origin: [UInt8], into request: inout OTLPRequest
+        _ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, origin: [UInt8],
+        resourceLabels: Result<[(key: String, value: String)], OTLPPointRejection>, into request: inout OTLPRequest
     ) -> OTLPDecodeError? {
         var name = ""
         var data: (field: UInt64, range: Range<Int>)?
@@ -243,10 +293,14 @@ public struct OTLPDecoder: Sendable {
             case .failure(.decode(let error)): return error
             case .failure(.refused(let reason)): request.refused.append(reason)
             case .success(let decoded):
+                guard case .success(let resourceAttributes) = resourceLabels else {
+                    if case .failure(let reason) = resourceLabels { request.refused.append(reason) }
+                    continue
+                }
                 request.points.append(OTLPNumberPoint(
                     metric: name, shape: shape,
                     temporality: shape == .gauge ? .unspecified : OTLPTemporality(rawValue: temporality) ?? .unspecified,
-                    attributes: decoded.attributes, origin: origin,
+                    attributes: decoded.attributes, resourceAttributes: resourceAttributes, origin: origin,
                     startTimeUnixNano: decoded.start, timeUnixNano: decoded.time, value: decoded.value,
                     bucketCounts: decoded.buckets, bounds: decoded.bounds, exponential: decoded.exponential))
             }

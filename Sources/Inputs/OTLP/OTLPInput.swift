@@ -12,7 +12,7 @@ import P2PMetricsWire
 /// (sets), a Histogram a histogram, an ExponentialHistogram a histogram with the metric's explicit
 /// bounds (re-bucketed, `rebucket`). Delta points add; cumulative points go through `CumulativeStreams` first. Metric names
 /// and attribute keys are sanitized as StatsD names and tags are (dots become underscores in the
-/// exposition); resource attributes are not labels.
+/// exposition); resource attributes are labels only when the decoder selects them.
 public struct OTLPInput: Sendable {
     /// What this input counted, exposed as the `p2pmetricsd_otlp_*` self-metrics.
     public private(set) var statistics = OTLPInputStatistics()
@@ -282,21 +282,28 @@ public struct OTLPInput: Sendable {
         return values
     }
 
-    /// The point's metric name and labels, sanitized as StatsD names and tags are; the last of
-    /// attribute keys that sanitize alike wins, as with StatsD tags.
+    /// The point's metric name and labels, sanitized as StatsD names and tags are: the selected
+    /// resource attributes first, then the point's attributes; the last of keys that sanitize
+    /// alike wins (a point attribute over a resource one), as with StatsD tags. At most
+    /// `OTLPDecoder.maxAttributesPerPoint` labels in all.
     private static func series(of point: OTLPNumberPoint, histogram: Bool) -> Result<(String, [(String, String)]), OTLPPointRejection> {
         guard let name = Array(point.metric.utf8).withUnsafeBytes({ StatsDTranscoder.sanitizedName($0[...]) }) else {
             return .failure(.badName)
         }
         var labels: [(String, String)] = []
-        for (key, value) in point.attributes {
-            guard let label = Array(key.utf8).withUnsafeBytes({ StatsDTranscoder.sanitizedLabelName($0[...], histogram: histogram) }) else {
-                return .failure(.badAttribute)
-            }
+        for (key, value) in point.resourceAttributes + point.attributes {
+            guard let label = labelName(forAttribute: key, histogram: histogram) else { return .failure(.badAttribute) }
             labels.removeAll { $0.0 == label }
             labels.append((label, value))
         }
+        guard labels.count <= OTLPDecoder.maxAttributesPerPoint else { return .failure(.tooManyAttributes) }
         return .success((name, labels))
+    }
+
+    /// The label an attribute key becomes (`service.name` → `service_name`, as StatsD tags are
+    /// sanitized); nil when it cannot be one.
+    public static func labelName(forAttribute key: String, histogram: Bool = false) -> String? {
+        Array(key.utf8).withUnsafeBytes { StatsDTranscoder.sanitizedLabelName($0[...], histogram: histogram) }
     }
 
     private typealias Sample = (kind: SampleKind, name: String, labels: [(String, String)], value: SampleValue)
