@@ -491,7 +491,7 @@ extension PB {
         #expect(h.sum == 5 * 1 + 5)
     }
 
-    @Test("limits: more than 1,024 buckets a side, a scale outside -10...20, no temporality, overflowing counts: refused and counted")
+    @Test("limits: more than 1,024 buckets a side or 2,097,152 a request, a scale outside -10...20, no temporality, overflowing counts: refused and counted")
     func limits() throws {
         var o = fed()
         let tooMany = PB.exponential("l", temporality: 1, scale: 0, positive: (0, [UInt64](repeating: 1, count: 1_025)), sum: 1)
@@ -504,6 +504,14 @@ extension PB {
         #expect(o.otlp.statistics.rejected[.tooManyBuckets] == 1)
         #expect(o.otlp.statistics.rejected[.badValue] == 3)
         #expect(try buckets(o, "l").count == 1_024)
+        // 2,050 points of 1,024 + 1,024 buckets: those past the request's 2,097,152 buckets are refused
+        let full = PB.exponential("m", temporality: 1, scale: 0, positive: (0, [UInt64](repeating: 0, count: 1_024)),
+                                  negative: (0, [UInt64](repeating: 0, count: 1_024)), sum: 0)
+        var points: [[UInt8]] = []
+        for _ in 0..<1_025 { points.append(full) }
+        let request = try PB.request(points + points).withUnsafeBytes { try OTLPDecoder().decode($0).get() }
+        #expect(request.points.count == 1_024 && request.refused == Array(repeating: .tooManyBuckets, count: 1_026))
+        #expect(request.exponentialBuckets == OTLPDecoder.maxExponentialBucketsPerRequest)
     }
 }
 

@@ -26,7 +26,8 @@ public enum OTLPPointRejection: String, Error, Sendable, CaseIterable {
     case tooManyPoints = "too_many_points"
     /// A histogram point whose explicit bounds differ from its metric's (configured or first seen).
     case bucketMismatch = "bucket_mismatch"
-    /// An exponential histogram point with more than `OTLPDecoder.maxExponentialBuckets` buckets on a side.
+    /// An exponential histogram point with more than `OTLPDecoder.maxExponentialBuckets` buckets on a
+    /// side, or past `OTLPDecoder.maxExponentialBucketsPerRequest` in its request.
     case tooManyBuckets = "too_many_buckets"
     /// A new cumulative stream while the stream table is full.
     case streamTableFull = "stream_table_full"
@@ -99,6 +100,8 @@ public struct ExponentialBuckets: Sendable, Equatable {
 public struct OTLPRequest: Sendable {
     public var points: [OTLPNumberPoint] = []
     public var refused: [OTLPPointRejection] = []
+    /// Exponential histogram buckets the accepted points carry.
+    public var exponentialBuckets = 0
 }
 
 /// A hand-written decoder of the subset of OTLP metrics the sidecar maps (opentelemetry-proto
@@ -293,10 +296,16 @@ public struct OTLPDecoder: Sendable {
             case .failure(.decode(let error)): return error
             case .failure(.refused(let reason)): request.refused.append(reason)
             case .success(let decoded):
+                let buckets = decoded.exponential.map { $0.positive.count + $0.negative.count } ?? 0
+                guard request.exponentialBuckets + buckets <= Self.maxExponentialBucketsPerRequest else {
+                    request.refused.append(.tooManyBuckets)
+                    continue
+                }
                 guard case .success(let resourceAttributes) = resourceLabels else {
                     if case .failure(let reason) = resourceLabels { request.refused.append(reason) }
                     continue
                 }
+                request.exponentialBuckets += buckets
                 request.points.append(OTLPNumberPoint(
                     metric: name, shape: shape,
                     temporality: shape == .gauge ? .unspecified : OTLPTemporality(rawValue: temporality) ?? .unspecified,
@@ -405,6 +414,10 @@ public struct OTLPDecoder: Sendable {
     /// Most buckets one side (positive or negative) of an exponential histogram point may carry
     /// (the SDKs' default is 160).
     public static let maxExponentialBuckets = 1_024
+    /// Most exponential histogram buckets one request may carry (as many as the explicit-bucket
+    /// histograms of the largest body can): bounds the decoded request's memory (16 MiB) and the
+    /// time re-bucketing takes.
+    public static let maxExponentialBucketsPerRequest = 1 << 21
     /// The scales the OpenTelemetry specification defines for exponential histograms.
     public static let exponentialScales = -10...20
 

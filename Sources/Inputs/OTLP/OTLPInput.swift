@@ -204,38 +204,79 @@ public struct OTLPInput: Sendable {
     static func rebucket(_ e: ExponentialBuckets, into bounds: [Double]) -> (counts: [UInt64], straddlers: [Straddler])? {
         var counts = [UInt64](repeating: 0, count: bounds.count + 1)
         var straddlers: [Straddler] = []
-        // 2^-scale is exact; exp2 of an integer (a power-of-two boundary) is exact too.
-        let step = Double(sign: .plus, exponent: -e.scale, significand: 1)
         var overflow = false
-        /// The first explicit bucket whose bound is ≥ `value` (> when `exclusive`), else +Inf's.
-        func bucket(_ value: Double, exclusive: Bool = false) -> Int {
-            var low = 0, high = bounds.count
-            while low < high {
-                let mid = (low + high) / 2
-                if exclusive ? bounds[mid] > value : bounds[mid] >= value { high = mid } else { low = mid + 1 }
-            }
-            return low
+        /// The first explicit bucket whose bound is ≥ `value`, else +Inf's.
+        func bucket(_ value: Double) -> Int {
+            first(in: bounds.count) { bounds[$0] >= value }
         }
-        /// `count` observations in (lower, upper] (or [lower, upper] when `closed`).
-        func add(_ count: UInt64, lower: Double, upper: Double, closed: Bool = false) {
+        let highest = e.max.map(bucket) ?? bounds.count
+        /// `count` observations that belong in explicit buckets `lowest...at` (clamped by the max).
+        func add(_ count: UInt64, at upper: Int, lowest: Int) {
             guard count > 0 else { return }
-            let at = bucket(e.max.map { Swift.min(upper, $0) } ?? upper)
+            let at = Swift.min(upper, highest)
             let (sum, o) = counts[at].addingReportingOverflow(count)
             counts[at] = sum
             overflow = overflow || o
-            let lowest = Swift.min(bucket(lower, exclusive: !closed), at)
             if lowest < at { straddlers.append(Straddler(count: count, upper: at, lowest: lowest)) }
         }
-        add(e.zeroCount, lower: -e.zeroThreshold, upper: e.zeroThreshold, closed: true)
-        for (i, count) in e.positive.enumerated() {
-            let index = Double(e.positiveOffset + i)
-            add(count, lower: exp2(index * step), upper: exp2((index + 1) * step))
+        add(e.zeroCount, at: bucket(e.zeroThreshold), lowest: bucket(-e.zeroThreshold))
+        // Per explicit bound, the last exponential index whose upper boundary lies at or below it
+        // (or strictly below): one log2 per bound and point; per bucket, indexes that only move
+        // forward.
+        let n = bounds.count
+        if e.positive.contains(where: { $0 > 0 }) {
+            let atOrBelow = bounds.map { Self.lastIndex(upTo: $0, scale: e.scale, strict: false) }
+            let below = bounds.map { Self.lastIndex(upTo: $0, scale: e.scale, strict: true) }
+            var at = 0, lowest = 0
+            for (i, count) in e.positive.enumerated() where count > 0 {
+                // (base^k, base^(k+1)]: placed where base^(k+1) ≤ bound, may be as low as base^k < bound
+                let k = e.positiveOffset + i
+                while at < n && atOrBelow[at] < k { at += 1 }
+                while lowest < n && below[lowest] < k - 1 { lowest += 1 }
+                add(count, at: at, lowest: lowest)
+            }
         }
-        for (i, count) in e.negative.enumerated() {
-            let index = Double(e.negativeOffset + i)
-            add(count, lower: -exp2((index + 1) * step), upper: -exp2(index * step), closed: true)
+        if e.negative.contains(where: { $0 > 0 }) {
+            // bound ≥ −base^j ⇔ base^j ≥ −bound ⇔ j > (the last index whose boundary is below −bound)
+            let below = bounds.map { $0 >= 0 ? Int.min : Self.lastIndex(upTo: -$0, scale: e.scale, strict: true) }
+            var at = 0, lowest = 0
+            for (i, count) in e.negative.enumerated().reversed() where count > 0 {
+                // [−base^(k+1), −base^k): placed where −base^k ≤ bound, may be as low as −base^(k+1)
+                let k = e.negativeOffset + i
+                while at < n && !(k - 1 > below[at]) { at += 1 }
+                while lowest < n && !(k > below[lowest]) { lowest += 1 }
+                add(count, at: at, lowest: lowest)
+            }
         }
         return overflow ? nil : (counts, straddlers)
+    }
+
+    /// The first index of `0..<count` where the monotone `predicate` holds, else `count`.
+    private static func first(in count: Int, where predicate: (Int) -> Bool) -> Int {
+        var low = 0, high = count
+        while low < high {
+            let mid = (low + high) / 2
+            if predicate(mid) { high = mid } else { low = mid + 1 }
+        }
+        return low
+    }
+
+    /// The highest exponential bucket index k at `scale` whose upper boundary base^(k+1) is at
+    /// most `bound` (below it when `strict`). log2 gives it to within one; exp2 of the exact
+    /// exponent decides at a boundary (2^−scale is a power of two, so a bound that is a power of
+    /// two is exact). Int.min for a bound ≤ 0.
+    static func lastIndex(upTo bound: Double, scale: Int, strict: Bool) -> Int {
+        guard bound > 0 else { return Int.min }
+        let step = Double(sign: .plus, exponent: -scale, significand: 1)
+        func fits(_ k: Int) -> Bool {
+            let upper = exp2(Double(k + 1) * step)
+            return strict ? upper < bound : upper <= bound
+        }
+        // log2 of a finite positive double is within ±1075, times at most 2^20: no overflow.
+        var k = Int((log2(bound) * Double(sign: .plus, exponent: scale, significand: 1)).rounded(.down)) - 1
+        while fits(k + 1) { k += 1 }
+        while !fits(k) { k -= 1 }
+        return k
     }
 
     /// Moves straddling observations down, one explicit bucket at a time, only as far as needed
