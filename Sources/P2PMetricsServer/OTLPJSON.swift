@@ -121,7 +121,7 @@ enum OTLPJSON {
         var sum: Double?
         var bucketCounts: [Integer]?
         var explicitBounds: [Double]?
-        var scale: Int32?
+        var scale: Integer?
         var zeroCount: Integer?
         var zeroThreshold: Double?
         var positive: ExponentialBuckets?
@@ -154,7 +154,7 @@ enum OTLPJSON {
             out.fixed64(2, startTimeUnixNano?.value ?? 0)
             out.fixed64(3, timeUnixNano?.value ?? 0)
             if let sum { out.fixed64(5, sum.bitPattern) }
-            if let scale { out.varint(6, Varint.zigzag(Int64(scale))) }
+            if let scale { out.varint(6, Varint.zigzag(Int64(bitPattern: scale.value))) }
             if let zeroCount { out.fixed64(7, zeroCount.value) }
             if let positive { out.field(8, positive.encoded) }
             if let negative { out.field(9, negative.encoded) }
@@ -165,13 +165,13 @@ enum OTLPJSON {
         }
     }
 
-    /// An exponential histogram's positive or negative buckets: offset (a JSON number), counts.
+    /// An exponential histogram's positive or negative buckets: offset and counts (numbers or strings).
     struct ExponentialBuckets: Decodable {
-        var offset: Int32?
+        var offset: Integer?
         var bucketCounts: [Integer]?
         var encoded: [UInt8] {
             var out: [UInt8] = []
-            if let offset { out.varint(1, Varint.zigzag(Int64(offset))) }
+            if let offset { out.varint(1, Varint.zigzag(Int64(bitPattern: offset.value))) }
             for count in bucketCounts ?? [] { out.varint(2, count.value) }
             return out
         }

@@ -254,8 +254,8 @@ def test_otlp_json_maps_like_protobuf(otlp):
 
 
 def test_otlp_json_exponential_histogram_maps_like_protobuf(otlp):
-    """An ExponentialHistogram in OTLP/JSON (zeroCount and bucketCounts as strings, scale and
-    offsets as numbers): re-bucketed into the catalog's bounds like a protobuf one; a scale
+    """An ExponentialHistogram in OTLP/JSON (zeroCount and bucketCounts as strings, the scale as a
+    number, offsets as a string or a number): re-bucketed into the catalog's bounds like a protobuf one; a scale
     outside -10...20 is a refused point."""
     import json
 
@@ -266,7 +266,7 @@ def test_otlp_json_exponential_histogram_maps_like_protobuf(otlp):
             "name": "p2p.transfer.duration", "exponentialHistogram": {"aggregationTemporality": 1, "dataPoints": [{
                 "attributes": [{"key": "peer_type", "value": {"stringValue": "json"}}],
                 "startTimeUnixNano": "1000", "timeUnixNano": "2000", "count": "6", "sum": 11.5, "scale": scale,
-                "zeroCount": "1", "positive": {"offset": -1, "bucketCounts": ["2", "1", "1"]},
+                "zeroCount": "1", "positive": {"offset": "-1", "bucketCounts": ["2", "1", "1"]},
                 "negative": {"offset": 0, "bucketCounts": ["1"]}, "min": -2, "max": 9}]}}]}]}]}).encode()
 
     status, body = post(otlp.otlp_port, request(-1), content_type="application/json")
