@@ -344,7 +344,7 @@ extension PB {
                             positive: (offset: Int64, counts: [UInt64]) = (0, []), negative: (offset: Int64, counts: [UInt64]) = (0, []),
                             sum: Double?, max: Double? = nil, zeroThreshold: Double? = nil, packed: Bool = true,
                             attributes: [(String, String)] = []) -> [UInt8] {
-        let count = zeroCount + positive.counts.reduce(0, +) + negative.counts.reduce(0, +)
+        let count = zeroCount &+ positive.counts.reduce(0, &+) &+ negative.counts.reduce(0, &+)
         var p = fixed64(2, start) + fixed64(3, 2) + fixed64(4, count)
         if let sum { p += double(5, sum) }
         p += varint(6, Varint.zigzag(scale)) + fixed64(7, zeroCount)
@@ -512,6 +512,10 @@ extension PB {
         let request = try PB.request(points + points).withUnsafeBytes { try OTLPDecoder().decode($0).get() }
         #expect(request.points.count == 1_024 && request.refused == Array(repeating: .tooManyBuckets, count: 1_026))
         #expect(request.exponentialBuckets == OTLPDecoder.maxExponentialBucketsPerRequest)
+        // (1, 2] and (2, 4] of 2^63 each, in le 2.5 and le 5; the sum moves the second onto the first: refused, no trap
+        let straddling = PB.exponential("l", temporality: 1, scale: 0, positive: (0, [1 << 63, 1 << 63]), sum: 1)
+        #expect(try o.export(PB.request([straddling])).get().rejectedPoints == 1)
+        #expect(o.otlp.statistics.rejected[.badValue] == 4)
     }
 }
 

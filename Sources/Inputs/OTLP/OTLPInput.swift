@@ -200,7 +200,7 @@ public struct OTLPInput: Sendable {
     /// bucket, −base^index for a negative one, the zero threshold for the zero bucket — or the
     /// point's max when that is lower. Counts stay exact; an observation is never placed in a
     /// bucket below its own (a bucket that straddles a bound counts in the upper one, and is
-    /// listed in `straddlers` for `fitSum`). nil when the counts overflow.
+    /// listed in `straddlers` for `fitSum`). nil when an explicit bucket's count passes 2^32 − 1.
     static func rebucket(_ e: ExponentialBuckets, into bounds: [Double]) -> (counts: [UInt64], straddlers: [Straddler])? {
         var counts = [UInt64](repeating: 0, count: bounds.count + 1)
         var straddlers: [Straddler] = []
@@ -248,7 +248,8 @@ public struct OTLPInput: Sendable {
                 add(count, at: at, lowest: lowest)
             }
         }
-        return overflow ? nil : (counts, straddlers)
+        // A sample's weight is 32 bits; past that `fitSum` could overflow moving counts together.
+        return overflow || counts.contains(where: { $0 > UInt64(UInt32.max) }) ? nil : (counts, straddlers)
     }
 
     /// The first index of `0..<count` where the monotone `predicate` holds, else `count`.
