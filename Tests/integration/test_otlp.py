@@ -97,7 +97,7 @@ def test_otel_sdk_exponential_histograms_land_in_the_catalogs_buckets_with_exact
     ExponentialBucketHistogramAggregation) from a cumulative process — whose second export has
     downscaled from scale 20 to 4 — and a delta one: re-bucketed into the catalog's explicit
     bounds, every bucket count, the count and the sum exact; nothing counted twice across the
-    scale change."""
+    scale change; the cumulative process restarted adds its new observation."""
     port = otlp.otlp_port
     cumulative = run_exporter(port, "a", "cumulative", "duration:0.7", "flush", "duration:0.9", "duration:7", "duration:45",
                               "flush", P2PM_HISTOGRAM="exponential")
@@ -109,6 +109,13 @@ def test_otel_sdk_exponential_histograms_land_in_the_catalogs_buckets_with_exact
         assert otlp.value("p2p_transfer_duration_bucket", peer_type="seed", le=le) == count, le
     assert otlp.value("p2p_transfer_duration_count", peer_type="seed") == 6
     assert abs(otlp.value("p2p_transfer_duration_sum", peer_type="seed") - (0.7 + 0.9 + 7 + 45 + 700 + 0.3)) < 1e-9
+    # The cumulative process restarts (same resource, new start time, back at scale 20): a reset of
+    # its stream, its one new observation adds.
+    finish(run_exporter(port, "a", "cumulative", "duration:3", "flush", P2PM_HISTOGRAM="exponential"))
+    assert otlp.value("p2p_transfer_duration_bucket", peer_type="seed", le="2.5") == 3
+    assert otlp.value("p2p_transfer_duration_bucket", peer_type="seed", le="5") == 4
+    assert otlp.value("p2p_transfer_duration_count", peer_type="seed") == 7
+    assert abs(otlp.value("p2p_transfer_duration_sum", peer_type="seed") - (0.7 + 0.9 + 7 + 45 + 700 + 0.3 + 3)) < 1e-9
     for reason in ("unsupported_type", "bad_value", "bucket_mismatch", "too_many_buckets"):
         assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason=reason) == 0, reason
     assert otlp.value("p2pmetricsd_otlp_points_received_total") >= 3
