@@ -10,9 +10,9 @@ import P2PMetricsWire
 ///
 /// Mapping: a monotonic Sum is a counter, a non-monotonic Sum a gauge (adds), a Gauge a gauge
 /// (sets), a Histogram a histogram, an ExponentialHistogram a histogram with the metric's explicit
-/// bounds (re-bucketed, `rebucket`). Delta points add; cumulative points go through `CumulativeStreams` first. Metric names
-/// and attribute keys are sanitized as StatsD names and tags are (dots become underscores in the
-/// exposition); resource attributes are labels only when the decoder selects them.
+/// bounds (`rebucket`). Delta points add; cumulative points go through `CumulativeStreams` first.
+/// Metric names and attribute keys are sanitized as StatsD names and tags are (dots become
+/// underscores in the exposition); resource attributes are labels only when the decoder selects them.
 public struct OTLPInput: Sendable {
     /// What this input counted, exposed as the `p2pmetricsd_otlp_*` self-metrics.
     public private(set) var statistics = OTLPInputStatistics()
