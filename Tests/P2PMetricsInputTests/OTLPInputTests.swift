@@ -1,3 +1,5 @@
+import Foundation
+import P2PMetricsTestVectors
 import Testing
 @testable import P2PMetricsInputOTLP
 import P2PMetricsWire
@@ -408,6 +410,55 @@ extension PB {
         // scale -1, base 4: bucket 1 is (4, 16]; past every bound → +Inf
         #expect(OTLPInput.rebucket(ExponentialBuckets(scale: -1, positiveOffset: 1, positive: [9]), into: bounds)?.counts == [0, 0, 0, 0, 9])
         #expect(OTLPInput.rebucket(ExponentialBuckets(scale: 2, positive: [UInt64.max, 1]), into: bounds) == nil)  // both in le 2.5: overflow
+    }
+
+    /// The placement rule restated plainly: each bucket's boundaries by exp2, the explicit bucket
+    /// by a scan (what `rebucket` computes with per-bound thresholds).
+    static func referencePlacement(_ e: ExponentialBuckets, _ bounds: [Double]) -> (counts: [UInt64], straddlers: Set<String>) {
+        var counts = [UInt64](repeating: 0, count: bounds.count + 1)
+        var straddlers = Set<String>()
+        func first(_ holds: (Double) -> Bool) -> Int { bounds.firstIndex(where: holds) ?? bounds.count }
+        func add(_ count: UInt64, lower: Double, upper: Double, closed: Bool) {
+            guard count > 0 else { return }
+            let at = first { $0 >= (e.max.map { Swift.min(upper, $0) } ?? upper) }
+            counts[at] += count
+            let lowest = Swift.min(first { closed ? $0 >= lower : $0 > lower }, at)
+            if lowest < at { straddlers.insert("\(count) \(at) \(lowest)") }
+        }
+        let step = pow(2, -Double(e.scale))
+        add(e.zeroCount, lower: -e.zeroThreshold, upper: e.zeroThreshold, closed: true)
+        for (i, c) in e.positive.enumerated() {
+            add(c, lower: exp2(Double(e.positiveOffset + i) * step), upper: exp2(Double(e.positiveOffset + i + 1) * step), closed: false)
+        }
+        for (i, c) in e.negative.enumerated() {
+            add(c, lower: -exp2(Double(e.negativeOffset + i + 1) * step), upper: -exp2(Double(e.negativeOffset + i) * step), closed: true)
+        }
+        return (counts, straddlers)
+    }
+
+    @Test("re-bucketing by per-bound thresholds places every bucket as the plain rule does (20,000 seeded random points, seed 16)")
+    func thresholdsMatchThePlainRule() {
+        var g = SeededGenerator(seed: 16)
+        let boundSets: [[Double]] = [[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], [-4, -1, -0.5, 0, 0.25, 0.5, 1, 2, 4, 1024], [1],
+                                     [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]]
+        var mismatches = 0
+        for _ in 0..<20_000 {
+            let scale = Int.random(in: -10...20, using: &g)
+            // indexes whose boundaries stay within 2^±900 (no underflow to 0, where the plain rule is wrong)
+            let offset = (Int.random(in: -900...900, using: &g) >> Swift.max(0, -scale)) << Swift.max(0, scale - 6)
+            func counts() -> [UInt64] { (0..<Int.random(in: 0...40, using: &g)).map { _ in UInt64.random(in: 0...3, using: &g) } }
+            let e = ExponentialBuckets(scale: scale, zeroCount: UInt64.random(in: 0...2, using: &g),
+                                       zeroThreshold: [0, 0.001, 0.3][Int.random(in: 0...2, using: &g)],
+                                       positiveOffset: offset, positive: counts(), negativeOffset: offset, negative: counts(),
+                                       max: Bool.random(using: &g) ? nil : Double.random(in: -5...50, using: &g))
+            let bounds = boundSets[Int.random(in: 0..<boundSets.count, using: &g)]
+            let reference = Self.referencePlacement(e, bounds)
+            guard let placed = OTLPInput.rebucket(e, into: bounds) else { mismatches += 1; continue }
+            if placed.counts != reference.counts || Set(placed.straddlers.map { "\($0.count) \($0.upper) \($0.lowest)" }) != reference.straddlers {
+                mismatches += 1
+            }
+        }
+        #expect(mismatches == 0)
     }
 
     @Test("a sum the straddling buckets cannot reach moves just enough of them one explicit bucket down: counts and sum exact")
