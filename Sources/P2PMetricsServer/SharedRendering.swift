@@ -104,9 +104,18 @@ final class RenderScheduler {
     /// Renderings in progress (at most one per format and encoding).
     var inProgress: Int { jobs.count }
 
+    /// Whether a rendering of this format and encoding is in progress (a new request joins it).
+    func isRendering(format: ExpositionFormat, gzip: Bool) -> Bool {
+        job(format: format, gzip: gzip) != nil
+    }
+
+    private func job(format: ExpositionFormat, gzip: Bool) -> Job? {
+        jobs.first { $0.format == format && ($0.gzip != nil) == gzip }
+    }
+
     /// Asks for a body; `connection.deliver(_:)` is called with it, possibly before this returns.
     func request(format: ExpositionFormat, gzip: Bool, for connection: HTTPConnection) {
-        if let job = jobs.first(where: { $0.format == format && ($0.gzip != nil) == gzip }) {
+        if let job = job(format: format, gzip: gzip) {
             job.waiters.append(connection)
             return
         }
