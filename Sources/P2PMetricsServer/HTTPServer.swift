@@ -161,13 +161,15 @@ final class HTTPServer {
     }
 
     /// Gets `connection` a `/metrics` body: the rendering of its format and encoding in progress,
-    /// if any; else, while held renderings are at their budget, the newest held one of that
-    /// format and encoding; else a new rendering.
+    /// if any; else, while held renderings are at their budget, the latest completed one of that
+    /// format and encoding if a connection still holds it (never an older one: a scraper's
+    /// counters would go back); else a new rendering.
     func requestRendering(format: ExpositionFormat, gzip: Bool, for connection: HTTPConnection) {
         if !renderer.isRendering(format: format, gzip: gzip) {
             let (held, mustShare) = limitRetainedRenderings()
-            if mustShare, let newest = held.filter({ $0.format == format && $0.gzipped == gzip }).max(by: { $0.sequence < $1.sequence }) {
-                connection.deliver(newest)
+            let latest = renderer.latestSequence(format: format, gzip: gzip)
+            if mustShare, let shared = held.first(where: { $0.sequence == latest }) {
+                connection.deliver(shared)
                 return
             }
         }
@@ -425,6 +427,7 @@ final class HTTPConnection {
     func deliver(_ rendered: RenderedBody) {
         guard !closing else { return }
         waitingForBody = false
+        lastProgress = uv_now(server.loop)  // the response starts now: waiting for the rendering was not the client's fault
         body = rendered
         bodyOffset = 0
         closeAfterResponse = !scrapeKeepAlive

@@ -537,10 +537,11 @@ class PacedScrape:
     the daemon sees write progress several times a second) until `hurry` is set, then at full
     speed to the end. Records the body's length, its Content-Length and its first bytes."""
 
-    def __init__(self, port: int, hurry: threading.Event, chunk: int = 256 * 1024, interval: float = 0.1):
+    def __init__(self, port: int, hurry: threading.Event, chunk: int = 256 * 1024, interval: float = 0.1,
+                 headers: bytes = b""):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
-        self.sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers + b"\r\n")
         raw = b""
         while b"\r\n\r\n" not in raw:  # the head comes once the rendering is done
             chunk_in = self.sock.recv(65536)
@@ -556,8 +557,8 @@ class PacedScrape:
         self.thread.start()
 
     def _read(self) -> None:
-        tail = self.start[-8:]
-        self.lines = self.start.count(b"\nwide_c{")
+        tail = self.start[-6:]  # one byte short of the pattern: a match is never counted twice
+        self.lines = self.start.count(b"\nwide_c")
         try:
             while self.received < self.length:
                 want = min(self.chunk, self.length - self.received) if not self.hurry.is_set() else 1 << 20
@@ -565,8 +566,8 @@ class PacedScrape:
                 if not data:
                     break
                 self.received += len(data)
-                self.lines += (tail + data).count(b"\nwide_c{")
-                tail = data[-8:]
+                self.lines += (tail + data).count(b"\nwide_c")
+                tail = (tail + data)[-6:]
                 if len(self.start) < 65536:
                     self.start += data[:65536 - len(self.start)]
                 if not self.hurry.is_set():
@@ -580,11 +581,13 @@ class PacedScrape:
         self.thread.join(120)
 
     @property
-    def rendering(self) -> float:
+    def rendering(self) -> int:
         """Which rendering this body is: the 200 responses counted when it began (self-metrics
         open every rendering, and each new scrape counts one before it asks)."""
-        return parse_exposition(self.start.partition(b"\n# HELP p2pmetricsd_http_connections ")[0].decode())[
-            ("p2pmetricsd_http_responses_total", frozenset({"code": "200"}.items()))]
+        import re
+        found = re.search(rb'\np2pmetricsd_http_responses_total\{code="200"\} (\d+)\n', self.start)
+        assert found, f"no 200 responses count in the body's first bytes: {self.start[:4096]!r}"
+        return int(found.group(1))
 
 
 def stalled_evictions(d) -> float:
@@ -661,3 +664,33 @@ def test_readers_making_progress_cannot_pin_more_than_two_big_renderings(wide_da
     assert len(set(renderings)) == 2 and renderings[2:] == [renderings[1]] * 3, renderings
     assert stalled_evictions(d) == stalled_before
     assert (rss_held - rss_before) * 1024 < 3 * readers[0].length  # two renderings (and slack), not five
+
+
+def test_a_shared_rendering_never_takes_a_scraper_back_in_time(wide_daemon):
+    """Sharing a held rendering past the budget must never serve one older than a rendering of
+    the same format already sent: a scraper would see its counters go back (a reset). Only the
+    latest completed rendering of a format and encoding is shared; if nobody holds it any more,
+    a new one is made."""
+    d = wide_daemon
+    stalled_before = stalled_evictions(d)
+    slow = threading.Event()
+    fast = threading.Event()
+    fast.set()
+    held = [PacedScrape(d.port, slow)]  # an old plain rendering, held by a slow reader
+    first = PacedScrape(d.port, fast)  # a scraper reads a newer one whole
+    first.finish()
+    # OpenMetrics renderings held by other slow readers: the held renderings pass the budget.
+    for _ in range(2):
+        held.append(PacedScrape(d.port, slow, headers=b"Accept: application/openmetrics-text; version=1.0.0\r\n"))
+    second = PacedScrape(d.port, fast)  # the same scraper again
+    second.finish()
+    slow.set()
+    for r in held:
+        r.finish()
+    print(f"back in time: slow plain reader on rendering {held[0].rendering}, OpenMetrics ones on "
+          f"{[r.length for r in held[1:]]} bytes, the scraper got "
+          f"{first.rendering} then {second.rendering}")
+    for r in [*held, first, second]:
+        assert r.error is None and r.received == r.length and r.lines == WIDE_SERIES
+    assert held[0].rendering < first.rendering < second.rendering
+    assert stalled_evictions(d) == stalled_before
