@@ -76,6 +76,28 @@ public struct PackedSample: Sendable {
     public var bits: UInt64
 
     @inlinable
+    public init(tag: UInt8, series: UInt16, bits: UInt64) {
+        self.tag = tag
+        self.series = series
+        self.bits = bits
+    }
+
+    /// The packed form of a valid sample of `kind` (what `validate` would have packed had it been
+    /// encoded and decoded); a key is a range of the bytes the sample is applied with.
+    @inlinable
+    public init(_ kind: SampleKind, _ value: SampleValue, series: UInt16) {
+        let form: ValueForm
+        let bits: UInt64
+        switch value {
+        case .unsigned(let u): form = .unsigned; bits = u
+        case .signed(let s): form = .signed; bits = UInt64(bitPattern: s)
+        case .double(let d): form = .float64; bits = d.isNaN ? Double.nan.bitPattern : d.bitPattern
+        case .key(let range): form = .bytes; bits = UInt64(range.lowerBound) << 32 | UInt64(range.count)
+        }
+        self.init(tag: kind.rawValue << 4 | form.rawValue, series: series, bits: bits)
+    }
+
+    @inlinable
     public var keyRange: Range<Int> {
         let start = Int(bits >> 32)
         return start..<start + Int(bits & 0xFFFF_FFFF)
