@@ -16,12 +16,11 @@ public struct StatsDInput: Sendable {
     public private(set) var statistics = StatsDInputStatistics()
     private let transcoder = StatsDTranscoder()
     // Reused buffers: the encoding path's datagram, the fast path's samples with their series and
-    // weights, and the cache key being built.
+    // weights. (The cache key is built on the stack.)
     private var output = StatsDTranscoder.Output(encoder: DatagramEncoder(maxSize: WireFormat.maxDatagramSize))
     private var samples: [PackedSample] = []
     private var series: [SeriesID] = []
     private var weights: [UInt32] = []
-    private var key = [UInt8](repeating: 0, count: StatsDTranscoder.maxCacheKeyLength)
 
     public init() {}
 
@@ -29,18 +28,20 @@ public struct StatsDInput: Sendable {
     /// nothing, the other lines still apply, in order.
     public mutating func ingest(_ bytes: UnsafeRawBufferPointer, into store: inout MetricStore, from sender: SenderCredentials? = nil) {
         var valuesLeft = StatsDTranscoder.maxValuesPerDatagram
-        let lines = StatsDTranscoder.forEachLine(bytes) { line in
-            switch StatsDTranscoder.head(bytes, line, valuesLeft: &valuesLeft) {
-            case .failure(let reason):
-                statistics.rejected.count(reason)
-            case .success(let parsed):
-                let keyLength = key.withUnsafeMutableBytes { StatsDTranscoder.cacheKey(bytes, parsed, into: $0) }
-                let cached = keyLength.flatMap { n in key.withUnsafeBytes { store.cachedSeries(forInputKey: UnsafeRawBufferPointer(rebasing: $0[..<n])) } }
+        let lines = withUnsafeTemporaryAllocation(byteCount: StatsDTranscoder.maxCacheKeyLength, alignment: 8) { key in
+            StatsDTranscoder.forEachLine(bytes) { line in
+                var parsed = TextLine()
+                if let reason = StatsDTranscoder.head(bytes, line, valuesLeft: &valuesLeft, into: &parsed) {
+                    statistics.rejected.count(reason)
+                    return
+                }
+                let cacheKey = StatsDTranscoder.cacheKey(bytes, parsed, into: key).map { UnsafeRawBufferPointer(rebasing: key[..<$0]) }
+                let cached = cacheKey.flatMap { store.cachedSeries(forInputKey: $0) }
                 if cached != nil { statistics.linesFromCache &+= 1 }
                 let reason = if let cached {
                     appendResolved(bytes, parsed, series: cached)
                 } else {
-                    transcodeAndCache(bytes, parsed, keyLength: keyLength, into: &store, from: sender)
+                    transcodeAndCache(bytes, parsed, cacheKey: cacheKey, into: &store, from: sender)
                 }
                 if let reason { statistics.rejected.count(reason) }
             }
@@ -54,7 +55,7 @@ public struct StatsDInput: Sendable {
     private mutating func appendResolved(_ bytes: UnsafeRawBufferPointer, _ parsed: TextLine, series id: SeriesID) -> TextLineRejection? {
         let mark = samples.count
         let index = UInt16(truncatingIfNeeded: series.count)  // ≤ 16,384 lines with values per datagram
-        let reason = StatsDTranscoder.decideValues(bytes, parsed, TextLineType(bytes, parsed.type), value: { decided in
+        let reason = StatsDTranscoder.decideValues(bytes, parsed, value: { decided in
             samples.append(PackedSample(decided.kind, decided.value, series: index))
             weights.append(decided.weight)
         }, key: { range in
@@ -73,7 +74,7 @@ public struct StatsDInput: Sendable {
     /// The encoding path: after the resolved samples collected so far (order is kept), the line is
     /// encoded and applied alone; the series it resolved to is cached under the line's key.
     private mutating func transcodeAndCache(
-        _ bytes: UnsafeRawBufferPointer, _ parsed: TextLine, keyLength: Int?, into store: inout MetricStore,
+        _ bytes: UnsafeRawBufferPointer, _ parsed: TextLine, cacheKey: UnsafeRawBufferPointer?, into store: inout MetricStore,
         from sender: SenderCredentials?
     ) -> TextLineRejection? {
         applyResolved(bytes, to: &store, from: sender)
@@ -83,8 +84,8 @@ public struct StatsDInput: Sendable {
             full.reset()
         })
         guard Self.apply(output, to: &store, from: sender), reason == nil else { return reason }
-        if let keyLength, let id = store.lastResolvedSeries(0) {
-            key.withUnsafeBytes { store.cacheSeries(id, forInputKey: UnsafeRawBufferPointer(rebasing: $0[..<keyLength])) }
+        if let cacheKey, let id = store.lastResolvedSeries(0) {
+            store.cacheSeries(id, forInputKey: cacheKey)
         }
         return reason
     }
