@@ -182,6 +182,9 @@ func memcmpEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bo
         }
         i += 8
     }
+    if n >= 8 && i < n {  // the rest, as the (overlapping) last 8 bytes
+        return pa.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self) == pb.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self)
+    }
     while i < n {
         if pa.load(fromByteOffset: i, as: UInt8.self) != pb.load(fromByteOffset: i, as: UInt8.self) { return false }
         i += 1

@@ -466,8 +466,9 @@ public struct MetricStore {
 
     /// The series an input cached under `key` (bytes of its own choosing that determine the series
     /// the way it maps them: the text input uses a line's name and tags as sent), or nil. Cleared
-    /// whenever series are removed, so an id it returns is live.
-    public func cachedSeries(forInputKey key: UnsafeRawBufferPointer) -> SeriesID? {
+    /// whenever series are removed, so an id it returns is live. (`mutating` only so that callers
+    /// use the store in place: a non-mutating call on it made a 776-byte copy of the struct, per line.)
+    public mutating func cachedSeries(forInputKey key: UnsafeRawBufferPointer) -> SeriesID? {
         inputCache.find(key, hash: SeriesKeyHash.hash(key, seed: inputCacheSeed))
     }
 

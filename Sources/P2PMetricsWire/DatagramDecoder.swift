@@ -31,11 +31,17 @@ public enum SeriesKeyHash {
                 i += 8
             }
             var tail: UInt64 = 0
-            var shift: UInt64 = 0
-            while i < n {
-                tail |= UInt64(base.load(fromByteOffset: i, as: UInt8.self)) << shift
-                shift += 8
-                i += 1
+            if n >= 8 && i < n {
+                // the last 8 bytes, shifted so that only the ones past the last word remain: the
+                // same value as the byte loop below, in one load
+                tail = base.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self) >> UInt64((8 - (n - i)) * 8)
+            } else {
+                var shift: UInt64 = 0
+                while i < n {
+                    tail |= UInt64(base.load(fromByteOffset: i, as: UInt8.self)) << shift
+                    shift += 8
+                    i += 1
+                }
             }
             h = mix(h ^ tail ^ 0xE703_7ED1_A0B4_28DB)
         }

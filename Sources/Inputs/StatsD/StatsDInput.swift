@@ -28,26 +28,41 @@ public struct StatsDInput: Sendable {
     /// nothing, the other lines still apply, in order.
     public mutating func ingest(_ bytes: UnsafeRawBufferPointer, into store: inout MetricStore, from sender: SenderCredentials? = nil) {
         var valuesLeft = StatsDTranscoder.maxValuesPerDatagram
-        let lines = withUnsafeTemporaryAllocation(byteCount: StatsDTranscoder.maxCacheKeyLength, alignment: 8) { key in
-            StatsDTranscoder.forEachLine(bytes) { line in
-                var parsed = TextLine()
-                if let reason = StatsDTranscoder.head(bytes, line, valuesLeft: &valuesLeft, into: &parsed) {
-                    statistics.rejected.count(reason)
-                    return
-                }
-                let cacheKey = StatsDTranscoder.cacheKey(bytes, parsed, into: key).map { UnsafeRawBufferPointer(rebasing: key[..<$0]) }
-                let cached = cacheKey.flatMap { store.cachedSeries(forInputKey: $0) }
-                if cached != nil { statistics.linesFromCache &+= 1 }
-                let reason = if let cached {
-                    appendResolved(bytes, parsed, series: cached)
-                } else {
-                    transcodeAndCache(bytes, parsed, cacheKey: cacheKey, into: &store, from: sender)
-                }
-                if let reason { statistics.rejected.count(reason) }
-            }
+        var lines = TextLines(bytes)
+        // The cache key is built on the stack; the loop is not a closure, so that the store is used
+        // in place (a closure capturing it made each lookup copy it).
+        withUnsafeTemporaryAllocation(byteCount: StatsDTranscoder.maxCacheKeyLength, alignment: 8) { key in
+            ingestLines(&lines, bytes, key: key, valuesLeft: &valuesLeft, into: &store, from: sender)
         }
         applyResolved(bytes, to: &store, from: sender)
-        statistics.linesReceived &+= UInt64(lines)
+        statistics.linesReceived &+= UInt64(lines.count)
+    }
+
+    private mutating func ingestLines(
+        _ lines: inout TextLines, _ bytes: UnsafeRawBufferPointer, key: UnsafeMutableRawBufferPointer, valuesLeft: inout Int,
+        into store: inout MetricStore, from sender: SenderCredentials?
+    ) {
+        while let line = lines.next() {
+            var parsed = TextLine()
+            if let reason = StatsDTranscoder.head(bytes, line, valuesLeft: &valuesLeft, into: &parsed) {
+                statistics.rejected.count(reason)
+                continue
+            }
+            var cacheKey: UnsafeRawBufferPointer?
+            var cached: SeriesID?
+            if let length = StatsDTranscoder.cacheKey(bytes, parsed, into: key) {
+                cacheKey = UnsafeRawBufferPointer(rebasing: key[..<length])
+                cached = store.cachedSeries(forInputKey: UnsafeRawBufferPointer(rebasing: key[..<length]))
+            }
+            let reason: TextLineRejection?
+            if let cached {
+                statistics.linesFromCache &+= 1
+                reason = appendResolved(bytes, parsed, series: cached)
+            } else {
+                reason = transcodeAndCache(bytes, parsed, cacheKey: cacheKey, into: &store, from: sender)
+            }
+            if let reason { statistics.rejected.count(reason) }
+        }
     }
 
     /// The fast path: the line's samples join the datagram's resolved samples, or none of them

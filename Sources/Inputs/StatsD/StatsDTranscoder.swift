@@ -46,6 +46,31 @@ struct TextLine {
     var tags: Range<Int> = 0..<0
 }
 
+/// The non-empty lines of a text datagram, without their `\n` or `\r\n`.
+struct TextLines: IteratorProtocol {
+    private let bytes: UnsafeRawBufferPointer
+    private var start = 0
+    /// Lines returned so far.
+    private(set) var count = 0
+
+    init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    @inline(__always)
+    mutating func next() -> Range<Int>? {
+        while start < bytes.count {
+            let end = StatsDTranscoder.firstIndex(of: 0x0A, in: bytes, from: start, to: bytes.count)
+            var lineEnd = end
+            if lineEnd > start && bytes[lineEnd - 1] == 0x0D { lineEnd -= 1 }
+            defer { start = end + 1 }
+            if lineEnd > start {
+                count += 1
+                return start..<lineEnd
+            }
+        }
+        return nil
+    }
+}
+
 /// The type section of a line, as the value rules need it.
 enum TextLineType {
     case counter, gauge, timer, histogram, set, unknown
@@ -127,32 +152,15 @@ public struct StatsDTranscoder: Sendable {
         flush: (inout Output) -> Void, reject: (TextLineRejection) -> Void
     ) -> Int {
         var valuesLeft = Self.maxValuesPerDatagram
-        return Self.forEachLine(bytes) { line in
+        var lines = TextLines(bytes)
+        while let line = lines.next() {
             var parsed = TextLine()
             if let reason = Self.head(bytes, line, valuesLeft: &valuesLeft, into: &parsed)
                 ?? transcodeLine(bytes, parsed, into: &output, flush: flush) {
                 reject(reason)
             }
         }
-    }
-
-    /// Calls `body` with each non-empty line of `bytes` (without its `\n` or `\r\n`); returns
-    /// how many there were.
-    @inline(__always)
-    static func forEachLine(_ bytes: UnsafeRawBufferPointer, _ body: (Range<Int>) -> Void) -> Int {
-        var lines = 0
-        var start = 0
-        while start < bytes.count {
-            let end = firstIndex(of: 0x0A, in: bytes, from: start, to: bytes.count)
-            var lineEnd = end
-            if lineEnd > start && bytes[lineEnd - 1] == 0x0D { lineEnd -= 1 }
-            if lineEnd > start {
-                lines += 1
-                body(start..<lineEnd)
-            }
-            start = end + 1
-        }
-        return lines
+        return lines.count
     }
 
     /// What every line goes through first: events refused, the line parsed, its values counted
@@ -319,12 +327,17 @@ public struct StatsDTranscoder: Sendable {
         let colon = firstIndex(of: 0x3A, in: bytes, from: line.lowerBound, to: end)
         guard colon < end, colon > line.lowerBound else { return .malformed }
         // values: up to the first `|`, counting their `:` separators
-        let i = firstIndex(of: 0x7C, in: bytes, from: colon + 1, to: end)
+        // values (short: scanned inline, counting their `:` separators), then the type
+        var i = colon + 1
+        var valueCount = 1
+        while i < end && bytes[i] != 0x7C {
+            if bytes[i] == 0x3A { valueCount += 1 }
+            i += 1
+        }
         let values = (colon + 1)..<i
         guard i < end, !values.isEmpty else { return .malformed }
-        var valueCount = 1
-        for j in values where bytes[j] == 0x3A { valueCount += 1 }
-        var sectionEnd = firstIndex(of: 0x7C, in: bytes, from: i + 1, to: end)
+        var sectionEnd = i + 1
+        while sectionEnd < end && bytes[sectionEnd] != 0x7C { sectionEnd += 1 }
         let type = (i + 1)..<sectionEnd
         guard !type.isEmpty else { return .malformed }
         parsed = TextLine(name: line.lowerBound..<colon, values: values, valueCount: valueCount, type: TextLineType(bytes, type),
@@ -429,7 +442,11 @@ public struct StatsDTranscoder: Sendable {
             magnitude = 0
         } else {
             guard mantissa <= 1 << 53, exponent >= -22, exponent <= 22 else { return slowNumber(bytes, range) }
-            magnitude = exponent >= 0 ? Double(mantissa) * exactPowersOfTen[exponent] : Double(mantissa) / exactPowersOfTen[-exponent]
+            if exponent == 0 {
+                magnitude = Double(mantissa)
+            } else {
+                magnitude = exponent > 0 ? Double(mantissa) * exactPowersOfTen[exponent] : Double(mantissa) / exactPowersOfTen[-exponent]
+            }
         }
         return negative ? -magnitude : magnitude
     }
