@@ -16,11 +16,12 @@ public struct StatsDInput: Sendable {
     public private(set) var statistics = StatsDInputStatistics()
     private let transcoder = StatsDTranscoder()
     // Reused buffers: the encoding path's datagram, the fast path's samples with their series and
-    // weights. (The cache key is built on the stack.)
+    // weights, the cache key being built.
     private var output = StatsDTranscoder.Output(encoder: DatagramEncoder(maxSize: WireFormat.maxDatagramSize))
     private var samples: [PackedSample] = []
     private var series: [SeriesID] = []
     private var weights: [UInt32] = []
+    private var keyBuffer = [UInt8](repeating: 0, count: StatsDTranscoder.maxCacheKeyLength)
 
     public init() {}
 
@@ -29,11 +30,14 @@ public struct StatsDInput: Sendable {
     public mutating func ingest(_ bytes: UnsafeRawBufferPointer, into store: inout MetricStore, from sender: SenderCredentials? = nil) {
         var valuesLeft = StatsDTranscoder.maxValuesPerDatagram
         var lines = TextLines(bytes)
-        // The cache key is built on the stack; the loop is not a closure, so that the store is used
-        // in place (a closure capturing it made each lookup copy it).
-        withUnsafeTemporaryAllocation(byteCount: StatsDTranscoder.maxCacheKeyLength, alignment: 8) { key in
+        // The key buffer is taken out of `self` for the datagram (no copy, no allocation), so that
+        // the loop can write it through a pointer while it mutates the other buffers.
+        var key: [UInt8] = []
+        swap(&key, &keyBuffer)
+        key.withUnsafeMutableBytes { key in
             ingestLines(&lines, bytes, key: key, valuesLeft: &valuesLeft, into: &store, from: sender)
         }
+        swap(&key, &keyBuffer)
         applyResolved(bytes, to: &store, from: sender)
         statistics.linesReceived &+= UInt64(lines.count)
     }

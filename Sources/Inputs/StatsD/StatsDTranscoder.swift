@@ -283,6 +283,10 @@ public struct StatsDTranscoder: Sendable {
             target.storeBytes(of: source.loadUnaligned(fromByteOffset: i, as: UInt64.self), toByteOffset: i, as: UInt64.self)
             i += 8
         }
+        if count >= 8 && i < count {  // the rest, as the (overlapping) last 8 bytes
+            target.storeBytes(of: source.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self), toByteOffset: count - 8, as: UInt64.self)
+            return
+        }
         while i < count {
             target.storeBytes(of: source.load(fromByteOffset: i, as: UInt8.self), toByteOffset: i, as: UInt8.self)
             i += 1
