@@ -68,7 +68,7 @@ struct TextSeriesCacheTests {
         #expect(store.seriesCount == 2)
     }
 
-    @Test("the cache holds at most wire_cache_capacity entries, and every value stays exact")
+    @Test("the cache holds at most the wire cache's capacity in entries, and every value stays exact")
     func boundedEntries() {
         var configuration = StoreConfiguration()
         configuration.wireCacheCapacity = 64
