@@ -42,6 +42,8 @@ public struct StatsDInput: Sendable {
         statistics.linesReceived &+= UInt64(lines.count)
     }
 
+    /// The line loop (not a closure: the store is used in place; a closure capturing it made each
+    /// lookup copy it).
     private mutating func ingestLines(
         _ lines: inout TextLines, _ bytes: UnsafeRawBufferPointer, key: UnsafeMutableRawBufferPointer, valuesLeft: inout Int,
         into store: inout MetricStore, from sender: SenderCredentials?
@@ -52,12 +54,8 @@ public struct StatsDInput: Sendable {
                 statistics.rejected.count(reason)
                 continue
             }
-            var cacheKey: UnsafeRawBufferPointer?
-            var cached: SeriesID?
-            if let length = StatsDTranscoder.cacheKey(bytes, parsed, into: key) {
-                cacheKey = UnsafeRawBufferPointer(rebasing: key[..<length])
-                cached = store.cachedSeries(forInputKey: UnsafeRawBufferPointer(rebasing: key[..<length]))
-            }
+            let cacheKey = StatsDTranscoder.cacheKey(bytes, parsed, into: key).map { UnsafeRawBufferPointer(rebasing: key[..<$0]) }
+            let cached = cacheKey.flatMap { store.cachedSeries(forInputKey: $0) }
             let reason: TextLineRejection?
             if let cached {
                 statistics.linesFromCache &+= 1
