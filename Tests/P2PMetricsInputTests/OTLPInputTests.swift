@@ -269,6 +269,35 @@ struct OTLPFed {
         }
     }
 
+    @Test("a point's sum moves _sum by exactly that number, as one addition (the C client's sum of the same observations)")
+    func sumIsExact() throws {
+        var o = OTLPFed()
+        // 200 delta points of 1–12 observations each (durations in milliseconds, as an SDK
+        // process records them), each point's sum added up by the "process" in order.
+        var rng = SeededGenerator(seed: 7)
+        var expected = 0.0
+        var expectedCounts = [UInt64](repeating: 0, count: bounds.count + 1)
+        for _ in 0..<200 {
+            var pointCounts = [UInt64](repeating: 0, count: bounds.count + 1)
+            var sum = 0.0
+            for _ in 0..<(1 + Int(rng.next() % 12)) {
+                let value = Double(rng.next() % 700_000) / 1000
+                sum += value
+                pointCounts[bounds.firstIndex { value <= $0 } ?? bounds.count] += 1
+            }
+            _ = try o.export(PB.request(service: "a", [PB.histogram("p2p.transfer.duration", temporality: 1, counts: pointCounts, bounds: bounds, sum: sum)])).get()
+            expected += sum
+            for i in pointCounts.indices { expectedCounts[i] += pointCounts[i] }
+        }
+        let family = try #require(o.fed.store.families.first { $0.name == "p2p_transfer_duration" })
+        let id = try #require(family.series.first)
+        o.fed.store.withHistogram(id) { buckets, sum, count in
+            #expect(Array(buckets) == expectedCounts)
+            #expect(count == expectedCounts.reduce(0, +))
+            #expect(sum.bitPattern == expected.bitPattern, "_sum \(sum), points' sums \(expected)")
+        }
+    }
+
     @Test("bounds that differ from the metric's are refused, counted bucket_mismatch; a reset restarts the stream's deltas")
     func mismatchAndReset() throws {
         var o = OTLPFed()
@@ -279,16 +308,6 @@ struct OTLPFed {
         #expect(streams.delta(stream: [1], start: 5, buckets: [2, 1], sum: 3, now: 0)! == ([2, 1], 3))
         #expect(streams.delta(stream: [1], start: 5, buckets: [3, 1], sum: 3.5, now: 0)! == ([1, 0], 0.5))
         #expect(streams.delta(stream: [1], start: 9, buckets: [1, 0], sum: 0.25, now: 0)! == ([1, 0], 0.25))  // restarted
-    }
-
-    @Test("representative values stay inside their buckets and sum to the point's sum")
-    func representatives() {
-        let values = OTLPInput.representatives(counts: [1, 2, 0, 1], bounds: [1, 2, 3], sum: 0.5 + 1.5 + 1.75 + 10)
-        #expect(values[0] <= 1 && values[1] > 1 && values[1] <= 2 && values[3] > 3)
-        let total: Double = values[0] + 2 * values[1] + values[3]
-        #expect(abs(total - 13.75) < 1e-9)
-        let low = OTLPInput.representatives(counts: [0, 2, 0, 0], bounds: [1, 2, 3], sum: 2.5)
-        #expect(low[1] == 1.25)
     }
 }
 

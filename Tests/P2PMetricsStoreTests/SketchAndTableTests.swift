@@ -89,9 +89,12 @@ struct HyperLogLogTests {
         #expect(abs(estimate((0..<100).map { "k\($0)" }) - 100) <= 5)
     }
 
-    @Test("large sets are within three standard errors (3 × 1.63 %)", arguments: [10_000, 100_000])
+    /// The seed changes every run, so the bound is four standard errors: three failed about once
+    /// in a few hundred runs (5.34 % seen at n = 10,000), a false failure is now about 1 in 16,000,
+    /// and a broken sketch is still far outside it.
+    @Test("large sets are within four standard errors (4 × 1.63 %)", arguments: [10_000, 100_000])
     func large(n: Int) {
         let error = abs(estimate((0..<n).lazy.map { "key-\($0)" }) - Double(n)) / Double(n)
-        #expect(error < 3 * 1.04 / 64, "n=\(n): relative error \(error)")
+        #expect(error < 4 * 1.04 / 64, "n=\(n): relative error \(error)")
     }
 }

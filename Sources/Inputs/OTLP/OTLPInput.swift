@@ -133,9 +133,9 @@ public struct OTLPInput: Sendable {
         }
     }
 
-    /// A histogram point as weighted observations, one per non-empty bucket: each at a value inside
-    /// its bucket, chosen so that value × count summed over the buckets is the point's sum (as
-    /// nearly as the buckets allow). The bounds are the metric's (configured, or its family's): an
+    /// A histogram point as weighted observations: one per non-empty bucket, counted at its upper
+    /// bound but kept out of `_sum`, and the point's sum added to `_sum` alone (`HistogramWeight`),
+    /// so that buckets, `_count` and `_sum` move by exactly what the point says. The bounds are the metric's (configured, or its family's): an
     /// explicit-bucket point's must equal them, an exponential point is re-bucketed into them.
     private mutating func histogramSamples(for point: OTLPNumberPoint, store: MetricStore) -> Result<Samples, OTLPPointRejection> {
         let name: String, labels: [(String, String)]
@@ -179,11 +179,15 @@ public struct OTLPInput: Sendable {
                 (counts, total) = delta
             }
         }
-        guard counts.allSatisfy({ $0 <= UInt64(UInt32.max) }) else { return .failure(.badValue) }
-        let values = Self.representatives(counts: counts, bounds: bounds, sum: total)
-        return .success(Samples(name: name, labels: labels, values: counts.indices.compactMap { i in
-            counts[i] == 0 ? nil : (.histogramObserve, SampleValue(canonical: values[i]), UInt32(counts[i]))
-        }))
+        guard counts.allSatisfy({ $0 <= UInt64(HistogramWeight.maxCount) }) else { return .failure(.badValue) }
+        // Each bucket's count at its upper bound, kept out of `_sum`; then the point's sum as one
+        // uncounted addition, so `_sum` moves by exactly the number the exporter summed.
+        var values: [(SampleKind, SampleValue, UInt32)] = counts.indices.compactMap { i in
+            let upper = i < bounds.count ? bounds[i] : (bounds.last ?? 0).nextUp
+            return counts[i] == 0 ? nil : (.histogramObserve, SampleValue(canonical: upper), UInt32(counts[i]) | HistogramWeight.countOnly)
+        }
+        if !values.isEmpty || total != 0 { values.append((.histogramObserve, SampleValue(canonical: total), HistogramWeight.sumOnly)) }
+        return .success(Samples(name: name, labels: labels, values: values))
     }
 
     /// Observations of one exponential bucket that straddles explicit bounds: counted in explicit
@@ -302,26 +306,6 @@ public struct OTLPInput: Sendable {
                 at -= 1
             }
         }
-    }
-
-    /// A value inside each bucket (bucket i is (bounds[i-1], bounds[i]]) such that Σ counts[i] ×
-    /// value[i] is `sum` when the buckets allow it: every bucket starts at its upper end (the +Inf
-    /// bucket just above the last bound), then the difference is taken from the top bucket down
-    /// to each bucket's lower end, or given to the +Inf bucket.
-    static func representatives(counts: [UInt64], bounds: [Double], sum: Double) -> [Double] {
-        var values = counts.indices.map { i in i < bounds.count ? bounds[i] : (bounds.last ?? 0).nextUp }
-        var difference = sum - zip(counts, values).reduce(0) { $0 + Double($1.0) * $1.1 }
-        if difference > 0, let last = counts.indices.last, counts[last] > 0 {
-            values[last] += difference / Double(counts[last])
-            return values
-        }
-        for i in counts.indices.reversed() where counts[i] > 0 && difference < 0 {
-            let lowest = i == 0 ? -Double.greatestFiniteMagnitude : bounds[i - 1].nextUp
-            let step = max(difference / Double(counts[i]), lowest - values[i])
-            values[i] += step
-            difference -= step * Double(counts[i])
-        }
-        return values
     }
 
     /// The point's metric name and labels, sanitized as StatsD names and tags are: the selected
