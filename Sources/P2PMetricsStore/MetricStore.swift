@@ -456,7 +456,7 @@ public struct MetricStore {
         _ key: UnsafeRawBufferPointer, hash: UInt32, id: SeriesID, into cache: inout ByteKeyTable, maxEntries: Int, maxBytes: Int
     ) {
         func fits() -> Bool {
-            cache.memoryFootprint + cache.growthBytesOfNextInsert + key.count <= maxBytes && cache.canStore(length: key.count)
+            cache.memoryFootprint + cache.bytesOfInsert(keyLength: key.count) <= maxBytes && cache.canStore(length: key.count)
         }
         if cache.count >= maxEntries || !fits() { cache.removeAll() }
         if fits() && cache.hasRoomNear(hash) { cache.insert(key, hash: hash, value: id) }
@@ -516,7 +516,7 @@ public struct MetricStore {
     /// 32-bit offset range of every table it extends. Compacts the key arena first when removed
     /// keys hold space.
     private mutating func admitsSeries(type: MetricType, family: Int32?, name: String) -> Bool {
-        var cost = keyScratch.count + canonical.growthBytesOfNextInsert
+        var cost = canonical.bytesOfInsert(keyLength: keyScratch.count)
         if freeIDs.isEmpty { cost += Self.bytesPerSeries }
         let descriptor = family == nil ? descriptors[name] : nil
         switch type {
