@@ -4,8 +4,8 @@ public enum EvictionReason: String, CaseIterable, Sendable {
     case noRequest = "no_request"
     /// Between requests of a keep-alive connection (or slow with its next head).
     case idle
-    /// A response the client has not read from for a while, or reads so slowly that the
-    /// rendering it holds must go.
+    /// A response the client has not read from for a while (at the cap, or holding a rendering
+    /// past the renderings' budget: see `RenderingRetention`).
     case stalled
 }
 

@@ -20,12 +20,14 @@ public struct HeldRendering: Sendable, Equatable {
 ///
 /// - A rendering whose every holder has stalled (no write progress for
 ///   `EvictionPolicy.stalledMilliseconds`) is freed, oldest first, while the held total is over
-///   the budget; a rendering with one holder making progress is never touched.
-/// - While the held total is at or over the budget, a new scrape gets the newest held rendering
-///   of its format and encoding, if there is one, instead of a new rendering.
+///   the budget (or, for a new scrape, while a new rendering would not fit beside it); a
+///   rendering with one holder making progress is never touched.
+/// - When one more rendering (as big as the latest of its format and encoding) would not fit in
+///   the budget beside the held ones, a new scrape gets the latest rendering of its format and
+///   encoding if a connection still holds it, instead of a new rendering.
 ///
-/// So held renderings never exceed the budget by more than one rendering per format and encoding
-/// (and those in progress), whatever the number of connections.
+/// So held renderings never exceed the budget by more than about one rendering per format and
+/// encoding (and those in progress), whatever the number of connections.
 public enum RenderingRetention {
     /// The budget's floor: held renderings may always total this much.
     public static let floorBytes = 64 << 20
@@ -51,8 +53,9 @@ public enum RenderingRetention {
         return (released, total)
     }
 
-    /// Whether a new scrape must share a held rendering of its variant rather than start one.
-    public static func mustShare(heldBytes: Int, budget: Int) -> Bool {
-        heldBytes >= budget
+    /// Whether a new scrape must share a held rendering of its variant rather than start one:
+    /// a new one, expected as big as `expectedBytes` (the latest of its variant), would not fit.
+    public static func mustShare(heldBytes: Int, expectedBytes: Int, budget: Int) -> Bool {
+        heldBytes + expectedBytes > budget
     }
 }

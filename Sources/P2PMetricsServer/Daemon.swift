@@ -96,6 +96,7 @@ public final class Daemon: ExpositionSource {
             boundSocket?.remove()  // a daemon that fails to start leaves no socket file behind
             throw error
         }
+        logNameClashes()
         addTimer(every: 5_000) { $0.notifyStatus() }
         addTimer(every: 1_000) { $0.tick() }
         if let interval = ServiceManager.watchdogPingIntervalMilliseconds() {
@@ -223,6 +224,16 @@ public final class Daemon: ExpositionSource {
         let path = new.configFile ?? "the configuration"
         writeStandardError(
             "p2pmetricsd: SIGHUP: reloaded \(path)\(kept.isEmpty ? "" : "; kept until a restart: \(kept.joined(separator: ", "))")")
+        logNameClashes()
+    }
+
+    /// One line per configured metric whose exposed names clash with an earlier known metric's
+    /// (its samples are refused as `name_clash`), at start and after each reload.
+    private func logNameClashes() {
+        for name in store.configuredNameClashes {
+            writeStandardError(
+                "p2pmetricsd: config: metric \(name) clashes with the exposed names of another metric; its samples are refused (name_clash)")
+        }
     }
 
     /// Stops a self-bound ingest socket from accepting (senders get EPIPE), drains what the kernel

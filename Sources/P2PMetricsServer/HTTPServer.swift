@@ -136,10 +136,10 @@ final class HTTPServer {
     /// Keeps the memory of renderings held by the connections still sending them bounded (see
     /// `RenderingRetention`): over the budget, the renderings only stalled connections hold are
     /// freed, oldest first (their connections closed, counted as `stalled`); a connection whose
-    /// client reads is never closed for it. Returns the renderings still held and whether a new
-    /// scrape must share one of them.
+    /// client reads is never closed for it; with `room`, until that many more bytes fit. Returns
+    /// the renderings still held, their total and the budget.
     @discardableResult
-    private func limitRetainedRenderings() -> (held: [RenderedBody], mustShare: Bool) {
+    private func limitRetainedRenderings(room: Int = 0) -> (held: [RenderedBody], heldBytes: Int, budget: Int) {
         let now = uv_now(loop)
         var holders: [ObjectIdentifier: (body: RenderedBody, connections: [HTTPConnection])] = [:]
         for connection in connections.values where !connection.isClosing {
@@ -152,23 +152,25 @@ final class HTTPServer {
             HeldRendering(bytes: $0.body.storage.count, sequence: $0.body.sequence, holders: $0.connections.map(\.activity))
         }
         let budget = RenderingRetention.budget(view)
-        let (released, heldBytes) = RenderingRetention.release(view, budget: budget, now: now)
+        let (released, heldBytes) = RenderingRetention.release(view, budget: budget - room, now: now)
         for index in released {
             for connection in held[index].connections { evict(connection, .stalled) }
         }
         let kept = held.indices.filter { !released.contains($0) }.map { held[$0].body }
-        return (kept, RenderingRetention.mustShare(heldBytes: heldBytes, budget: budget))
+        return (kept, heldBytes, budget)
     }
 
     /// Gets `connection` a `/metrics` body: the rendering of its format and encoding in progress,
-    /// if any; else, while held renderings are at their budget, the latest completed one of that
-    /// format and encoding if a connection still holds it (never an older one: a scraper's
-    /// counters would go back); else a new rendering.
+    /// if any; else, when a new one would not fit in the renderings' budget even once the
+    /// renderings only stalled connections hold are freed, the latest completed
+    /// one of that format and encoding if a connection still holds it (never an older one: a
+    /// scraper's counters would go back); else a new rendering.
     func requestRendering(format: ExpositionFormat, gzip: Bool, for connection: HTTPConnection) {
         if !renderer.isRendering(format: format, gzip: gzip) {
-            let (held, mustShare) = limitRetainedRenderings()
-            let latest = renderer.latestSequence(format: format, gzip: gzip)
-            if mustShare, let shared = held.first(where: { $0.sequence == latest }) {
+            let latest = renderer.latest(format: format, gzip: gzip)
+            let (held, heldBytes, budget) = limitRetainedRenderings(room: latest?.bytes ?? 0)
+            if let latest, RenderingRetention.mustShare(heldBytes: heldBytes, expectedBytes: latest.bytes, budget: budget),
+               let shared = held.first(where: { $0.sequence == latest.sequence }) {
                 connection.deliver(shared)
                 return
             }

@@ -91,8 +91,8 @@ final class RenderScheduler {
     private var nextJob = 0
     private var idleRunning = false
     private var completed: UInt64 = 0
-    /// The sequence of the latest completed rendering of each format and encoding.
-    private var latest: [(format: ExpositionFormat, gzip: Bool, sequence: UInt64)] = []
+    /// The sequence and size of the latest completed rendering of each format and encoding.
+    private var latest: [(format: ExpositionFormat, gzip: Bool, sequence: UInt64, bytes: Int)] = []
     /// Called with each completed rendering, after its waiters have it.
     var onCompleted: (RenderedBody) -> Void = { _ in }
 
@@ -111,10 +111,10 @@ final class RenderScheduler {
         job(format: format, gzip: gzip) != nil
     }
 
-    /// The sequence of the latest completed rendering of this format and encoding: the only one a
-    /// scrape may share once done (an older one could take a scraper's counters back).
-    func latestSequence(format: ExpositionFormat, gzip: Bool) -> UInt64? {
-        latest.first { $0.format == format && $0.gzip == gzip }?.sequence
+    /// The sequence and size of the latest completed rendering of this format and encoding: the
+    /// only one a scrape may share once done (an older one could take a scraper's counters back).
+    func latest(format: ExpositionFormat, gzip: Bool) -> (sequence: UInt64, bytes: Int)? {
+        latest.first { $0.format == format && $0.gzip == gzip }.map { ($0.sequence, $0.bytes) }
     }
 
     private func job(format: ExpositionFormat, gzip: Bool) -> Job? {
@@ -186,7 +186,7 @@ final class RenderScheduler {
         completed += 1
         let body = RenderedBody(storage: job.body, format: job.format, gzipped: job.gzip != nil, sequence: completed)
         latest.removeAll { $0.format == body.format && $0.gzip == body.gzipped }
-        latest.append((body.format, body.gzipped, body.sequence))
+        latest.append((body.format, body.gzipped, body.sequence, body.storage.count))
         let waiters = job.waiters
         job.waiters = []
         for connection in waiters { connection.deliver(body) }

@@ -25,7 +25,15 @@ struct RenderingRetentionTests {
         let (released, heldBytes) = RenderingRetention.release(held, budget: 64 * mib, now: 10_000)
         #expect(released.isEmpty)
         #expect(heldBytes == 71 * mib + mib / 4)
-        #expect(RenderingRetention.mustShare(heldBytes: heldBytes, budget: 64 * mib))
+        #expect(RenderingRetention.mustShare(heldBytes: heldBytes, expectedBytes: 71 * mib, budget: 64 * mib))
+    }
+
+    @Test("a new rendering starts only if one more as big as the latest of its variant fits")
+    func shareWhenANewOneWouldNotFit() {
+        // Two 71 MiB renderings held, budget 142 MiB: a third would not fit, whatever a few bytes' difference.
+        #expect(!RenderingRetention.mustShare(heldBytes: 71 * mib, expectedBytes: 71 * mib, budget: 142 * mib))
+        #expect(RenderingRetention.mustShare(heldBytes: 142 * mib - 3, expectedBytes: 71 * mib + 2, budget: 142 * mib + 4))
+        #expect(!RenderingRetention.mustShare(heldBytes: 0, expectedBytes: 0, budget: 64 * mib))
     }
 
     @Test("over the budget, renderings only stalled readers hold are freed, oldest first, until within it")
@@ -37,7 +45,7 @@ struct RenderingRetentionTests {
         let (released, heldBytes) = RenderingRetention.release(held, budget: 64 * mib, now: 10_000)
         #expect(released == [2, 0])  // sequence 1 has a reader; 2, then 3; 4 is no longer needed
         #expect(heldBytes == 60 * mib)
-        #expect(!RenderingRetention.mustShare(heldBytes: heldBytes, budget: 64 * mib))
+        #expect(!RenderingRetention.mustShare(heldBytes: heldBytes, expectedBytes: 4 * mib, budget: 64 * mib))
         // Within the budget nothing is freed, stalled or not.
         #expect(RenderingRetention.release(held, budget: 120 * mib, now: 10_000).released.isEmpty)
     }

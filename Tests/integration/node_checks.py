@@ -193,6 +193,19 @@ def activation():
             "exec_start": prop(SERVICE, "ExecStart"), "watchdog_usec": prop(SERVICE, "WatchdogUSec")}
 
 
+@step("reload")
+def reload():
+    """`systemctl reload` (the unit's ExecReload=) sends SIGHUP: the same process goes on serving,
+    and says in the journal what it did (the default unit has no --config to re-read)."""
+    pid = int(prop(SERVICE, "MainPID"))
+    r = sh("systemctl", "reload", SERVICE)
+    line = "p2pmetricsd: SIGHUP: no configuration file (--config) to reload"
+    logged = wait_until(lambda: line in sh("journalctl", "-u", SERVICE, "-o", "cat", "--no-pager").stdout, 20)
+    return {"rc": r.returncode, "output": r.stdout + r.stderr, "logged": logged, "pid_before": pid,
+            "pid_after": int(prop(SERVICE, "MainPID")), "active": sh("systemctl", "is-active", SERVICE).stdout.strip(),
+            "downloads": value("p2p_image_downloads_total")}
+
+
 @step("capp")
 def capp():
     """A C program linked with -lp2pmetrics on the test machine runs here without LD_LIBRARY_PATH."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DAEMON_BIN, free_port, parse_exposition, start_daemon
-from wire import counter
+from wire import counter, datagram
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to play another user")
 
@@ -166,6 +166,37 @@ def test_sighup_reloads_allow_lists_limits_and_metric_entries(tmp_path):
         d.send(counter("after.refused.reload", 1))
         assert d.wait_for("after_refused_reload", 1) == 1
         assert d.proc.poll() is None
+    finally:
+        assert d.stop() == 0
+
+
+def test_configured_name_clashes_are_logged_at_start_and_on_reload(tmp_path):
+    """A configured metric whose exposed names clash with another's (here the catalog histogram
+    `p2p.transfer.duration`'s `_bucket` series) never gets a family: one log line each says so,
+    at start and after a SIGHUP reload, so the operator is not left guessing."""
+    line = "p2pmetricsd: config: metric {} clashes with the exposed names of another metric; its samples are refused (name_clash)"
+    cfg = tmp_path / "clash.json"
+    cfg.write_text(json.dumps({"metrics": {"p2p.transfer.duration.bucket": {"type": "gauge"}}}))
+    d = start_daemon(tmp_path, "--config", str(cfg))
+    try:
+        wait_log(d, "clashes with")
+        assert line.format("p2p.transfer.duration.bucket") in d.log_path.read_text().splitlines()
+        d.send(datagram([("gauge_set", "p2p.transfer.duration.bucket", 1, {})]))  # what its entry says it is
+        assert d.wait_for("p2pmetricsd_samples_rejected_total", 1, reason="name_clash") == 1
+        cfg.write_text(json.dumps({"metrics": {"p2p.transfer.duration.bucket": {"type": "gauge"},
+                                               "p2p.transfer.duration.count": {"type": "counter"},
+                                               "fine.gauge": {"type": "gauge"}}}))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_log(d, "SIGHUP: reloaded")
+        lines = d.log_path.read_text().splitlines()
+        after = lines[next(i for i, l in enumerate(lines) if "SIGHUP: reloaded" in l) + 1:]
+        deadline = time.monotonic() + 10
+        while len(after) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            lines = d.log_path.read_text().splitlines()
+            after = lines[next(i for i, l in enumerate(lines) if "SIGHUP: reloaded" in l) + 1:]
+        assert after == [line.format("p2p.transfer.duration.bucket"), line.format("p2p.transfer.duration.count")]
+        assert sum(1 for l in lines if l.startswith("p2pmetricsd: config: metric ")) == 3  # one at start, two after the reload
     finally:
         assert d.stop() == 0
 

@@ -9,6 +9,7 @@ import gzip
 import json
 import multiprocessing
 import os
+import re
 import socket
 import threading
 import time
@@ -533,7 +534,7 @@ def wide_daemon(tmp_path_factory):
 
 
 class PacedScrape:
-    """A plain `GET /metrics` read at a steady pace (`chunk` bytes every `interval` seconds, so
+    """A `GET /metrics` (plain unless `headers` ask otherwise) read at a steady pace (`chunk` bytes every `interval` seconds, so
     the daemon sees write progress several times a second) until `hurry` is set, then at full
     speed to the end. Records the body's length, its Content-Length and its first bytes."""
 
@@ -584,33 +585,23 @@ class PacedScrape:
     def rendering(self) -> int:
         """Which rendering this body is: the 200 responses counted when it began (self-metrics
         open every rendering, and each new scrape counts one before it asks)."""
-        import re
         found = re.search(rb'\np2pmetricsd_http_responses_total\{code="200"\} (\d+)\n', self.start)
         assert found, f"no 200 responses count in the body's first bytes: {self.start[:4096]!r}"
         return int(found.group(1))
 
 
 def stalled_evictions(d) -> float:
-    with urllib_gzip_get(d.port) as body:
-        m = parse_exposition(body)
+    m = parse_exposition(gzip_scrape(d.port))
     return m[("p2pmetricsd_http_connections_evicted_total", frozenset({"reason": "stalled"}.items()))]
 
 
-class urllib_gzip_get:
-    """A gzip scrape read whole (its rendering is small: it cannot hold much itself)."""
-
-    def __init__(self, port: int):
-        import urllib.request
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "gzip"})
-        with urllib.request.urlopen(request, timeout=120) as r:
-            assert r.headers["Content-Encoding"] == "gzip"
-            self.raw = r.read()
-
-    def __enter__(self) -> str:
-        return gzip.decompress(self.raw).decode()
-
-    def __exit__(self, *exc) -> None:
-        pass
+def gzip_scrape(port: int) -> str:
+    """A gzip scrape read whole, decompressed (its rendering is small: it cannot hold much itself)."""
+    import urllib.request
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=120) as r:
+        assert r.headers["Content-Encoding"] == "gzip"
+        return gzip.decompress(r.read()).decode()
 
 
 def test_a_reading_scraper_of_a_body_over_the_budget_is_never_cut(wide_daemon):
@@ -622,8 +613,8 @@ def test_a_reading_scraper_of_a_body_over_the_budget_is_never_cut(wide_daemon):
     hurry = threading.Event()
     reader = PacedScrape(d.port, hurry)  # ~2.5 MB/s until the gzip scrape is done
     assert reader.length > 64 << 20
-    with urllib_gzip_get(d.port) as body:  # a newer, much smaller rendering completes meanwhile
-        assert body.count("\nwide_c{") == WIDE_SERIES
+    body = gzip_scrape(d.port)  # a newer, much smaller rendering completes meanwhile
+    assert body.count("\nwide_c{") == WIDE_SERIES
     mid_body = reader.received < reader.length
     hurry.set()
     reader.finish()

@@ -104,6 +104,14 @@ def test_first_datagram_starts_the_hardened_service_as_a_dynamic_user(node_resul
     print(f"\nsystemd-analyze security p2pmetricsd.service inside the node: {a['exposure']}")
 
 
+def test_systemctl_reload_sends_sighup_to_the_running_daemon(node_results):
+    r = facts(node_results, "reload")
+    assert r["rc"] == 0, r["output"]
+    assert r["logged"], "no SIGHUP line in the journal after systemctl reload"
+    assert r["pid_after"] == r["pid_before"] and r["active"] == "active"
+    assert r["downloads"] == 1  # the same process, its counters intact
+
+
 def test_only_the_p2pmetrics_group_can_send(node_results):
     g = facts(node_results, "group")
     assert g["member_rc"] == 0, g["member_out"]
