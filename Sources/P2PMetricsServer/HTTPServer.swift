@@ -28,10 +28,6 @@ protocol ExpositionSource: AnyObject {
 final class HTTPServer {
     /// Bytes handed to the kernel per write of a response body (a progress step of the send timeout).
     static let writeBytes = 256 * 1024
-    /// Renderings still being sent may hold this many bytes (or twice the newest one, if
-    /// more); past it, the connections still sending the oldest ones are closed.
-    static let retainedRenderingBytes = 64 << 20
-
     let loop: UnsafeMutablePointer<uv_loop_t>
     let configuration: ServerConfiguration
     unowned let source: ExpositionSource
@@ -78,7 +74,7 @@ final class HTTPServer {
                 try Self.bind(tcp, to: otlpAddress ?? configuration.listenAddress)
             }
         }
-        renderer.onCompleted = { [unowned self] newest in self.limitRetainedRenderings(newest: newest) }
+        renderer.onCompleted = { [unowned self] _ in self.limitRetainedRenderings() }
         stream.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         let rc = uv_listen(stream, 128) { server, status in
             guard let server, let data = server.pointee.data, status == 0 else { return }
@@ -125,7 +121,9 @@ final class HTTPServer {
     /// Returns false when every connection is busy with a request making progress.
     private func evictOne() -> Bool {
         let open = connections.values.filter { !$0.isClosing }
-        guard let (index, reason) = EvictionPolicy.choose(open.map(\.activity), now: uv_now(loop)) else { return false }
+        let now = uv_now(loop)
+        for connection in open { connection.noteWriteProgress(now: now) }
+        guard let (index, reason) = EvictionPolicy.choose(open.map(\.activity), now: now) else { return false }
         evict(open[index], reason)
         return true
     }
@@ -135,21 +133,47 @@ final class HTTPServer {
         connection.close()
     }
 
-    /// Keeps the memory of renderings that slow or stalled clients are still being sent bounded:
-    /// each holds its whole body, so past the budget the connections holding the oldest ones are
-    /// closed (counted as `stalled`), never one holding the newest rendering.
-    private func limitRetainedRenderings(newest: RenderedBody) {
+    /// Keeps the memory of renderings held by the connections still sending them bounded (see
+    /// `RenderingRetention`): over the budget, the renderings only stalled connections hold are
+    /// freed, oldest first (their connections closed, counted as `stalled`); a connection whose
+    /// client reads is never closed for it. Returns the renderings still held and whether a new
+    /// scrape must share one of them.
+    @discardableResult
+    private func limitRetainedRenderings() -> (held: [RenderedBody], mustShare: Bool) {
+        let now = uv_now(loop)
         var holders: [ObjectIdentifier: (body: RenderedBody, connections: [HTTPConnection])] = [:]
-        for connection in connections.values {
-            guard let body = connection.sendingBody, body.sequence < newest.sequence else { continue }
+        for connection in connections.values where !connection.isClosing {
+            connection.noteWriteProgress(now: now)
+            guard let body = connection.sendingBody else { continue }
             holders[ObjectIdentifier(body), default: (body, [])].connections.append(connection)
         }
-        var total = newest.storage.count + holders.values.reduce(0) { $0 + $1.body.storage.count }
-        let budget = max(Self.retainedRenderingBytes, 2 * newest.storage.count)
-        for (body, holding) in holders.values.sorted(by: { $0.body.sequence < $1.body.sequence }) where total > budget {
-            total -= body.storage.count
-            for connection in holding { evict(connection, .stalled) }
+        let held = Array(holders.values)
+        let view = held.map {
+            HeldRendering(bytes: $0.body.storage.count, sequence: $0.body.sequence, holders: $0.connections.map(\.activity))
         }
+        let budget = RenderingRetention.budget(view)
+        let (released, heldBytes) = RenderingRetention.release(view, budget: budget, now: now)
+        for index in released {
+            for connection in held[index].connections { evict(connection, .stalled) }
+        }
+        let kept = held.indices.filter { !released.contains($0) }.map { held[$0].body }
+        return (kept, RenderingRetention.mustShare(heldBytes: heldBytes, budget: budget))
+    }
+
+    /// Gets `connection` a `/metrics` body: the rendering of its format and encoding in progress,
+    /// if any; else, while held renderings are at their budget, the latest completed one of that
+    /// format and encoding if a connection still holds it (never an older one: a scraper's
+    /// counters would go back); else a new rendering.
+    func requestRendering(format: ExpositionFormat, gzip: Bool, for connection: HTTPConnection) {
+        if !renderer.isRendering(format: format, gzip: gzip) {
+            let (held, mustShare) = limitRetainedRenderings()
+            let latest = renderer.latestSequence(format: format, gzip: gzip)
+            if mustShare, let shared = held.first(where: { $0.sequence == latest }) {
+                connection.deliver(shared)
+                return
+            }
+        }
+        renderer.request(format: format, gzip: gzip, for: connection)
     }
 
     /// A connection started closing: it no longer counts against the cap.
@@ -191,6 +215,9 @@ final class HTTPConnection {
     /// Loop time (ms) of acceptance, and of the last completed request or write.
     private var acceptedAt: UInt64 = 0
     private var lastProgress: UInt64 = 0
+    /// Bytes libuv still had queued for this connection at the last look: fewer at the next look
+    /// means the kernel took more in between (the client reads).
+    private var queuedBytesAtLastLook = 0
 
     // The scrape in progress: its request, then the shared body being sent.
     private var scrapeStart: UInt64 = 0
@@ -227,6 +254,14 @@ final class HTTPConnection {
     }
 
     var isClosing: Bool { closing }
+
+    /// Counts bytes the kernel took from the write queue since the last look as progress (at
+    /// `now`): a client reading one large write slowly but steadily is not stalled.
+    func noteWriteProgress(now: UInt64) {
+        let queued = uv_stream_get_write_queue_size(stream)
+        if queued < queuedBytesAtLastLook { lastProgress = max(lastProgress, now) }
+        queuedBytesAtLastLook = queued
+    }
 
     /// What the eviction policy looks at.
     var activity: ConnectionActivity {
@@ -384,7 +419,7 @@ final class HTTPConnection {
         scrapeMinorVersion = minorVersion
         scrapeKeepAlive = keepAlive
         uv_timer_stop(timer)
-        server.renderer.request(format: format, gzip: gzip, for: self)
+        server.requestRendering(format: format, gzip: gzip, for: self)
     }
 
     /// Sends a finished rendering with its exact `Content-Length` (HTTP/1.0 and 1.1 alike: a cut
@@ -392,6 +427,7 @@ final class HTTPConnection {
     func deliver(_ rendered: RenderedBody) {
         guard !closing else { return }
         waitingForBody = false
+        lastProgress = uv_now(server.loop)  // the response starts now: waiting for the rendering was not the client's fault
         body = rendered
         bodyOffset = 0
         closeAfterResponse = !scrapeKeepAlive
@@ -477,7 +513,9 @@ final class HTTPConnection {
             retained.release()
             request.deallocate()
             close()
+            return
         }
+        queuedBytesAtLastLook = uv_stream_get_write_queue_size(stream)
     }
 
     // MARK: Timeouts and closing

@@ -91,6 +91,8 @@ final class RenderScheduler {
     private var nextJob = 0
     private var idleRunning = false
     private var completed: UInt64 = 0
+    /// The sequence of the latest completed rendering of each format and encoding.
+    private var latest: [(format: ExpositionFormat, gzip: Bool, sequence: UInt64)] = []
     /// Called with each completed rendering, after its waiters have it.
     var onCompleted: (RenderedBody) -> Void = { _ in }
 
@@ -104,9 +106,24 @@ final class RenderScheduler {
     /// Renderings in progress (at most one per format and encoding).
     var inProgress: Int { jobs.count }
 
+    /// Whether a rendering of this format and encoding is in progress (a new request joins it).
+    func isRendering(format: ExpositionFormat, gzip: Bool) -> Bool {
+        job(format: format, gzip: gzip) != nil
+    }
+
+    /// The sequence of the latest completed rendering of this format and encoding: the only one a
+    /// scrape may share once done (an older one could take a scraper's counters back).
+    func latestSequence(format: ExpositionFormat, gzip: Bool) -> UInt64? {
+        latest.first { $0.format == format && $0.gzip == gzip }?.sequence
+    }
+
+    private func job(format: ExpositionFormat, gzip: Bool) -> Job? {
+        jobs.first { $0.format == format && ($0.gzip != nil) == gzip }
+    }
+
     /// Asks for a body; `connection.deliver(_:)` is called with it, possibly before this returns.
     func request(format: ExpositionFormat, gzip: Bool, for connection: HTTPConnection) {
-        if let job = jobs.first(where: { $0.format == format && ($0.gzip != nil) == gzip }) {
+        if let job = job(format: format, gzip: gzip) {
             job.waiters.append(connection)
             return
         }
@@ -168,6 +185,8 @@ final class RenderScheduler {
         source.renderEnded()
         completed += 1
         let body = RenderedBody(storage: job.body, format: job.format, gzipped: job.gzip != nil, sequence: completed)
+        latest.removeAll { $0.format == body.format && $0.gzip == body.gzipped }
+        latest.append((body.format, body.gzipped, body.sequence))
         let waiters = job.waiters
         job.waiters = []
         for connection in waiters { connection.deliver(body) }

@@ -13,6 +13,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from conftest import parse_exposition, start_daemon
 from wire import counter
 
@@ -499,3 +501,196 @@ def test_a_connection_is_refused_only_when_every_other_is_busy_and_counted(tmp_p
         assert sum(v for (name, _), v in m.items() if name == "p2pmetricsd_http_connections_evicted_total") == 0
     finally:
         d.stop()
+
+
+# --- Renderings held by readers of big bodies (issue 19's soak bug) --------------------------
+
+WIDE_SERIES = 4_500  # 16 labels of 1 KiB each: a plain body of ~74 MB, over the 64 MiB floor
+
+
+def hwm_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+@pytest.fixture(scope="module")
+def wide_daemon(tmp_path_factory):
+    """A daemon holding WIDE_SERIES series of 16 × 1 KiB labels (what the hostile soak's bursts
+    send), shared by the tests below (each reads its own figures)."""
+    d = start_daemon(tmp_path_factory.mktemp("wide"))
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            for i in range(WIDE_SERIES):
+                labels = {f"l{k:02d}": f"{i:06d}" + chr(97 + k) * 1018 for k in range(16)}
+                s.sendto(counter("wide.c", 1, labels), d.socket_path)
+        assert d.wait_for("p2pmetricsd_series", WIDE_SERIES, timeout=60) == WIDE_SERIES
+        yield d
+    finally:
+        d.stop()
+
+
+class PacedScrape:
+    """A plain `GET /metrics` read at a steady pace (`chunk` bytes every `interval` seconds, so
+    the daemon sees write progress several times a second) until `hurry` is set, then at full
+    speed to the end. Records the body's length, its Content-Length and its first bytes."""
+
+    def __init__(self, port: int, hurry: threading.Event, chunk: int = 256 * 1024, interval: float = 0.1,
+                 headers: bytes = b""):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=120)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+        self.sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers + b"\r\n")
+        raw = b""
+        while b"\r\n\r\n" not in raw:  # the head comes once the rendering is done
+            chunk_in = self.sock.recv(65536)
+            assert chunk_in, "closed before the head"
+            raw += chunk_in
+        head, _, self.start = raw.partition(b"\r\n\r\n")
+        self.length = int(head.decode().lower().split("content-length:")[1].split("\r\n")[0])
+        self.received = len(self.start)
+        self.lines = 0
+        self.error: str | None = None
+        self.hurry, self.chunk, self.interval = hurry, chunk, interval
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        tail = self.start[-6:]  # one byte short of the pattern: a match is never counted twice
+        self.lines = self.start.count(b"\nwide_c")
+        try:
+            while self.received < self.length:
+                want = min(self.chunk, self.length - self.received) if not self.hurry.is_set() else 1 << 20
+                data = self.sock.recv(want)
+                if not data:
+                    break
+                self.received += len(data)
+                self.lines += (tail + data).count(b"\nwide_c")
+                tail = (tail + data)[-6:]
+                if len(self.start) < 65536:
+                    self.start += data[:65536 - len(self.start)]
+                if not self.hurry.is_set():
+                    time.sleep(self.interval)
+        except OSError as e:
+            self.error = repr(e)
+        finally:
+            self.sock.close()
+
+    def finish(self) -> None:
+        self.thread.join(120)
+
+    @property
+    def rendering(self) -> int:
+        """Which rendering this body is: the 200 responses counted when it began (self-metrics
+        open every rendering, and each new scrape counts one before it asks)."""
+        import re
+        found = re.search(rb'\np2pmetricsd_http_responses_total\{code="200"\} (\d+)\n', self.start)
+        assert found, f"no 200 responses count in the body's first bytes: {self.start[:4096]!r}"
+        return int(found.group(1))
+
+
+def stalled_evictions(d) -> float:
+    with urllib_gzip_get(d.port) as body:
+        m = parse_exposition(body)
+    return m[("p2pmetricsd_http_connections_evicted_total", frozenset({"reason": "stalled"}.items()))]
+
+
+class urllib_gzip_get:
+    """A gzip scrape read whole (its rendering is small: it cannot hold much itself)."""
+
+    def __init__(self, port: int):
+        import urllib.request
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=120) as r:
+            assert r.headers["Content-Encoding"] == "gzip"
+            self.raw = r.read()
+
+    def __enter__(self) -> str:
+        return gzip.decompress(self.raw).decode()
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def test_a_reading_scraper_of_a_body_over_the_budget_is_never_cut(wide_daemon):
+    """The hostile soak's bug: a scraper steadily reading a plain body of over 64 MiB was closed
+    (body shorter than its Content-Length, counted as `stalled`) when a newer, smaller rendering —
+    a concurrent gzip scrape — completed. A reader making progress is never cut now."""
+    d = wide_daemon
+    stalled_before = stalled_evictions(d)
+    hurry = threading.Event()
+    reader = PacedScrape(d.port, hurry)  # ~2.5 MB/s until the gzip scrape is done
+    assert reader.length > 64 << 20
+    with urllib_gzip_get(d.port) as body:  # a newer, much smaller rendering completes meanwhile
+        assert body.count("\nwide_c{") == WIDE_SERIES
+    mid_body = reader.received < reader.length
+    hurry.set()
+    reader.finish()
+    print(f"big body: plain {reader.length / 1e6:.1f} MB read at 2.5 MB/s while a gzip scrape completed "
+          f"(reader at {'mid-body' if mid_body else 'the end'}): {reader.received / 1e6:.1f} MB received; "
+          f"daemon peak RSS {hwm_kib(d.proc.pid) / 1024:.1f} MiB")
+    assert mid_body  # the scenario holds: the small rendering completed while the big one was being read
+    assert reader.error is None and reader.received == reader.length, \
+        f"cut: {reader.received} of {reader.length} bytes ({reader.error})"
+    assert reader.lines == WIDE_SERIES
+    assert stalled_evictions(d) == stalled_before
+
+
+def test_readers_making_progress_cannot_pin_more_than_two_big_renderings(wide_daemon):
+    """Hostile side of the fix: readers that keep reading (so none may be cut), each asking while
+    the previous one holds its rendering, would pin a new ~74 MB rendering each. Past the budget
+    (max(64 MiB, 2 × the largest held)), a new scrape is served the newest held rendering of its
+    format and encoding instead: two renderings, whatever the number of such readers."""
+    d = wide_daemon
+    stalled_before = stalled_evictions(d)
+    rss_before = rss_kib(d.proc.pid)
+    hurry = threading.Event()
+    readers = []
+    try:
+        for _ in range(5):
+            readers.append(PacedScrape(d.port, hurry))
+        rss_held = rss_kib(d.proc.pid)
+    finally:
+        hurry.set()
+        for r in readers:
+            r.finish()
+    renderings = [r.rendering for r in readers]
+    print(f"pinning by progressing readers: 5 readers of a {readers[0].length / 1e6:.1f} MB body, renderings "
+          f"{renderings}; RSS {rss_before / 1024:.1f} → {rss_held / 1024:.1f} MiB while held, "
+          f"peak {hwm_kib(d.proc.pid) / 1024:.1f} MiB")
+    for r in readers:  # none was cut
+        assert r.error is None and r.received == r.length and r.lines == WIDE_SERIES
+    assert len(set(renderings)) == 2 and renderings[2:] == [renderings[1]] * 3, renderings
+    assert stalled_evictions(d) == stalled_before
+    assert (rss_held - rss_before) * 1024 < 3 * readers[0].length  # two renderings (and slack), not five
+
+
+def test_a_shared_rendering_never_takes_a_scraper_back_in_time(wide_daemon):
+    """Sharing a held rendering past the budget must never serve one older than a rendering of
+    the same format already sent: a scraper would see its counters go back (a reset). Only the
+    latest completed rendering of a format and encoding is shared; if nobody holds it any more,
+    a new one is made."""
+    d = wide_daemon
+    stalled_before = stalled_evictions(d)
+    slow = threading.Event()
+    fast = threading.Event()
+    fast.set()
+    held = [PacedScrape(d.port, slow)]  # an old plain rendering, held by a slow reader
+    first = PacedScrape(d.port, fast)  # a scraper reads a newer one whole
+    first.finish()
+    # OpenMetrics renderings held by other slow readers: the held renderings pass the budget.
+    for _ in range(2):
+        held.append(PacedScrape(d.port, slow, headers=b"Accept: application/openmetrics-text; version=1.0.0\r\n"))
+    second = PacedScrape(d.port, fast)  # the same scraper again
+    second.finish()
+    slow.set()
+    for r in held:
+        r.finish()
+    print(f"back in time: slow plain reader on rendering {held[0].rendering}, OpenMetrics ones on "
+          f"{[r.length for r in held[1:]]} bytes, the scraper got "
+          f"{first.rendering} then {second.rendering}")
+    for r in [*held, first, second]:
+        assert r.error is None and r.received == r.length and r.lines == WIDE_SERIES
+    assert held[0].rendering < first.rendering < second.rendering
+    assert stalled_evictions(d) == stalled_before
