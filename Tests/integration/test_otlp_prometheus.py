@@ -329,8 +329,8 @@ def test_seed_queries_in_prometheus_answer_the_same_for_the_otel_sdk_and_the_c_c
         # C client's are process-scoped (A1's 2 were withdrawn when it exited: B's 1 remains);
         # an OTLP exporter has no process to watch, so A1's last export (2) stays until its
         # restarted instance exports (same service.instance.id: a reset of its stream) or the
-        # stream expires after 15 minutes.
-        # The OTLP histogram's _sum is exact only to rounding (OTLP_SUM, below); the C client's is exact.
+        # stream expires after 15 minutes. (The OTLP histogram's _sum is exact only to rounding:
+        # OTLP_SUM; the C client's is exact.)
         want = phase0 | {key("p2p_transfers_active"): 1}
         assert wait_for_series(c, want) == want
         want = phase0 | {key("p2p_transfers_active"): 3}
@@ -379,6 +379,7 @@ def test_seed_queries_in_prometheus_answer_the_same_for_the_otel_sdk_and_the_c_c
             for labels, samples in window["c"].items():
                 other = window["otlp"][labels]
                 assert (samples[0][1], samples[-1][1]) == (other[0][1], other[-1][1]), (name, labels)
+                assert (samples[0][1], samples[-1][1]) == (phase0[(name, labels)], final[(name, labels)]), (name, labels)
                 for job, s in (("c", samples), ("otlp", other)):
                     assert resets[job][labels] == 0, (job, name, labels)
                     f = extrapolation(s, t_ms, 300)
