@@ -16,7 +16,8 @@ of the workload is in (so every series of a job has the same scrape timestamps f
 sample on); the second half follows. Then, at one evaluation time T:
 
 * both daemons' /metrics hold exactly the workload's totals (the C client's helper semantics);
-* every `p2p_` series Prometheus holds is the same in both jobs, label set and value;
+* every `p2p_` series Prometheus holds is the same in both jobs, label set and value (the OTLP
+  histogram's `_sum` only to rounding: OTLP_SUM below, an open bug pinned by an expected failure);
 * the seed guide's queries, the contrib corrections and the dashboard's, as written (`[5m]`),
   give the same answers: instant ones exactly; ratios of rates and `histogram_quantile` of rates
   equal to 1e-12 (float rounding: the two jobs' scrape times differ, and rate() scales each job's
