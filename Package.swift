@@ -74,7 +74,7 @@ let package = Package(
         .testTarget(name: "P2PMetricsExpositionTests", dependencies: ["P2PMetricsExposition", "P2PMetricsStore", "P2PMetricsWire", "P2PMetricsTestVectors"]),
         .testTarget(name: "P2PMetricsHTTPTests", dependencies: ["P2PMetricsHTTP", "P2PMetricsTestVectors"]),
         .testTarget(name: "P2PMetricsServerTests", dependencies: ["P2PMetricsServer", "P2PMetricsStore"]),
-        .testTarget(name: "P2PMetricsInputTests", dependencies: ["P2PMetricsInputOTLP", "P2PMetricsInputStatsD", "P2PMetricsInputDatagram", "P2PMetricsStore", "P2PMetricsWire"]),
+        .testTarget(name: "P2PMetricsInputTests", dependencies: ["P2PMetricsInputOTLP", "P2PMetricsInputStatsD", "P2PMetricsInputDatagram", "P2PMetricsStore", "P2PMetricsWire", "P2PMetricsTestVectors"]),
         .testTarget(
             name: "P2PMetricsTests",
             dependencies: ["P2PMetrics", "P2PMetricsWire", "P2PMetricsTestVectors", .product(name: "Metrics", package: "swift-metrics")]

@@ -1,9 +1,11 @@
 /* p2pm-load: sends a fixed workload (workload.h) to a Unix datagram socket at full speed and
  * reports what the receiver did with it, from the receiver's own counters.
  *
- *   p2pm-load --socket PATH --mode single|batch|fill [options]
+ *   p2pm-load --socket PATH --mode single|batch|fill|text1|text20 [options]
  *     --duration S         seconds to send (single, batch; default 3)
  *     --series N           series to create (fill; default 1000000)
+ *                          (text1, text20: the seed mix as DogStatsD text, 1 or 20 lines per
+ *                          datagram; one line is one sample)
  *     --nonblock           MSG_DONTWAIT sends: a full queue drops the datagram, counted, and the
  *                          count travels in-band in the next datagram sent (PROTOCOL.md 4)
  *     --http HOST:PORT     receiver is p2pmetricsd: counters from its /metrics (self-metrics)
@@ -99,6 +101,7 @@ static double find_value(const char *buf, const char *name)
 }
 
 static const char *REJECT_REASONS_PREFIX = "p2pmetricsd_datagrams_rejected_total{reason=";
+static const char *TEXT_REJECT_REASONS_PREFIX = "p2pmetricsd_text_lines_rejected_total{reason=";
 
 /* Reads the daemon's self-metrics: they come first in /metrics, so only the head is read. */
 static counters read_daemon(void)
@@ -130,6 +133,11 @@ static counters read_daemon(void)
     c.client_dropped = (uint64_t)find_value(buf, "p2pmetricsd_client_dropped_datagrams_total");
     c.series = (uint64_t)find_value(buf, "p2pmetricsd_series");
     for (const char *p = buf; (p = strstr(p, REJECT_REASONS_PREFIX)) != NULL; p++) {
+        const char *sp = strchr(p, ' ');
+        if (sp) c.rejected += (uint64_t)strtod(sp + 1, NULL);
+    }
+    /* a refused text line counts as a rejection too (text modes: one line, one sample) */
+    for (const char *p = buf; (p = strstr(p, TEXT_REJECT_REASONS_PREFIX)) != NULL; p++) {
         const char *sp = strchr(p, ' ');
         if (sp) c.rejected += (uint64_t)strtod(sp + 1, NULL);
     }
@@ -242,7 +250,7 @@ int main(int argc, char **argv)
             http_port = atoi(colon + 1);
         } else { fprintf(stderr, "p2pm-load: unknown option %s\n", a); return 2; }
     }
-    if (!socket_path) { fprintf(stderr, "usage: p2pm-load --socket PATH --mode single|batch|fill ...\n"); return 2; }
+    if (!socket_path) { fprintf(stderr, "usage: p2pm-load --socket PATH --mode single|batch|fill|text1|text20 ...\n"); return 2; }
     if (http_host && strcmp(http_host, "127.0.0.1") && strcmp(http_host, "localhost")) {
         fprintf(stderr, "p2pm-load: --http must be on 127.0.0.1\n");
         return 2;
@@ -261,7 +269,13 @@ int main(int argc, char **argv)
     if (!strcmp(mode, "single")) wl_build_single(&w);
     else if (!strcmp(mode, "batch")) wl_build_batch(&w, 512, batch_bytes, per_datagram);
     else if (fill) wl_build_fill(&w, fill_series, batch_bytes);
+    else if (!strcmp(mode, "text1")) wl_build_text(&w, 1, 10400);
+    else if (!strcmp(mode, "text20")) wl_build_text(&w, 20, 1040);
     else { fprintf(stderr, "p2pm-load: unknown mode %s\n", mode); return 2; }
+    if (nonblock && !strncmp(mode, "text", 4)) {
+        fprintf(stderr, "p2pm-load: --nonblock needs a binary mode (drop reports travel in binary datagrams)\n");
+        return 2;
+    }
 
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) die("socket");

@@ -7,6 +7,8 @@
  *           referenced by every later sample of it (PROTOCOL.md 1.2), as the clients' batch mode does
  *   fill    `fill_series` distinct counter series bench.fill.total{shard,item}, one sample each,
  *           packed into 8 KiB datagrams (for the 1M-series scenarios)
+ *   text    the same 5,200 series as DogStatsD text lines (counters `|c`, gauges `+1|g`/`-1|g`,
+ *           timers `|ms`, tags `#label:value,peer:peer-NNN`), `lines` lines per datagram
  *
  * Everything is deterministic (fixed LCG seed), so the floor receiver and the daemon get
  * byte-identical traffic. */
@@ -268,6 +270,63 @@ static inline void wl_build_fill(wl_workload *w, size_t n, size_t batch_bytes)
         j++;
     }
     w->n_pool = j;
+}
+
+/* text: the seed mix as DogStatsD lines, `lines` per datagram (newline-separated), series in a
+ * shuffled but fixed order; gauges alternate +1/-1, timers cycle through WL_DURATIONS (in ms).
+ * One line is one sample, so the daemon's applied samples must equal the lines sent. */
+static inline size_t wl_text_line(char *out, size_t room, const wl_metric *m, int v, int peer, uint64_t variant)
+{
+    char value[32];
+    const char *type = "c";
+    switch (m->kind) {
+    case 'c': snprintf(value, sizeof value, "%llu", (unsigned long long)m->counter_value); break;
+    case 'g': snprintf(value, sizeof value, "%s", (variant & 1) ? "-1" : "+1"); type = "g"; break;
+    default: snprintf(value, sizeof value, "%g", WL_DURATIONS[variant & 7] * 1000); type = "ms"; break;
+    }
+    int n;
+    if (m->label)
+        n = snprintf(out, room, "%s:%s|%s|#%s:%s,peer:peer-%03d", m->name, value, type, m->label, m->values[v], peer);
+    else
+        n = snprintf(out, room, "%s:%s|%s|#peer:peer-%03d", m->name, value, type, peer);
+    return n < 0 || (size_t)n >= room ? 0 : (size_t)n;
+}
+
+static inline void wl_build_text(wl_workload *w, size_t lines, size_t n_pool)
+{
+    /* the series are (metric, value, peer) triples, as wl_make_series orders them */
+    size_t n_series = 0;
+    for (int m = 0; m < 13; m++) n_series += (size_t)(WL_METRICS[m].n_values ? WL_METRICS[m].n_values : 1) * WL_PEERS;
+    w->n_series = n_series;
+    w->n_pool = n_pool;
+    w->pool = calloc(n_pool, sizeof *w->pool);
+    size_t per = lines * 96;
+    w->arena = malloc(n_pool * per);
+    uint64_t state = 42;
+    uint64_t variant = 0;
+    for (size_t j = 0; j < n_pool; j++) {
+        char *start = (char *)w->arena + j * per, *p = start;
+        for (size_t l = 0; l < lines; l++) {
+            size_t si = (size_t)(wl_rand(&state) % n_series);
+            int peer = (int)(si / (n_series / WL_PEERS));
+            size_t k = si % (n_series / WL_PEERS);
+            int m = 0, v = 0;
+            for (m = 0; m < 13; m++) {
+                size_t nv = (size_t)(WL_METRICS[m].n_values ? WL_METRICS[m].n_values : 1);
+                if (k < nv) { v = (int)k; break; }
+                k -= nv;
+            }
+            if (l > 0) *p++ = '\n';
+            size_t n = wl_text_line(p, per - (size_t)(p - start), &WL_METRICS[m], v, peer, variant++);
+            if (n == 0) { fprintf(stderr, "wl_build_text: line too long\n"); exit(2); }
+            p += n;
+        }
+        w->pool[j].bytes = (unsigned char *)start;
+        w->pool[j].len = (size_t)(p - start);
+        w->pool[j].samples = (uint32_t)lines;
+        w->pool_samples += lines;
+        w->pool_bytes += w->pool[j].len;
+    }
 }
 
 #endif

@@ -66,7 +66,7 @@ struct ByteKeyTable {
     private func slotIndex(of key: UnsafeRawBufferPointer, hash: UInt32) -> Int? {
         slots.withUnsafeBufferPointer { slots in
             arena.withUnsafeBytes { arena in
-                var i = Int(hash) & mask
+                var i = Self.home(hash, mask)
                 var probes = 0
                 while probes < maxProbe {
                     probes += 1
@@ -83,9 +83,14 @@ struct ByteKeyTable {
         }
     }
 
+    /// The slot a hash starts its probe at. Not its low bits: stored hashes always have the lowest
+    /// bit set, so every key would start on an odd slot and the chains would be twice as long.
+    @inline(__always)
+    private static func home(_ hash: UInt32, _ mask: Int) -> Int { Int(hash >> 1) & mask }
+
     /// Whether a key with this hash would be stored within `maxProbe` slots of its home.
     func hasRoomNear(_ hash: UInt32) -> Bool {
-        var i = Int(hash) & mask
+        var i = Self.home(hash, mask)
         for _ in 0..<min(maxProbe, slots.count) {
             if slots[i].hash & 1 == 0 { return true }  // empty or removed
             i = (i + 1) & mask
@@ -156,7 +161,7 @@ struct ByteKeyTable {
     }
 
     private mutating func place(_ slot: Slot) {
-        var i = Int(slot.hash) & mask
+        var i = Self.home(slot.hash, mask)
         while slots[i].hash != 0 { i = (i + 1) & mask }
         slots[i] = slot
     }
@@ -181,6 +186,9 @@ func memcmpEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bo
             return false
         }
         i += 8
+    }
+    if n >= 8 && i < n {  // the rest, as the (overlapping) last 8 bytes
+        return pa.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self) == pb.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self)
     }
     while i < n {
         if pa.load(fromByteOffset: i, as: UInt8.self) != pb.load(fromByteOffset: i, as: UInt8.self) { return false }

@@ -55,6 +55,10 @@ public struct MetricStore {
     private var canonical: ByteKeyTable
     // Series: a datagram's series bytes as sent → series id. A bounded cache in front of `canonical`.
     private var wireCache = ByteKeyTable(minimumCapacity: 1024, maxProbe: 32)
+    // Series: bytes an input chose (text StatsD: a line's name and tags as sent) → series id. Bounded
+    // like the wire cache, sharing its memory reserve (at most half of it); cleared with it.
+    private(set) var inputCache = ByteKeyTable(minimumCapacity: 16, maxProbe: 32)
+    private let inputCacheSeed = UInt64.random(in: .min ... .max)
 
     // Per-series state, indexed by series id (structure of arrays).
     private var seriesFamily: [Int32] = []
@@ -192,6 +196,40 @@ public struct MetricStore {
             if id >= 0 { lastSeen[Int(id)] = now }
         }
 
+        var series: [SeriesID] = []
+        swap(&series, &resolved)
+        samples.withUnsafeBufferPointer { samples in
+            series.withUnsafeBufferPointer { series in
+                applyResolved(samples, series: series, weights: weights, in: bytes)
+            }
+        }
+        swap(&series, &resolved)
+        return nil
+    }
+
+    /// Applies samples whose series an input resolved itself, through `cachedSeries(forInputKey:)`
+    /// (the text input's series cache): `samples[i].series` indexes `series`, whose ids must be
+    /// live (ids from the cache are until the next `expireStale`), and a key sample's range
+    /// indexes `bytes`. As `apply` after its series are resolved: a sample whose kind is not its
+    /// metric's type is refused (`type_clash`), counted; the others are applied in order.
+    public mutating func apply(
+        resolved samples: UnsafeBufferPointer<PackedSample>, series: UnsafeBufferPointer<SeriesID>,
+        weights: UnsafeBufferPointer<UInt32>?, keysIn bytes: UnsafeRawBufferPointer, from sender: SenderCredentials? = nil
+    ) {
+        currentSender = configuration.trackProcessGauges ? sender.flatMap { $0.pid > 0 ? $0.pid : nil } : nil
+        for id in series {
+            precondition(id >= 0 && Int(id) < seriesFamily.count && seriesFamily[Int(id)] >= 0, "not a live series")
+            lastSeen[Int(id)] = now
+        }
+        applyResolved(samples, series: series, weights: weights, in: bytes)
+    }
+
+    /// Phases 2 and 3 of `apply`: every sample of `samples` to the series `series[sample.series]`
+    /// (negative: refused, with the reason `refused(_:)` encoded, or a type clash).
+    private mutating func applyResolved(
+        _ samples: UnsafeBufferPointer<PackedSample>, series resolved: UnsafeBufferPointer<SeriesID>,
+        weights: UnsafeBufferPointer<UInt32>?, in bytes: UnsafeRawBufferPointer
+    ) {
         // Phase 2: the hot loop. The value columns are moved out of `self` so that the loop
         // writes through raw pointers: no uniqueness or bounds checks per sample. Samples that
         // touch other state (process tracking, sketches) are queued for phase 3, in order.
@@ -264,7 +302,6 @@ public struct MetricStore {
         }
 
         statistics.samplesApplied &+= applied
-        return nil
     }
 
     /// The bucket a histogram observation falls in: the first whose upper bound is at least
@@ -406,15 +443,49 @@ public struct MetricStore {
         return id
     }
 
-    /// Remembers the series of a datagram's series bytes, within the cache's entry and byte bounds.
+    /// Remembers the series of a datagram's series bytes, within the cache's entry and byte bounds
+    /// (the reserve, less what the input cache holds).
     private mutating func cacheWireKey(_ key: UnsafeRawBufferPointer, hash: UInt32, id: SeriesID) {
-        let reserve = configuration.wireCacheReserve
+        Self.insertBounded(key, hash: hash, id: id, into: &wireCache, maxEntries: configuration.wireCacheCapacity,
+                           maxBytes: configuration.wireCacheReserve - inputCache.memoryFootprint)
+    }
+
+    /// Inserts into a cache in front of `canonical`, clearing it first when it holds `maxEntries`
+    /// or the key would take it past `maxBytes`; a key that does not fit even then is not cached.
+    private static func insertBounded(
+        _ key: UnsafeRawBufferPointer, hash: UInt32, id: SeriesID, into cache: inout ByteKeyTable, maxEntries: Int, maxBytes: Int
+    ) {
         func fits() -> Bool {
-            wireCache.memoryFootprint + wireCache.growthBytesOfNextInsert + key.count <= reserve
-                && wireCache.canStore(length: key.count)
+            cache.memoryFootprint + cache.growthBytesOfNextInsert + key.count <= maxBytes && cache.canStore(length: key.count)
         }
-        if wireCache.count >= configuration.wireCacheCapacity || !fits() { wireCache.removeAll() }
-        if fits() && wireCache.hasRoomNear(hash) { wireCache.insert(key, hash: hash, value: id) }
+        if cache.count >= maxEntries || !fits() { cache.removeAll() }
+        if fits() && cache.hasRoomNear(hash) { cache.insert(key, hash: hash, value: id) }
+    }
+
+    // MARK: Series an input resolved
+
+    /// The series an input cached under `key` (bytes of its own choosing that determine the series
+    /// the way it maps them: the text input uses a line's name and tags as sent), or nil. Cleared
+    /// whenever series are removed, so an id it returns is live. (`mutating` only so that callers
+    /// use the store in place: a non-mutating call on it made a 776-byte copy of the struct, per line.)
+    public mutating func cachedSeries(forInputKey key: UnsafeRawBufferPointer) -> SeriesID? {
+        inputCache.find(key, hash: SeriesKeyHash.hash(key, seed: inputCacheSeed))
+    }
+
+    /// Remembers that `key` resolved to series `id` (`lastResolvedSeries`), within the input cache's
+    /// bounds: `wireCacheCapacity` entries and half the wire cache's memory reserve (charged to
+    /// `maxMemoryBytes`); it is cleared when full. Ids that are not live series are not cached.
+    public mutating func cacheSeries(_ id: SeriesID, forInputKey key: UnsafeRawBufferPointer) {
+        guard id >= 0, Int(id) < seriesFamily.count, seriesFamily[Int(id)] >= 0 else { return }
+        Self.insertBounded(key, hash: SeriesKeyHash.hash(key, seed: inputCacheSeed), id: id, into: &inputCache,
+                           maxEntries: configuration.wireCacheCapacity, maxBytes: configuration.wireCacheReserve / 2)
+    }
+
+    /// The series the last `apply` of a datagram resolved its series record number `record` to, or
+    /// nil when that record's samples were refused (or it had none).
+    public func lastResolvedSeries(_ record: Int) -> SeriesID? {
+        guard record >= 0, record < resolved.count, resolved[record] >= 0 else { return nil }
+        return resolved[record]
     }
 
     // MARK: Memory budget
@@ -623,7 +694,8 @@ public struct MetricStore {
             }
         }
         if removed > 0 {
-            wireCache.removeAll()  // it may name removed series
+            wireCache.removeAll()  // they may name removed series
+            inputCache.removeAll()
             statistics.seriesExpired &+= UInt64(removed)
             if canonical.shouldCompact { compactKeys() }
         }
@@ -698,9 +770,9 @@ public struct MetricStore {
     }
 
     /// Bytes the store holds: key arenas and their slots, per-series tables, buckets, sketches,
-    /// family names and the wire cache: what `maxMemoryBytes` bounds (the
+    /// family names and the wire and input caches: what `maxMemoryBytes` bounds (the
     /// `p2pmetricsd_series_memory_bytes` self-metric).
-    public var memoryFootprint: Int { tableBytes + wireCache.memoryFootprint }
+    public var memoryFootprint: Int { tableBytes + wireCache.memoryFootprint + inputCache.memoryFootprint }
 }
 
 private func lexicographicallyPrecedes(_ a: Slice<UnsafeRawBufferPointer>, _ b: Slice<UnsafeRawBufferPointer>) -> Bool {

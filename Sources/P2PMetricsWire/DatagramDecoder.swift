@@ -31,11 +31,17 @@ public enum SeriesKeyHash {
                 i += 8
             }
             var tail: UInt64 = 0
-            var shift: UInt64 = 0
-            while i < n {
-                tail |= UInt64(base.load(fromByteOffset: i, as: UInt8.self)) << shift
-                shift += 8
-                i += 1
+            if n >= 8 && i < n {
+                // the last 8 bytes, shifted so that only the ones past the last word remain: the
+                // same value as the byte loop below, in one load
+                tail = base.loadUnaligned(fromByteOffset: n - 8, as: UInt64.self) >> UInt64((8 - (n - i)) * 8)
+            } else {
+                var shift: UInt64 = 0
+                while i < n {
+                    tail |= UInt64(base.load(fromByteOffset: i, as: UInt8.self)) << shift
+                    shift += 8
+                    i += 1
+                }
             }
             h = mix(h ^ tail ^ 0xE703_7ED1_A0B4_28DB)
         }
@@ -74,6 +80,28 @@ public struct PackedSample: Sendable {
     /// Form 0: the value. Form 1: the `Int64` bit pattern. Form 2: the `Double` bit pattern.
     /// Form 3: the key's offset in the datagram << 32 | its length.
     public var bits: UInt64
+
+    @inlinable
+    public init(tag: UInt8, series: UInt16, bits: UInt64) {
+        self.tag = tag
+        self.series = series
+        self.bits = bits
+    }
+
+    /// The packed form of a valid sample of `kind` (what `validate` would have packed had it been
+    /// encoded and decoded); a key is a range of the bytes the sample is applied with.
+    @inlinable
+    public init(_ kind: SampleKind, _ value: SampleValue, series: UInt16) {
+        let form: ValueForm
+        let bits: UInt64
+        switch value {
+        case .unsigned(let u): form = .unsigned; bits = u
+        case .signed(let s): form = .signed; bits = UInt64(bitPattern: s)
+        case .double(let d): form = .float64; bits = d.isNaN ? Double.nan.bitPattern : d.bitPattern
+        case .key(let range): form = .bytes; bits = UInt64(range.lowerBound) << 32 | UInt64(range.count)
+        }
+        self.init(tag: kind.rawValue << 4 | form.rawValue, series: series, bits: bits)
+    }
 
     @inlinable
     public var keyRange: Range<Int> {

@@ -86,6 +86,7 @@ struct DecoderFuzzCorpusReplayTests {
             default: fitted = try encoder.append(sample.kind, name: name, labels: labels, value: e.value)
             }
             #expect(fitted, "\(id): re-encoding overflowed")
+            e.value = e.value.asEncoded
             expected.append(e)
         }
         guard !expected.isEmpty || dropped > 0 else { return }
@@ -183,3 +184,12 @@ enum StoreReplay {
     }
 }
 #endif
+
+extension SampleValue {
+    /// The value as the encoders write it: every NaN becomes the canonical quiet NaN
+    /// (PROTOCOL.md §3), whatever its payload and sign.
+    var asEncoded: SampleValue {
+        if case .double(let d) = self, d.isNaN { return .double(.nan) }
+        return self
+    }
+}

@@ -137,3 +137,30 @@ def test_bad_text_lines_are_counted_and_good_lines_in_the_same_datagram_apply(da
     r = lambda reason: m[("p2pmetricsd_text_lines_rejected_total", frozenset({"reason": reason}.items()))]
     assert r("bad_value") == 1 and r("unsupported_event") == 1 and r("bad_type") == 1
     assert m[("p2pmetricsd_text_lines_received_total", frozenset())] == 5
+
+
+def test_cached_lines_land_in_their_series_after_expiry_and_id_reuse(tmp_path):
+    """Issue 18: a line resolves its series through a cache of its name and tags as sent. When
+    the series expires and another series takes its id, the same line must create its own series
+    again, never add to the other one; tags in another order are the same series."""
+    from test_reliability import config
+    d = start_daemon(tmp_path, "--config", config(tmp_path, default_ttl_seconds=1,
+                                                  metrics={"other": {"type": "gauge", "ttl_seconds": 3600}}))
+    try:
+        d.send(b"page.views:1|c|#env:prod,region:eu\npage.views:2|c|#region:eu,env:prod")
+        d.send(b"cached.g:1|g|#a:b")
+        d.send(b"cached.g:3|g|#a:b")  # a cache hit
+        assert d.wait_for("cached_g", 3, a="b") == 3
+        deadline = time.monotonic() + 20  # the gauge expires (1 s TTL); counters have none
+        while time.monotonic() < deadline and d.value("cached_g", a="b") is not None:
+            time.sleep(0.1)
+        assert d.value("cached_g", a="b") is None
+        d.send(b"other:5|g")  # a gauge that stays: it takes the freed series id
+        assert d.wait_for("other", 5) == 5
+        d.send(b"cached.g:7|g|#a:b")
+        assert d.wait_for("cached_g", 7, a="b") == 7
+        assert d.value("other") == 5
+        assert d.value("page_views", env="prod", region="eu") == 3
+        assert d.value("p2pmetricsd_series_expired_total") == 1
+    finally:
+        d.stop()
