@@ -154,7 +154,7 @@ static counters read_counters(void)
 
 /* ---- process CPU and memory ----------------------------------------------------------------- */
 
-static double proc_cpu_s(int pid)
+static double proc_cpu_s(int pid, double *system_s)
 {
     if (pid <= 0) return 0;
     char path[64], buf[1024];
@@ -170,6 +170,7 @@ static double proc_cpu_s(int pid)
     unsigned long long utime = 0, stime = 0;
     /* fields after comm: state(3) ... utime(14) stime(15) */
     if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime, &stime) != 2) return 0;
+    if (system_s) *system_s = (double)stime / (double)sysconf(_SC_CLK_TCK);
     return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
 }
 
@@ -285,7 +286,7 @@ int main(int argc, char **argv)
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) die("connect to the socket");
 
     counters before = read_counters();
-    double cpu0 = proc_cpu_s(pid);
+    double sys0 = 0, sys1 = 0, cpu0 = proc_cpu_s(pid, &sys0);
     long rss0 = proc_status_kb(pid, "VmRSS");
 
     uint64_t sent = 0, sent_samples = 0, drops = 0, pending = 0, reports = 0, attempts = 0;
@@ -365,7 +366,7 @@ int main(int argc, char **argv)
         /* the receive counter moves before the datagram is applied: one more read for `applied` */
         after = read_counters();
     }
-    double cpu1 = proc_cpu_s(pid);
+    double cpu1 = proc_cpu_s(pid, &sys1);
     double elapsed = t_end - t0;
     uint64_t rx = after.datagrams - before.datagrams;
 
@@ -396,6 +397,7 @@ int main(int argc, char **argv)
     }
     if (pid > 0) {
         printf("cpu_seconds=%.3f\ncpu_percent=%.1f\n", cpu1 - cpu0, 100 * (cpu1 - cpu0) / elapsed);
+        printf("system_cpu_seconds=%.3f\n", sys1 - sys0);  /* the kernel's share (receive, wakeups) */
         printf("rss_before_kb=%ld\nrss_kb=%ld\nhwm_kb=%ld\n", rss0, proc_status_kb(pid, "VmRSS"),
                proc_status_kb(pid, "VmHWM"));
     }

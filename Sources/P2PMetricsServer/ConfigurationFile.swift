@@ -1,4 +1,5 @@
 import FoundationEssentials
+import P2PMetricsInputOTLP
 import P2PMetricsStore
 import P2PMetricsWire
 
@@ -11,6 +12,7 @@ import P2PMetricsWire
 ///   "socket": "/run/p2pmetricsd/ingest.sock",
 ///   "listen": "127.0.0.1:9478",
 ///   "udp": "127.0.0.1:8125",
+///   "otlp": "127.0.0.1:4318", "otlp_resource_labels": ["service.name"],
 ///   "state_file": "/var/lib/p2pmetricsd/counters.state",
 ///   "socket_mode": "0660",
 ///   "receive_buffer_bytes": 8388608,
@@ -69,6 +71,7 @@ public struct ConfigurationFile: Decodable, Sendable {
 
     enum Key: String, CodingKey, CaseIterable {
         case socket, listen, udp, otlp, limits, metrics
+        case otlpResourceLabels = "otlp_resource_labels"
         case stateFile = "state_file", socketMode = "socket_mode", receiveBufferBytes = "receive_buffer_bytes"
         case defaultBuckets = "default_buckets", allowedUIDs = "allowed_uids", allowedGIDs = "allowed_gids"
         case trackProcessGauges = "track_process_gauges", defaultTTLSeconds = "default_ttl_seconds"
@@ -97,6 +100,7 @@ public struct ConfigurationFile: Decodable, Sendable {
         listen = try top.address(.listen)
         udp = try top.address(.udp)
         otlp = try top.address(.otlp)
+        if let keys = try top.resourceLabels(.otlpResourceLabels) { c.otlpResourceLabels = keys }
         stateFile = try top.path(.stateFile)
         if let mode = try top.string(.socketMode) {
             guard let value = UInt32(mode, radix: 8), value <= 0o777 else {
@@ -290,6 +294,25 @@ struct ConfigurationObject<Key: CodingKey & CaseIterable> {
             }
             return UInt32(i)
         }
+    }
+
+    /// OTLP resource attribute keys to turn into labels: at most 16 distinct keys of 1 to 100
+    /// bytes, each a valid label once sanitized, no two the same label.
+    func resourceLabels(_ key: Key) throws -> [String]? {
+        let message = "\(name(key)) must be a list of at most \(OTLPDecoder.maxAttributesPerPoint) attribute keys"
+        guard let keys = try value(key, [String].self, failure: message) else { return nil }
+        guard keys.count <= OTLPDecoder.maxAttributesPerPoint else { throw ConfigurationError(message) }
+        var labels: [String: String] = [:]
+        for k in keys {
+            guard (1...OTLPDecoder.maxAttributeKeyBytes).contains(k.utf8.count), let label = OTLPInput.labelName(forAttribute: k) else {
+                throw ConfigurationError("\(name(key)): '\(k)' cannot be a label name")
+            }
+            if let other = labels[label] {
+                throw ConfigurationError("\(name(key)): '\(other)' and '\(k)' are the same label \(label)")
+            }
+            labels[label] = k
+        }
+        return keys
     }
 
     /// Histogram bucket bounds: 1 to 64 finite numbers, strictly increasing.

@@ -52,6 +52,7 @@ public final class Daemon: ExpositionSource {
         self.configuration = configuration
         self.reloadConfiguration = reloadConfiguration
         store = MetricStore(configuration: configuration.store)
+        otlp.decoder.resourceAttributes = configuration.otlpResourceLabels
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         startTime = Double(now.tv_sec) + Double(now.tv_nsec) / 1e9

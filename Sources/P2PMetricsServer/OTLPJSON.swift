@@ -89,23 +89,23 @@ enum OTLPJSON {
         var encoded: [UInt8] {
             var out: [UInt8] = []
             out.string(1, name)
-            if let gauge { out.field(5, gauge.encoded(histogram: false)) }
-            if let sum { out.field(7, sum.encoded(histogram: false)) }
-            if let histogram { out.field(9, histogram.encoded(histogram: true)) }
-            if let exponentialHistogram { out.field(10, exponentialHistogram.encoded(histogram: true)) }
-            if let summary { out.field(11, summary.encoded(histogram: true)) }
+            if let gauge { out.field(5, gauge.encoded(\.numberEncoded)) }
+            if let sum { out.field(7, sum.encoded(\.numberEncoded)) }
+            if let histogram { out.field(9, histogram.encoded(\.histogramEncoded)) }
+            if let exponentialHistogram { out.field(10, exponentialHistogram.encoded(\.exponentialEncoded)) }
+            if let summary { out.field(11, summary.encoded(\.histogramEncoded)) }
             return out
         }
     }
 
-    /// Gauge, Sum, Histogram (and the unmapped kinds, whose points are only counted).
+    /// Gauge, Sum, Histogram, ExponentialHistogram (and Summary, whose points are only counted).
     struct DataSet: Decodable {
         var dataPoints: [DataPoint]?
         var aggregationTemporality: Integer?
         var isMonotonic: Bool?
-        func encoded(histogram: Bool) -> [UInt8] {
+        func encoded(_ point: KeyPath<DataPoint, [UInt8]>) -> [UInt8] {
             var out: [UInt8] = []
-            for point in dataPoints ?? [] { out.field(1, histogram ? point.histogramEncoded : point.numberEncoded) }
+            for p in dataPoints ?? [] { out.field(1, p[keyPath: point]) }
             if let t = aggregationTemporality?.value { out.varint(2, t) }
             if isMonotonic == true { out.varint(3, 1) }
             return out
@@ -121,6 +121,12 @@ enum OTLPJSON {
         var sum: Double?
         var bucketCounts: [Integer]?
         var explicitBounds: [Double]?
+        var scale: Integer?
+        var zeroCount: Integer?
+        var zeroThreshold: Double?
+        var positive: ExponentialBuckets?
+        var negative: ExponentialBuckets?
+        var max: Double?
 
         var numberEncoded: [UInt8] {
             var out: [UInt8] = []
@@ -140,6 +146,33 @@ enum OTLPJSON {
             for count in bucketCounts ?? [] { out.fixed64(6, count.value) }
             for bound in explicitBounds ?? [] { out.fixed64(7, bound.bitPattern) }
             out += attributes.encoded(field: 9)
+            return out
+        }
+
+        var exponentialEncoded: [UInt8] {
+            var out: [UInt8] = []
+            out.fixed64(2, startTimeUnixNano?.value ?? 0)
+            out.fixed64(3, timeUnixNano?.value ?? 0)
+            if let sum { out.fixed64(5, sum.bitPattern) }
+            if let scale { out.varint(6, Varint.zigzag(Int64(bitPattern: scale.value))) }
+            if let zeroCount { out.fixed64(7, zeroCount.value) }
+            if let positive { out.field(8, positive.encoded) }
+            if let negative { out.field(9, negative.encoded) }
+            if let max { out.fixed64(13, max.bitPattern) }
+            if let zeroThreshold { out.fixed64(14, zeroThreshold.bitPattern) }
+            out += attributes.encoded(field: 1)
+            return out
+        }
+    }
+
+    /// An exponential histogram's positive or negative buckets: offset and counts (numbers or strings).
+    struct ExponentialBuckets: Decodable {
+        var offset: Integer?
+        var bucketCounts: [Integer]?
+        var encoded: [UInt8] {
+            var out: [UInt8] = []
+            if let offset { out.varint(1, Varint.zigzag(Int64(bitPattern: offset.value))) }
+            for count in bucketCounts ?? [] { out.varint(2, count.value) }
             return out
         }
     }

@@ -14,6 +14,8 @@ public struct ServerConfiguration: Sendable {
     public var udpAddress: NetworkAddress?
     /// An optional OTLP/HTTP metrics receiver (`POST /v1/metrics`); off unless configured.
     public var otlpAddress: NetworkAddress?
+    /// The OTLP resource attributes that become labels (`service.name` → `service_name`); none by default.
+    public var otlpResourceLabels: [String] = []
     /// Where counter totals are kept across restarts (written at shutdown, consumed at start);
     /// nil: not kept.
     public var stateFile: String?
@@ -57,6 +59,7 @@ extension ServerConfiguration {
         keep("listen", listenAddress.description != running.listenAddress.description)
         keep("udp", udpAddress?.description != running.udpAddress?.description)
         keep("otlp", otlpAddress?.description != running.otlpAddress?.description)
+        keep("otlp_resource_labels", otlpResourceLabels != running.otlpResourceLabels)
         keep("state_file", stateFile != running.stateFile)
         keep("socket_mode", socketMode != running.socketMode)
         keep("receive_buffer_bytes", receiveBufferBytes != running.receiveBufferBytes)

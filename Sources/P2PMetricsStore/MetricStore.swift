@@ -21,6 +21,20 @@ public struct MetricFamily: Sendable {
     public internal(set) var series: [SeriesID] = []
 }
 
+/// The weights of histogram observations (`MetricStore.apply(_:weights:)`) beyond a plain count
+/// n (n observations of the value, added n × value to `_sum`): the forms that apply a
+/// pre-aggregated histogram point (OTLP) with its bucket counts and its sum exactly as sent.
+public enum HistogramWeight {
+    /// The observation adds its value to `_sum` only: no bucket, no `_count` (a point's sum,
+    /// added as the one number the exporter summed, so `_sum` gets no rounding of its own).
+    public static let sumOnly: UInt32 = 0
+    /// Set on a count (at most `maxCount`): that many observations in the value's bucket and
+    /// `_count`, none of them added to `_sum`.
+    public static let countOnly: UInt32 = 1 << 31
+    /// The largest count a `countOnly` weight carries.
+    public static let maxCount: UInt32 = countOnly - 1
+}
+
 /// The aggregation store: every series' current value, keyed by metric and label set.
 ///
 /// Plain Swift with value semantics, owned by one thread (the daemon's loop). It knows no input
@@ -158,7 +172,8 @@ public struct MetricStore {
     /// the caller, the input it came from, counts it.
     ///
     /// `weights`, when given, holds the weight of each sample in order (text StatsD: a sampled
-    /// histogram observation counts round(1/rate) times, in O(1)). `sender` carries the
+    /// histogram observation counts round(1/rate) times, in O(1); OTLP: a histogram point's
+    /// bucket counts and exact sum, see `HistogramWeight`). `sender` carries the
     /// kernel-verified credentials when the transport has them: whose gauge adds are withdrawn
     /// when a process exits.
     @discardableResult
@@ -278,10 +293,22 @@ public struct MetricStore {
                         case 0x40, 0x41, 0x42:  // histogram observe
                             let value = Self.number(sample)
                             let bucket = Self.bucketIndex(of: value, bounds: familyBuckets[family])
-                            let weight = weighted ? UInt64(weights.unsafelyUnwrapped[index]) : 1
-                            buckets[Int(valueBase[id]) + bucket] &+= weight
-                            integers[id] &+= weight
-                            floats[id] += weight == 1 ? value : value * Double(weight)
+                            let weight = weighted ? weights.unsafelyUnwrapped[index] : 1
+                            if weight == 1 {
+                                buckets[Int(valueBase[id]) + bucket] &+= 1
+                                integers[id] &+= 1
+                                floats[id] += value
+                            } else if weight & HistogramWeight.countOnly != 0 {
+                                let count = UInt64(weight & ~HistogramWeight.countOnly)
+                                buckets[Int(valueBase[id]) + bucket] &+= count
+                                integers[id] &+= count
+                            } else if weight == HistogramWeight.sumOnly {
+                                floats[id] += value
+                            } else {
+                                buckets[Int(valueBase[id]) + bucket] &+= UInt64(weight)
+                                integers[id] &+= UInt64(weight)
+                                floats[id] += value * Double(weight)
+                            }
                         default:  // distinct and top-K add
                             deferred.append(index)
                         }
@@ -456,7 +483,7 @@ public struct MetricStore {
         _ key: UnsafeRawBufferPointer, hash: UInt32, id: SeriesID, into cache: inout ByteKeyTable, maxEntries: Int, maxBytes: Int
     ) {
         func fits() -> Bool {
-            cache.memoryFootprint + cache.growthBytesOfNextInsert + key.count <= maxBytes && cache.canStore(length: key.count)
+            cache.memoryFootprint + cache.bytesOfInsert(keyLength: key.count) <= maxBytes && cache.canStore(length: key.count)
         }
         if cache.count >= maxEntries || !fits() { cache.removeAll() }
         if fits() && cache.hasRoomNear(hash) { cache.insert(key, hash: hash, value: id) }
@@ -516,7 +543,7 @@ public struct MetricStore {
     /// 32-bit offset range of every table it extends. Compacts the key arena first when removed
     /// keys hold space.
     private mutating func admitsSeries(type: MetricType, family: Int32?, name: String) -> Bool {
-        var cost = keyScratch.count + canonical.growthBytesOfNextInsert
+        var cost = canonical.bytesOfInsert(keyLength: keyScratch.count)
         if freeIDs.isEmpty { cost += Self.bytesPerSeries }
         let descriptor = family == nil ? descriptors[name] : nil
         switch type {

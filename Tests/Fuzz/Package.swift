@@ -9,7 +9,7 @@ let package = Package(
         .package(name: "p2pmetricsd", path: "../.."),
     ],
     targets: [
-        // The invariant check both targets use.
+        // The invariant check the targets share.
         .target(name: "FuzzSupport"),
         // Wire decoder + datagram input + aggregation store: DatagramInput.ingest with invariant and
         // round-trip oracles.
@@ -19,6 +19,16 @@ let package = Package(
                 .product(name: "P2PMetricsWire", package: "p2pmetricsd"),
                 .product(name: "P2PMetricsStore", package: "p2pmetricsd"),
                 .product(name: "P2PMetricsInputDatagram", package: "p2pmetricsd"),
+                "FuzzSupport",
+            ]
+        ),
+        // OTLP decoder + input + store: OTLPInput.ingest three times (new, existing and expired
+        // cumulative streams) with invariant oracles.
+        .executableTarget(
+            name: "FuzzOTLP",
+            dependencies: [
+                .product(name: "P2PMetricsInputOTLP", package: "p2pmetricsd"),
+                .product(name: "P2PMetricsStore", package: "p2pmetricsd"),
                 "FuzzSupport",
             ]
         ),

@@ -1,3 +1,5 @@
+import Foundation
+import P2PMetricsTestVectors
 import Testing
 @testable import P2PMetricsInputOTLP
 import P2PMetricsWire
@@ -57,9 +59,10 @@ enum PB {
         return string(1, name) + bytes(9, bytes(1, p) + varint(2, temporality))
     }
 
-    /// ExportMetricsServiceRequest with one ResourceMetrics (resource attribute service.name) and one scope.
-    static func request(service: String = "a", _ metrics: [[UInt8]]) -> [UInt8] {
-        let resource = bytes(1, string(1, "service.name") + bytes(2, string(1, service)))
+    /// ExportMetricsServiceRequest with one ResourceMetrics (resource attribute service.name, and
+    /// `resource` — KeyValues as `bytes(1, …)`) and one scope.
+    static func request(service: String = "a", resource extra: [UInt8] = [], _ metrics: [[UInt8]]) -> [UInt8] {
+        let resource = bytes(1, bytes(1, string(1, "service.name") + bytes(2, string(1, service))) + extra)
         let scope = bytes(1, string(1, "seed"))
         return bytes(1, resource + bytes(2, scope + metrics.flatMap { bytes(2, $0) }))
     }
@@ -109,14 +112,14 @@ struct OTLPFed {
         #expect(request.refused == [.badAttribute])
     }
 
-    @Test("garbage and truncated bodies are decode errors; histograms and too many points are refused points")
+    @Test("garbage and truncated bodies are decode errors; summaries and too many points are refused points")
     func refusals() throws {
         for garbage: [UInt8] in [[0xFF, 0xFF, 0xFF], [0x0A, 0x05, 0x01], Array("hello world".utf8), [0x0B]] {
             #expect(throws: OTLPDecodeError.self) { try garbage.withUnsafeBytes { try OTLPDecoder().decode($0).get() } }
         }
-        let histogram = PB.string(1, "h") + PB.bytes(10, PB.bytes(1, PB.fixed64(4, 1)) + PB.varint(2, 1))  // exponential
+        let summary = PB.string(1, "s") + PB.bytes(11, PB.bytes(1, PB.fixed64(4, 1)))
         let many = PB.gauge("g", (0..<5).map { PB.point(Double($0)) })
-        let request = try PB.request([histogram, many]).withUnsafeBytes { try OTLPDecoder(maxPointsPerRequest: 3).decode($0).get() }
+        let request = try PB.request([summary, many]).withUnsafeBytes { try OTLPDecoder(maxPointsPerRequest: 3).decode($0).get() }
         #expect(request.points.count == 3)
         #expect(request.refused == [.unsupportedType, .tooManyPoints, .tooManyPoints])
         let tooManyAttributes = PB.point(1, attributes: (0..<17).map { ("k\($0)", "v") })
@@ -266,6 +269,35 @@ struct OTLPFed {
         }
     }
 
+    @Test("a point's sum moves _sum by exactly that number, as one addition (the C client's sum of the same observations)")
+    func sumIsExact() throws {
+        var o = OTLPFed()
+        // 200 delta points of 1–12 observations each (durations in milliseconds, as an SDK
+        // process records them), each point's sum added up by the "process" in order.
+        var rng = SeededGenerator(seed: 7)
+        var expected = 0.0
+        var expectedCounts = [UInt64](repeating: 0, count: bounds.count + 1)
+        for _ in 0..<200 {
+            var pointCounts = [UInt64](repeating: 0, count: bounds.count + 1)
+            var sum = 0.0
+            for _ in 0..<(1 + Int(rng.next() % 12)) {
+                let value = Double(rng.next() % 700_000) / 1000
+                sum += value
+                pointCounts[bounds.firstIndex { value <= $0 } ?? bounds.count] += 1
+            }
+            _ = try o.export(PB.request(service: "a", [PB.histogram("p2p.transfer.duration", temporality: 1, counts: pointCounts, bounds: bounds, sum: sum)])).get()
+            expected += sum
+            for i in pointCounts.indices { expectedCounts[i] += pointCounts[i] }
+        }
+        let family = try #require(o.fed.store.families.first { $0.name == "p2p_transfer_duration" })
+        let id = try #require(family.series.first)
+        o.fed.store.withHistogram(id) { buckets, sum, count in
+            #expect(Array(buckets) == expectedCounts)
+            #expect(count == expectedCounts.reduce(0, +))
+            #expect(sum.bitPattern == expected.bitPattern, "_sum \(sum), points' sums \(expected)")
+        }
+    }
+
     @Test("bounds that differ from the metric's are refused, counted bucket_mismatch; a reset restarts the stream's deltas")
     func mismatchAndReset() throws {
         var o = OTLPFed()
@@ -276,16 +308,6 @@ struct OTLPFed {
         #expect(streams.delta(stream: [1], start: 5, buckets: [2, 1], sum: 3, now: 0)! == ([2, 1], 3))
         #expect(streams.delta(stream: [1], start: 5, buckets: [3, 1], sum: 3.5, now: 0)! == ([1, 0], 0.5))
         #expect(streams.delta(stream: [1], start: 9, buckets: [1, 0], sum: 0.25, now: 0)! == ([1, 0], 0.25))  // restarted
-    }
-
-    @Test("representative values stay inside their buckets and sum to the point's sum")
-    func representatives() {
-        let values = OTLPInput.representatives(counts: [1, 2, 0, 1], bounds: [1, 2, 3], sum: 0.5 + 1.5 + 1.75 + 10)
-        #expect(values[0] <= 1 && values[1] > 1 && values[1] <= 2 && values[3] > 3)
-        let total: Double = values[0] + 2 * values[1] + values[3]
-        #expect(abs(total - 13.75) < 1e-9)
-        let low = OTLPInput.representatives(counts: [0, 2, 0, 0], bounds: [1, 2, 3], sum: 2.5)
-        #expect(low[1] == 1.25)
     }
 }
 
@@ -319,5 +341,286 @@ struct OTLPFed {
         }
         #expect(decoded > 0)
         #expect(o.otlp.statistics.requestsReceived == 20_000)
+    }
+}
+
+extension PB {
+    /// ExponentialHistogramDataPoint.Buckets {offset 1 (sint32), bucket_counts 2 (varints, packed or not)}.
+    static func exponentialSide(_ field: UInt64, offset: Int64, _ counts: [UInt64], packed: Bool) -> [UInt8] {
+        var payload = varint(1, Varint.zigzag(offset))
+        if packed {
+            var packedCounts: [UInt8] = []
+            for c in counts { Varint.append(c, to: &packedCounts) }
+            payload += bytes(2, packedCounts)
+        } else {
+            for c in counts { payload += varint(2, c) }
+        }
+        return bytes(field, payload)
+    }
+
+    /// Metric with an ExponentialHistogram (field 10): ExponentialHistogramDataPoint {attributes 1,
+    /// start 2, time 3, count 4, sum 5, scale 6 (sint32), zero_count 7, positive 8, negative 9,
+    /// min 12, max 13, zero_threshold 14}.
+    static func exponential(_ name: String, temporality: UInt64, start: UInt64 = 1, scale: Int64, zeroCount: UInt64 = 0,
+                            positive: (offset: Int64, counts: [UInt64]) = (0, []), negative: (offset: Int64, counts: [UInt64]) = (0, []),
+                            sum: Double?, max: Double? = nil, zeroThreshold: Double? = nil, packed: Bool = true,
+                            attributes: [(String, String)] = []) -> [UInt8] {
+        let count = zeroCount &+ positive.counts.reduce(0, &+) &+ negative.counts.reduce(0, &+)
+        var p = fixed64(2, start) + fixed64(3, 2) + fixed64(4, count)
+        if let sum { p += double(5, sum) }
+        p += varint(6, Varint.zigzag(scale)) + fixed64(7, zeroCount)
+        p += exponentialSide(8, offset: positive.offset, positive.counts, packed: packed)
+        p += exponentialSide(9, offset: negative.offset, negative.counts, packed: packed)
+        p += double(12, -1)  // min: read past
+        if let max { p += double(13, max) }
+        if let zeroThreshold { p += double(14, zeroThreshold) }
+        for (k, v) in attributes { p += bytes(1, string(1, k) + bytes(2, string(1, v))) }
+        return string(1, name) + bytes(10, bytes(1, p) + varint(2, temporality))
+    }
+}
+
+@Suite struct OTLPExponentialHistogramTests {
+    let bounds = [1.0, 2.5, 5, 10]
+
+    func fed() -> OTLPFed {
+        var configuration = StoreConfiguration()
+        configuration.defaultBuckets = bounds
+        var o = OTLPFed()
+        o.fed = FedStore(configuration: configuration)
+        return o
+    }
+
+    func buckets(_ o: OTLPFed, _ name: String) throws -> (buckets: [UInt64], sum: Double, count: UInt64) {
+        let family = try #require(o.fed.store.families.first { $0.name == name })
+        let id = try #require(family.series.first)
+        return o.fed.store.withHistogram(id) { buckets, sum, count in (Array(buckets), sum, count) }
+    }
+
+    @Test("an exponential point decodes: scale (sint32), zero count and threshold, both sides' offsets and counts (packed or not), sum, max")
+    func decodes() throws {
+        for packed in [true, false] {
+            let body = PB.request([PB.exponential("e", temporality: 1, scale: -3, zeroCount: 4, positive: (-2, [1, 0, 7]),
+                                                  negative: (5, [2]), sum: 12.5, max: 9, zeroThreshold: 0.001, packed: packed,
+                                                  attributes: [("peer", "p")])])
+            let request = try body.withUnsafeBytes { try OTLPDecoder().decode($0).get() }
+            #expect(request.refused.isEmpty)
+            let point = try #require(request.points.first)
+            #expect(point.shape == .exponentialHistogram && point.temporality == .delta && point.value == 12.5)
+            #expect(point.attributes.map { "\($0.key)=\($0.value)" } == ["peer=p"])
+            #expect(point.exponential == ExponentialBuckets(scale: -3, zeroCount: 4, zeroThreshold: 0.001, positiveOffset: -2,
+                                                            positive: [1, 0, 7], negativeOffset: 5, negative: [2], max: 9))
+        }
+    }
+
+    @Test("re-bucketing: each exponential bucket's count goes whole to the explicit bucket holding its upper boundary (or the max)")
+    func rebucket() {
+        // scale 0, base 2: (0.5, 1] → le 1; (1, 2] → le 2.5; (2, 4] straddles 2.5 → le 5; (4, 8] straddles 5 → le 10
+        let e = ExponentialBuckets(scale: 0, zeroCount: 6, positiveOffset: -1, positive: [1, 2, 3, 4], negativeOffset: 0, negative: [5])
+        // the zero bucket (threshold 0) and the negative bucket [-2, -1) go to le 1
+        let r = OTLPInput.rebucket(e, into: bounds)
+        #expect(r?.counts == [12, 2, 3, 4, 0])
+        #expect(r?.straddlers == [.init(count: 3, upper: 2, lowest: 1), .init(count: 4, upper: 3, lowest: 2)])
+        var clamped = e
+        clamped.max = 4.5  // no observation above 4.5: (4, 8]'s count belongs at or below le 5
+        #expect(OTLPInput.rebucket(clamped, into: bounds)?.counts == [12, 2, 7, 0, 0])
+        // scale 2: bucket 3 is (2^0.75, 2], its upper boundary exactly the bound 2; bucket 4 is above it
+        let exact = OTLPInput.rebucket(ExponentialBuckets(scale: 2, positiveOffset: 3, positive: [1, 1]), into: [2])
+        #expect(exact?.counts == [1, 1] && exact?.straddlers == [])
+        // scale -1, base 4: bucket 1 is (4, 16]; past every bound → +Inf
+        #expect(OTLPInput.rebucket(ExponentialBuckets(scale: -1, positiveOffset: 1, positive: [9]), into: bounds)?.counts == [0, 0, 0, 0, 9])
+        #expect(OTLPInput.rebucket(ExponentialBuckets(scale: 2, positive: [UInt64.max, 1]), into: bounds) == nil)  // both in le 2.5: overflow
+    }
+
+    /// The placement rule restated plainly: each bucket's boundaries by exp2, the explicit bucket
+    /// by a scan (what `rebucket` computes with per-bound thresholds).
+    static func referencePlacement(_ e: ExponentialBuckets, _ bounds: [Double]) -> (counts: [UInt64], straddlers: Set<String>) {
+        var counts = [UInt64](repeating: 0, count: bounds.count + 1)
+        var straddlers = Set<String>()
+        func first(_ holds: (Double) -> Bool) -> Int { bounds.firstIndex(where: holds) ?? bounds.count }
+        func add(_ count: UInt64, lower: Double, upper: Double, closed: Bool) {
+            guard count > 0 else { return }
+            let at = first { $0 >= (e.max.map { Swift.min(upper, $0) } ?? upper) }
+            counts[at] += count
+            let lowest = Swift.min(first { closed ? $0 >= lower : $0 > lower }, at)
+            if lowest < at { straddlers.insert("\(count) \(at) \(lowest)") }
+        }
+        let step = pow(2, -Double(e.scale))
+        add(e.zeroCount, lower: -e.zeroThreshold, upper: e.zeroThreshold, closed: true)
+        for (i, c) in e.positive.enumerated() {
+            add(c, lower: exp2(Double(e.positiveOffset + i) * step), upper: exp2(Double(e.positiveOffset + i + 1) * step), closed: false)
+        }
+        for (i, c) in e.negative.enumerated() {
+            add(c, lower: -exp2(Double(e.negativeOffset + i + 1) * step), upper: -exp2(Double(e.negativeOffset + i) * step), closed: true)
+        }
+        return (counts, straddlers)
+    }
+
+    @Test("re-bucketing by per-bound thresholds places every bucket as the plain rule does (20,000 seeded random points, seed 16)")
+    func thresholdsMatchThePlainRule() {
+        var g = SeededGenerator(seed: 16)
+        let boundSets: [[Double]] = [[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], [-4, -1, -0.5, 0, 0.25, 0.5, 1, 2, 4, 1024], [1],
+                                     [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]]
+        var mismatches = 0
+        for _ in 0..<20_000 {
+            let scale = Int.random(in: -10...20, using: &g)
+            // indexes whose boundaries stay within 2^±900 (no underflow to 0, where the plain rule is wrong)
+            let offset = (Int.random(in: -900...900, using: &g) >> Swift.max(0, -scale)) << Swift.max(0, scale - 6)
+            func counts() -> [UInt64] { (0..<Int.random(in: 0...40, using: &g)).map { _ in UInt64.random(in: 0...3, using: &g) } }
+            let e = ExponentialBuckets(scale: scale, zeroCount: UInt64.random(in: 0...2, using: &g),
+                                       zeroThreshold: [0, 0.001, 0.3][Int.random(in: 0...2, using: &g)],
+                                       positiveOffset: offset, positive: counts(), negativeOffset: offset, negative: counts(),
+                                       max: Bool.random(using: &g) ? nil : Double.random(in: -5...50, using: &g))
+            let bounds = boundSets[Int.random(in: 0..<boundSets.count, using: &g)]
+            let reference = Self.referencePlacement(e, bounds)
+            guard let placed = OTLPInput.rebucket(e, into: bounds) else { mismatches += 1; continue }
+            if placed.counts != reference.counts || Set(placed.straddlers.map { "\($0.count) \($0.upper) \($0.lowest)" }) != reference.straddlers {
+                mismatches += 1
+            }
+        }
+        #expect(mismatches == 0)
+    }
+
+    @Test("a sum the straddling buckets cannot reach moves just enough of them one explicit bucket down: counts and sum exact")
+    func straddlersFitTheSum() throws {
+        // scale 0: 2.2 and 2.3 are in (2, 4], which straddles 2.5: counted in (2.5, 5], where two
+        // values sum to more than 5 — a sum of 4.5 needs one of them in (1, 2.5]
+        var o = fed()
+        _ = try o.export(PB.request([PB.exponential("s", temporality: 1, scale: 0, positive: (1, [2]), sum: 4.5)])).get()
+        var h = try buckets(o, "s")
+        #expect(h.buckets == [0, 1, 1, 0, 0] && h.count == 2)
+        #expect(abs(h.sum - 4.5) < 1e-9)
+        // 2.2, 2.3 and 2.4 (sum 6.9): still one move (7.5 − 2.5 + 1 = 6)
+        _ = try o.export(PB.request([PB.exponential("s", temporality: 1, scale: 0, positive: (1, [3]), sum: 6.9)])).get()
+        h = try buckets(o, "s")
+        #expect(h.buckets == [0, 2, 3, 0, 0] && h.count == 5)
+        #expect(abs(h.sum - 11.4) < 1e-9)
+        // 3 and 3.5: reachable where they are, nothing moves
+        _ = try o.export(PB.request([PB.exponential("s", temporality: 1, scale: 0, positive: (1, [2]), sum: 6.5)])).get()
+        #expect(try buckets(o, "s").buckets == [0, 2, 5, 0, 0])
+        // one observation of 0.3 in (0.25, 0.5] below the first bound, counted at le 1: reachable (bucket 0 has no floor)
+        _ = try o.export(PB.request([PB.exponential("s", temporality: 1, scale: 0, positive: (-2, [1]), sum: 0.3)])).get()
+        #expect(try buckets(o, "s").buckets == [1, 2, 5, 0, 0])
+    }
+
+    @Test("a delta exponential point lands in the metric's explicit buckets: counts, count and sum exact")
+    func deltaIntoStore() throws {
+        var o = fed()
+        // scale 3: 0.7 is in bucket -5 (2^(-5/8), 2^(-4/8)] = (0.648, 0.707]; 45 in bucket 43 (41.5, 45.25]
+        var counts = [UInt64](repeating: 0, count: 49)
+        counts[0] = 1
+        counts[48] = 1
+        let outcome = try o.export(PB.request([PB.exponential("p2p.transfer.duration", temporality: 1, scale: 3,
+                                                              positive: (-5, counts), sum: 45.7)])).get()
+        #expect(outcome.rejectedPoints == 0)
+        let h = try buckets(o, "p2p_transfer_duration")  // the catalog's bounds: 0.707 → le 1, 45.25 → le 60
+        let catalog = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+        #expect(h.buckets == (0...catalog.count).map { $0 == 6 || $0 == 11 ? 1 : 0 })
+        #expect(h.count == 2)
+        #expect(abs(h.sum - 45.7) < 1e-9)
+    }
+
+    @Test("cumulative exponential points become deltas across a scale change (no reset, nothing counted twice); a new start time is a reset")
+    func cumulativeAcrossScales() throws {
+        var o = fed()
+        func export(start: UInt64, scale: Int64, _ positive: (Int64, [UInt64]), sum: Double) throws {
+            let outcome = try o.export(PB.request([PB.exponential("d", temporality: 2, start: start, scale: scale,
+                                                                  positive: (positive.0, positive.1), sum: sum)])).get()
+            #expect(outcome.rejectedPoints == 0)
+        }
+        // scale 1: 2 in (1, 1.414], 1 in (1.414, 2] → le 2.5
+        try export(start: 5, scale: 1, (0, [2, 1]), sum: 3.9)
+        #expect(try buckets(o, "d").buckets == [0, 3, 0, 0, 0])
+        // the SDK downscaled to 0: (1, 2] now holds 4 (one more), (4, 8] holds 2 (new) → le 2.5 +1, le 10 +2
+        try export(start: 5, scale: 0, (0, [4, 0, 2]), sum: 16.4)
+        var h = try buckets(o, "d")
+        #expect(h.buckets == [0, 4, 0, 2, 0])
+        #expect(h.count == 6)
+        #expect(abs(h.sum - 16.4) < 1e-9)
+        // restarted (new start time): its point counts whole
+        try export(start: 9, scale: 0, (0, [1]), sum: 1.5)
+        h = try buckets(o, "d")
+        #expect(h.buckets == [0, 5, 0, 2, 0])
+        #expect(abs(h.sum - 17.9) < 1e-9)
+        // a point whose scale went up compares at the coarser scale: (1, 1.414] at scale 1 is (1, 2] at 0
+        #expect(CumulativeStreams.difference(ExponentialBuckets(scale: 1, positive: [3, 0, 0, 2]),
+                                             ExponentialBuckets(scale: 0, positive: [2, 1]))
+                == ExponentialBuckets(scale: 0, positive: [1, 1]))
+        // a count that went down is a reset
+        #expect(CumulativeStreams.difference(ExponentialBuckets(positive: [1]), ExponentialBuckets(positive: [2])) == nil)
+        #expect(CumulativeStreams.difference(ExponentialBuckets(positiveOffset: 1, positive: [5]), ExponentialBuckets(positive: [2])) == nil)
+    }
+
+    @Test("without a sum each observation counts at its bucket's upper bound; negative and zero buckets count too")
+    func noSumAndNegatives() throws {
+        var o = fed()
+        _ = try o.export(PB.request([PB.exponential("n", temporality: 1, scale: 0, zeroCount: 2, positive: (1, [1]),
+                                                    negative: (0, [3]), sum: nil)])).get()
+        let h = try buckets(o, "n")
+        #expect(h.buckets == [5, 0, 1, 0, 0])  // zero and [-2, -1) → le 1; (2, 4] → le 5
+        #expect(h.count == 6)
+        #expect(h.sum == 5 * 1 + 5)
+    }
+
+    @Test("limits: more than 1,024 buckets a side or 2,097,152 a request, a scale outside -10...20, no temporality, overflowing counts: refused and counted")
+    func limits() throws {
+        var o = fed()
+        let tooMany = PB.exponential("l", temporality: 1, scale: 0, positive: (0, [UInt64](repeating: 1, count: 1_025)), sum: 1)
+        let badScale = PB.exponential("l", temporality: 1, scale: 21, positive: (0, [1]), sum: 1)
+        let unspecified = PB.exponential("l", temporality: 0, scale: 0, positive: (0, [1]), sum: 1)
+        let huge = PB.exponential("l", temporality: 1, scale: 0, positive: (0, [1 << 40]), sum: 1)
+        let good = PB.exponential("l", temporality: 1, scale: 0, positive: (0, [UInt64](repeating: 1, count: 1_024)), sum: 1)
+        let outcome = try o.export(PB.request([tooMany, badScale, unspecified, huge, good])).get()
+        #expect(outcome.rejectedPoints == 4)
+        #expect(o.otlp.statistics.rejected[.tooManyBuckets] == 1)
+        #expect(o.otlp.statistics.rejected[.badValue] == 3)
+        #expect(try buckets(o, "l").count == 1_024)
+        // 2,050 points of 1,024 + 1,024 buckets: those past the request's 2,097,152 buckets are refused
+        let full = PB.exponential("m", temporality: 1, scale: 0, positive: (0, [UInt64](repeating: 0, count: 1_024)),
+                                  negative: (0, [UInt64](repeating: 0, count: 1_024)), sum: 0)
+        var points: [[UInt8]] = []
+        for _ in 0..<1_025 { points.append(full) }
+        let request = try PB.request(points + points).withUnsafeBytes { try OTLPDecoder().decode($0).get() }
+        #expect(request.points.count == 1_024 && request.refused == Array(repeating: .tooManyBuckets, count: 1_026))
+        #expect(request.exponentialBuckets == OTLPDecoder.maxExponentialBucketsPerRequest)
+        // (1, 2] and (2, 4] of 2^63 each, in le 2.5 and le 5; the sum moves the second onto the first: refused, no trap
+        let straddling = PB.exponential("l", temporality: 1, scale: 0, positive: (0, [1 << 63, 1 << 63]), sum: 1)
+        #expect(try o.export(PB.request([straddling])).get().rejectedPoints == 1)
+        #expect(o.otlp.statistics.rejected[.badValue] == 4)
+    }
+}
+
+@Suite struct OTLPResourceLabelTests {
+    func kv(_ key: String, _ value: String) -> [UInt8] { PB.bytes(1, PB.string(1, key) + PB.bytes(2, PB.string(1, value))) }
+
+    @Test("no resource attribute is a label by default; selected ones are, sanitized, in their configured order; a point attribute wins a clash")
+    func selected() throws {
+        let host = kv("host.name", "node-1") + kv("deployment.environment", "prod")
+        let body = PB.request(service: "seed", resource: host, [PB.gauge("g", [PB.point(1, attributes: [("peer", "p")])]),
+                                                                PB.gauge("h", [PB.point(2, attributes: [("host_name", "mine")])])])
+        var o = OTLPFed()
+        _ = try o.export(body).get()
+        #expect(o.value("g", ["peer": "p"]) == 1)  // default: resource attributes are not labels
+        o = OTLPFed()
+        o.otlp.decoder.resourceAttributes = ["service.name", "host.name", "cloud.region"]  // cloud.region absent: no label
+        let request = try body.withUnsafeBytes { try o.otlp.decoder.decode($0).get() }
+        #expect(request.points[0].resourceAttributes.map { "\($0.key)=\($0.value)" } == ["service.name=seed", "host.name=node-1"])
+        _ = try o.export(body).get()
+        #expect(o.value("g", ["service_name": "seed", "host_name": "node-1", "peer": "p"]) == 1)
+        #expect(o.value("h", ["service_name": "seed", "host_name": "mine"]) == 2)
+    }
+
+    @Test("a selected resource attribute that cannot be a label refuses its resource's points; 16 labels in all at most")
+    func limits() throws {
+        var o = OTLPFed()
+        o.otlp.decoder.resourceAttributes = ["service.name", "tags"]
+        let array = PB.bytes(1, PB.string(1, "tags") + PB.bytes(2, PB.bytes(5, [])))
+        var outcome = try o.export(PB.request(resource: array, [PB.gauge("g", [PB.point(1), PB.point(2)])])).get()
+        #expect(outcome.rejectedPoints == 2 && o.otlp.statistics.rejected[.badAttribute] == 2)
+        #expect(o.fed.store.families.first { $0.name == "g" } == nil)
+        let fifteen = (0..<15).map { ("k\($0)", "v") }
+        outcome = try o.export(PB.request([PB.gauge("g", [PB.point(1, attributes: fifteen)])])).get()  // 1 + 15 = 16
+        #expect(outcome.rejectedPoints == 0)
+        outcome = try o.export(PB.request([PB.gauge("g", [PB.point(1, attributes: fifteen + [("k15", "v")])])])).get()
+        #expect(outcome.rejectedPoints == 1 && o.otlp.statistics.rejected[.tooManyAttributes] == 1)
     }
 }

@@ -53,6 +53,14 @@ struct ConfigurationTests {
         #expect(empty.store.metrics == base.store.metrics)
     }
 
+    @Test("otlp_resource_labels: absent means none; a list of attribute keys is kept as given; a change waits for a restart")
+    func otlpResourceLabels() throws {
+        #expect(try decode("{}").configuration.otlpResourceLabels == [])
+        let c = try decode(#"{"otlp_resource_labels": ["service.name", "host.name"]}"#).configuration
+        #expect(c.otlpResourceLabels == ["service.name", "host.name"])
+        #expect(c.keysKeptUntilRestart(running: base, existingMetrics: []) == ["otlp_resource_labels"])
+    }
+
     @Test("metric entries override the catalog's by exposed name and add new ones")
     func metrics() throws {
         let c = try decode("""
@@ -71,7 +79,7 @@ struct ConfigurationTests {
     @Test("a schema error is one line naming the key and the reason")
     func errors() {
         let cases: [(String, String)] = [
-            (#"{"limitz": {}}"#, "unknown key limitz (known: allowed_gids, allowed_uids, default_buckets, default_ttl_seconds, limits, listen, metrics, otlp, receive_buffer_bytes, socket, socket_mode, state_file, track_process_gauges, udp)"),
+            (#"{"limitz": {}}"#, "unknown key limitz (known: allowed_gids, allowed_uids, default_buckets, default_ttl_seconds, limits, listen, metrics, otlp, otlp_resource_labels, receive_buffer_bytes, socket, socket_mode, state_file, track_process_gauges, udp)"),
             (#"{"limits": {"max_seriez": 1}}"#, "unknown key limits.max_seriez (known: idle_timeout_seconds, max_http_connections, max_http_head_bytes, max_http_headers, max_label_value_length, max_labels_per_series, max_memory_bytes, max_series, max_series_per_metric, max_tracked_processes, request_timeout_seconds)"),
             (#"{"limits": {"max_series": "many"}}"#, "limits.max_series must be a whole number from 1 to 100000000"),
             (#"{"limits": {"max_series": 0}}"#, "limits.max_series must be a whole number from 1 to 100000000"),
@@ -99,6 +107,12 @@ struct ConfigurationTests {
             (#"{"metrics": {"x": {"type": "counter", "process_scoped": true}}}"#, "metrics.x.process_scoped must be true or false, and only for gauges"),
             (#"{"metrics": {"x": {"type": "gauge", "colour": 1}}}"#, "unknown key metrics.x.colour (known: buckets, help, process_scoped, top_k, ttl_seconds, type)"),
             (#"{"metrics": {"1x": {"type": "gauge"}}}"#, "metrics.1x: not a valid metric name"),
+            (#"{"otlp_resource_labels": "service.name"}"#, "otlp_resource_labels must be a list of at most 16 attribute keys"),
+            (#"{"otlp_resource_labels": [\#((0...16).map { "\"k\($0)\"" }.joined(separator: ","))]}"#,
+             "otlp_resource_labels must be a list of at most 16 attribute keys"),
+            (#"{"otlp_resource_labels": [""]}"#, "otlp_resource_labels: '' cannot be a label name"),
+            (#"{"otlp_resource_labels": ["service.name", "service_name"]}"#,
+             "otlp_resource_labels: 'service.name' and 'service_name' are the same label service_name"),
             ("[1]", "top level must be an object"),
             ("{", "not JSON"),
         ]

@@ -45,6 +45,7 @@ struct ExampleConfigurationTests {
         #expect(d.defaultTTLSeconds == nil && s.defaultTTLSeconds == 3600)
         #expect(base.udpAddress == nil && file.udp?.description == "127.0.0.1:8125")
         #expect(base.otlpAddress == nil && file.otlp?.description == "127.0.0.1:4318")
+        #expect(base.otlpResourceLabels == [] && c.otlpResourceLabels == ["service.name"])
         #expect(base.stateFile == nil && file.stateFile == "/var/lib/p2pmetricsd/counters.state")
         #expect(d.metrics.allSatisfy { $0.ttlSeconds == nil })
     }

@@ -49,11 +49,12 @@ struct ByteKeyTableTests {
 
     @Test("the arena bound refuses a key that does not fit and stores nothing")
     func arenaBound() {
-        var table = ByteKeyTable(maxArenaBytes: 10)
-        #expect(insert(&table, Array("12345678".utf8), 1) == 0)
+        // Each key is stored after its 8-byte entry header (its length and value).
+        var table = ByteKeyTable(maxArenaBytes: 26)
+        #expect(insert(&table, Array("12345678".utf8), 1) == 8)
         #expect(!table.canStore(length: 3))
         #expect(insert(&table, Array("abc".utf8), 2) == nil)
-        #expect(table.count == 1 && table.arena.count == 8)
+        #expect(table.count == 1 && table.arena.count == 16)
         #expect(find(table, Array("abc".utf8)) == nil)
     }
 
@@ -88,9 +89,12 @@ struct HyperLogLogTests {
         #expect(abs(estimate((0..<100).map { "k\($0)" }) - 100) <= 5)
     }
 
-    @Test("large sets are within three standard errors (3 × 1.63 %)", arguments: [10_000, 100_000])
+    /// The seed changes every run, so the bound is four standard errors: three failed about once
+    /// in a few hundred runs (5.34 % seen at n = 10,000), a false failure is now about 1 in 16,000,
+    /// and a broken sketch is still far outside it.
+    @Test("large sets are within four standard errors (4 × 1.63 %)", arguments: [10_000, 100_000])
     func large(n: Int) {
         let error = abs(estimate((0..<n).lazy.map { "key-\($0)" }) - Double(n)) / Double(n)
-        #expect(error < 3 * 1.04 / 64, "n=\(n): relative error \(error)")
+        #expect(error < 4 * 1.04 / 64, "n=\(n): relative error \(error)")
     }
 }

@@ -441,22 +441,23 @@ struct MemoryBudgetTests {
     func arenaBoundary() {
         #expect(ByteKeyTable().maxArenaBytes == Int(UInt32.max))  // 32-bit offsets address it all
         #expect(ByteKeyTable(maxArenaBytes: .max).maxArenaBytes == Int(UInt32.max))
-        var table = ByteKeyTable(maxArenaBytes: 100)
+        // Each key takes its 30 bytes after an 8-byte entry header (its length and value).
+        var table = ByteKeyTable(maxArenaBytes: 125)
         let keys = (0..<4).map { i in [UInt8](repeating: UInt8(i), count: 30) }
         for (i, key) in keys.prefix(3).enumerated() {
-            key.withUnsafeBytes { #expect(table.insert($0, hash: ByteKeyTable.hash($0), value: Int32(i)) == i * 30) }
+            key.withUnsafeBytes { #expect(table.insert($0, hash: ByteKeyTable.hash($0), value: Int32(i)) == i * 38 + 8) }
         }
         keys[3].withUnsafeBytes { key in
             #expect(!table.canStore(length: 30))
             #expect(table.insert(key, hash: ByteKeyTable.hash(key), value: 3) == nil)
             #expect(table.find(key, hash: ByteKeyTable.hash(key)) == nil)
         }
-        #expect(table.count == 3 && table.arena.count == 90)
+        #expect(table.count == 3 && table.arena.count == 114)
         // Removing and compacting makes room again, at an offset inside the limit.
         keys[0].withUnsafeBytes { _ = table.remove($0, hash: ByteKeyTable.hash($0)) }
         table.compact { _, _ in }
         keys[3].withUnsafeBytes { key in
-            #expect(table.insert(key, hash: ByteKeyTable.hash(key), value: 3) == 60)
+            #expect(table.insert(key, hash: ByteKeyTable.hash(key), value: 3) == 84)
             #expect(table.find(key, hash: ByteKeyTable.hash(key)) == 3)
         }
     }
@@ -542,7 +543,9 @@ struct MemoryBudgetTests {
         }
         #expect(store.families.count == 1_000, "family slots are reused")
         #expect(store.families.allSatisfy { $0.series.isEmpty && $0.name.isEmpty })
-        #expect(footprints[19] == footprints[2], "\(footprints)")
+        // Removed keys' arena bytes are reclaimed by compaction every few rounds: the footprint
+        // cycles, and its peak in the later rounds is no higher than in the first ones.
+        #expect((footprints[10...].max() ?? .max) <= (footprints[..<10].max() ?? 0), "\(footprints)")
         // A released name comes back as a fresh family.
         store.apply(datagram([(.gaugeSet, "churn_0_0_with_a_long_metric_name", [], .unsigned(7))]))
         #expect(store.gauge("churn_0_0_with_a_long_metric_name") == 7)

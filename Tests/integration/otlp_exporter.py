@@ -3,13 +3,16 @@
 Usage: otlp_exporter.py ENDPOINT cumulative|delta STEP...
 Each STEP is `imports:N:artifact_type:status` (counter add), `active:N` (up-down counter add),
 `duration:SECONDS` (histogram record, the catalog's bounds through a View) or `flush` (one export, waited for). The process exits after a final shutdown export.
+With P2PM_HISTOGRAM=exponential in the environment, `p2p.transfer.duration` is exported as an
+exponential histogram instead (an ExponentialBucketHistogramAggregation View, the SDK's defaults).
 """
+import os
 import sys
 
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, ObservableCounter, ObservableGauge, ObservableUpDownCounter, UpDownCounter
 from opentelemetry.sdk.metrics.export import AggregationTemporality, PeriodicExportingMetricReader
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, ExponentialBucketHistogramAggregation, View
 
 # The catalog's bounds of p2p.transfer.duration (Sources/P2PMetricsStore/Catalog.swift).
 TRANSFER_DURATION_BOUNDS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
@@ -23,9 +26,9 @@ exporter = OTLPMetricExporter(
 )
 # Exports only when flushed (the interval is longer than any test).
 reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
-provider = MeterProvider(metric_readers=[reader], views=[
-    View(instrument_name="p2p.transfer.duration", aggregation=ExplicitBucketHistogramAggregation(TRANSFER_DURATION_BOUNDS)),
-])
+aggregation = (ExponentialBucketHistogramAggregation() if os.environ.get("P2PM_HISTOGRAM") == "exponential"
+               else ExplicitBucketHistogramAggregation(TRANSFER_DURATION_BOUNDS))
+provider = MeterProvider(metric_readers=[reader], views=[View(instrument_name="p2p.transfer.duration", aggregation=aggregation)])
 meter = provider.get_meter("p2p.seed")
 imports = meter.create_counter("p2p.image.imports.total", description="Total number of P2P image imports")
 active = meter.create_up_down_counter("p2p.transfers.active", description="Transfers in progress")

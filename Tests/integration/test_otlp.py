@@ -39,10 +39,11 @@ def post(port: int, body: bytes, content_type: str = "application/x-protobuf", e
     return result
 
 
-def run_exporter(port: int, instance: str, temporality: str, *steps: str) -> subprocess.Popen:
+def run_exporter(port: int, instance: str, temporality: str, *steps: str, **env_extra: str) -> subprocess.Popen:
     """One seed process; `instance` is its service.instance.id (the SDK draws a random one per
     process otherwise: a restarted process would be a new stream, not a reset of its old one)."""
     env = dict(os.environ, OTEL_RESOURCE_ATTRIBUTES=f"service.name=seed,service.instance.id={instance}")
+    env.update(env_extra)
     return subprocess.Popen([sys.executable, str(EXPORTER), f"http://127.0.0.1:{port}/v1/metrics", temporality, *steps],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
@@ -89,6 +90,79 @@ def test_otel_sdk_cumulative_and_delta_processes_with_a_restart_give_exact_total
     # The same series through text StatsD: one store, the counts add.
     otlp.send(b"p2p.image.imports.total:2|c|#artifact_type:image,status:success")
     assert otlp.wait_for("p2p_image_imports_total", 17, artifact_type="image", status="success") == 17
+
+
+def test_otel_sdk_exponential_histograms_land_in_the_catalogs_buckets_with_exact_counts_and_sum(otlp):
+    """`p2p.transfer.duration` exported by the real SDK as an exponential histogram (its default
+    ExponentialBucketHistogramAggregation) from a cumulative process — whose second export has
+    downscaled from scale 20 to 4 — and a delta one: re-bucketed into the catalog's explicit
+    bounds, every bucket count, the count and the sum exact; nothing counted twice across the
+    scale change; the cumulative process restarted adds its new observation."""
+    port = otlp.otlp_port
+    cumulative = run_exporter(port, "a", "cumulative", "duration:0.7", "flush", "duration:0.9", "duration:7", "duration:45",
+                              "flush", P2PM_HISTOGRAM="exponential")
+    delta = run_exporter(port, "b", "delta", "duration:700", "duration:0.3", "flush", P2PM_HISTOGRAM="exponential")
+    finish(cumulative)
+    finish(delta)
+    expected = {"0.25": 0, "0.5": 1, "1": 3, "5": 3, "10": 4, "30": 4, "60": 5, "600": 5, "+Inf": 6}
+    for le, count in expected.items():
+        assert otlp.value("p2p_transfer_duration_bucket", peer_type="seed", le=le) == count, le
+    assert otlp.value("p2p_transfer_duration_count", peer_type="seed") == 6
+    assert abs(otlp.value("p2p_transfer_duration_sum", peer_type="seed") - (0.7 + 0.9 + 7 + 45 + 700 + 0.3)) < 1e-9
+    # The cumulative process restarts (same resource, new start time, back at scale 20): a reset of
+    # its stream, its one new observation adds.
+    finish(run_exporter(port, "a", "cumulative", "duration:3", "flush", P2PM_HISTOGRAM="exponential"))
+    assert otlp.value("p2p_transfer_duration_bucket", peer_type="seed", le="2.5") == 3
+    assert otlp.value("p2p_transfer_duration_bucket", peer_type="seed", le="5") == 4
+    assert otlp.value("p2p_transfer_duration_count", peer_type="seed") == 7
+    assert abs(otlp.value("p2p_transfer_duration_sum", peer_type="seed") - (0.7 + 0.9 + 7 + 45 + 700 + 0.3 + 3)) < 1e-9
+    for reason in ("unsupported_type", "bad_value", "bucket_mismatch", "too_many_buckets"):
+        assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason=reason) == 0, reason
+    assert otlp.value("p2pmetricsd_otlp_points_received_total") >= 3
+    text = otlp.scrape_text()
+    assert promtool_problems(text) == [] and problems(text, openmetrics=False) == []
+
+
+def test_selected_resource_attributes_become_labels_through_the_real_sdk(tmp_path):
+    """`otlp_resource_labels: ["service.name", "host.name"]`: the SDK's Resource (from
+    OTEL_RESOURCE_ATTRIBUTES) labels every series of the process as `service_name`, `host_name`;
+    other resource attributes (`service.instance.id`) stay out. Two hosts, two series, exact
+    totals. A SIGHUP with another list keeps the running one until a restart, and says so."""
+    import json
+    import signal
+    import time
+
+    config = tmp_path / "p2pmetricsd.json"
+    config.write_text(json.dumps({"otlp_resource_labels": ["service.name", "host.name"]}))
+    port = free_port()
+    d = start_daemon(tmp_path, "--config", str(config), "--otlp", f"127.0.0.1:{port}")
+    try:
+        def attributes(host: str) -> str:
+            return f"service.name=seed,service.instance.id={host}-1,host.name={host}"
+
+        one = run_exporter(port, "x", "cumulative", "imports:2:image:success", "flush", "imports:1:image:success", "flush",
+                           OTEL_RESOURCE_ATTRIBUTES=attributes("node-1"))
+        two = run_exporter(port, "x", "delta", "imports:5:image:success", "duration:0.7", "flush",
+                           OTEL_RESOURCE_ATTRIBUTES=attributes("node-2"))
+        finish(one)
+        finish(two)
+        labels = {"artifact_type": "image", "status": "success", "service_name": "seed"}
+        assert d.value("p2p_image_imports_total", host_name="node-1", **labels) == 3
+        assert d.value("p2p_image_imports_total", host_name="node-2", **labels) == 5
+        assert d.value("p2p_transfer_duration_count", host_name="node-2", service_name="seed", peer_type="seed") == 1
+        assert "service_instance_id" not in d.scrape_text()
+        assert d.value("p2p_image_imports_total", artifact_type="image", status="success") is None  # no unlabelled series
+
+        config.write_text(json.dumps({"otlp_resource_labels": ["service.name"]}))
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "kept until a restart: otlp_resource_labels" not in d.log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "kept until a restart: otlp_resource_labels" in d.log_path.read_text()
+        finish(run_exporter(port, "x", "delta", "imports:4:image:success", "flush", OTEL_RESOURCE_ATTRIBUTES=attributes("node-1")))
+        assert d.value("p2p_image_imports_total", host_name="node-1", **labels) == 7
+    finally:
+        assert d.stop() == 0
 
 
 def test_a_restart_under_a_new_instance_id_is_a_new_stream_whose_counts_add(otlp):
@@ -184,6 +258,35 @@ def test_otlp_json_maps_like_protobuf(otlp):
     assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason="bad_attribute") == 1
     status, _ = post(otlp.otlp_port, b"{not json", content_type="application/json")
     assert status == 400
+
+
+def test_otlp_json_exponential_histogram_maps_like_protobuf(otlp):
+    """An ExponentialHistogram in OTLP/JSON (zeroCount and bucketCounts as strings, the scale as a
+    number, offsets as a string or a number): re-bucketed into the catalog's bounds like a protobuf one; a scale
+    outside -10...20 is a refused point."""
+    import json
+
+    def request(scale: int) -> bytes:
+        # scale -1 (base 4): zero bucket ×1; positive offset -1: (0.25, 1] ×2, (1, 4] ×1, (4, 16] ×1;
+        # negative offset 0: [-4, -1) ×1; max 9 — into the catalog's bounds: le 0.01 (0, −1), le 1, le 5, le 10 (9, not 16)
+        return json.dumps({"resourceMetrics": [{"scopeMetrics": [{"metrics": [{
+            "name": "p2p.transfer.duration", "exponentialHistogram": {"aggregationTemporality": 1, "dataPoints": [{
+                "attributes": [{"key": "peer_type", "value": {"stringValue": "json"}}],
+                "startTimeUnixNano": "1000", "timeUnixNano": "2000", "count": "6", "sum": 11.5, "scale": scale,
+                "zeroCount": "1", "positive": {"offset": "-1", "bucketCounts": ["2", "1", "1"]},
+                "negative": {"offset": 0, "bucketCounts": ["1"]}, "min": -2, "max": 9}]}}]}]}]}).encode()
+
+    status, body = post(otlp.otlp_port, request(-1), content_type="application/json")
+    assert status == 200 and json.loads(body) == {}
+    expected = {"0.01": 2, "0.5": 2, "1": 4, "2.5": 4, "5": 5, "10": 6, "+Inf": 6}
+    for le, count in expected.items():
+        assert otlp.value("p2p_transfer_duration_bucket", peer_type="json", le=le) == count, le
+    assert otlp.value("p2p_transfer_duration_count", peer_type="json") == 6
+    assert abs(otlp.value("p2p_transfer_duration_sum", peer_type="json") - 11.5) < 1e-9
+    status, body = post(otlp.otlp_port, request(21), content_type="application/json")
+    assert status == 200 and json.loads(body)["partialSuccess"]["rejectedDataPoints"] == "1"
+    assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason="bad_value") == 1
+    assert otlp.value("p2p_transfer_duration_count", peer_type="json") == 6
 
 
 def test_a_stalled_export_body_times_out_and_never_holds_up_datagrams(tmp_path):

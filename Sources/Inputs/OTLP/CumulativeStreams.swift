@@ -1,4 +1,4 @@
-/// Turns cumulative OTLP sums into deltas, per stream (resource, scope, metric, point attributes).
+/// Turns cumulative OTLP sums and histograms into deltas, per stream (resource, scope, metric, point attributes).
 ///
 /// - The first point of a monotonic stream counts whole when it has a start time (its value is the
 ///   delta since that start: a new process's first export); without a start time it only sets
@@ -26,6 +26,8 @@ public struct CumulativeStreams: Sendable {
         var seen: UInt32
         /// A histogram stream's last bucket counts.
         var buckets: [UInt64] = []
+        /// An exponential histogram stream's last point.
+        var exponential: ExponentialBuckets?
         /// An up-down stream's series (name, labels), for its withdrawal.
         var series: (name: String, labels: [(String, String)])?
     }
@@ -45,6 +47,7 @@ public struct CumulativeStreams: Sendable {
 
     private static func cost(_ key: [UInt8], _ entry: Entry) -> Int {
         96 + key.count + entry.buckets.count * 8
+            + (entry.exponential.map { 64 + ($0.positive.count + $0.negative.count) * 8 } ?? 0)
             + (entry.series.map { $0.name.utf8.count + $0.labels.reduce(0) { $0 + $1.0.utf8.count + $1.1.utf8.count + 32 } } ?? 0)
     }
 
@@ -102,6 +105,58 @@ public struct CumulativeStreams: Sendable {
         return delta
     }
 
+    /// The delta of one cumulative exponential histogram point (its buckets and sum; nil sums
+    /// stay nil), with the monotonic rules of `delta(stream:start:buckets:sum:now:)`. The previous
+    /// point and this one are compared at the coarser of their scales (buckets merged exactly,
+    /// index >> difference), so a scale change between points is no reset; the delta has that
+    /// scale. A bucket (or the zero count) lower than before, or a previous bucket this point no
+    /// longer covers, is a reset: this point counts whole. nil when the stream is new and the
+    /// table is full.
+    public mutating func delta(stream key: [UInt8], start: UInt64, exponential point: ExponentialBuckets, sum: Double?, now: UInt32)
+        -> (buckets: ExponentialBuckets, sum: Double?)? {
+        guard var entry = entries[key] else {
+            guard admit(key, Entry(start: start, last: sum ?? 0, seen: now, exponential: point)) else { return nil }
+            guard start == 0 else { return (point, sum) }
+            var empty = point
+            empty.zeroCount = 0
+            empty.positive = []
+            empty.negative = []
+            return (empty, sum.map { _ in 0 })
+        }
+        var delta: (buckets: ExponentialBuckets, sum: Double?) = (point, sum)
+        if start == entry.start, let previous = entry.exponential,
+           let difference = Self.difference(point, previous) {
+            delta = (difference, sum.map { $0 - entry.last })
+        }
+        let before = Self.cost(key, entry)
+        entry = Entry(start: start, last: sum ?? 0, seen: now, exponential: point)
+        bytes += Self.cost(key, entry) - before
+        entries[key] = entry
+        return delta
+    }
+
+    /// `current − previous` at the coarser of their scales; nil when some count went down (a reset).
+    static func difference(_ current: ExponentialBuckets, _ previous: ExponentialBuckets) -> ExponentialBuckets? {
+        let scale = min(current.scale, previous.scale)
+        let merged = current.downscaled(to: scale)
+        var out = merged
+        guard merged.zeroCount >= previous.zeroCount else { return nil }
+        out.zeroCount = merged.zeroCount - previous.zeroCount
+        func subtract(_ counts: inout [UInt64], offset: Int, _ old: [UInt64], oldOffset: Int, shift: Int) -> Bool {
+            for (i, count) in old.enumerated() where count > 0 {
+                let at = ((oldOffset + i) >> shift) - offset
+                guard counts.indices.contains(at), counts[at] >= count else { return false }
+                counts[at] -= count
+            }
+            return true
+        }
+        let shift = previous.scale - scale
+        guard subtract(&out.positive, offset: out.positiveOffset, previous.positive, oldOffset: previous.positiveOffset, shift: shift),
+              subtract(&out.negative, offset: out.negativeOffset, previous.negative, oldOffset: previous.negativeOffset, shift: shift)
+        else { return nil }
+        return out
+    }
+
     /// Forgets the streams not seen for `ttlSeconds`; returns the up-down ones' withdrawals.
     public mutating func expire(now: UInt32) -> [Withdrawal] {
         var withdrawals: [Withdrawal] = []
@@ -114,5 +169,26 @@ public struct CumulativeStreams: Sendable {
             return false
         }
         return withdrawals
+    }
+}
+
+extension ExponentialBuckets {
+    /// The same observations at `scale` (≤ this scale): bucket i becomes bucket i >> difference,
+    /// an exact merge.
+    func downscaled(to scale: Int) -> ExponentialBuckets {
+        let shift = self.scale - scale
+        guard shift > 0 else { return self }
+        func merge(_ counts: [UInt64], _ offset: Int) -> (Int, [UInt64]) {
+            guard !counts.isEmpty else { return (offset >> shift, []) }
+            let first = offset >> shift
+            var out = [UInt64](repeating: 0, count: ((offset + counts.count - 1) >> shift) - first + 1)
+            for (i, c) in counts.enumerated() { out[((offset + i) >> shift) - first] &+= c }
+            return (first, out)
+        }
+        var out = self
+        out.scale = scale
+        (out.positiveOffset, out.positive) = merge(positive, positiveOffset)
+        (out.negativeOffset, out.negative) = merge(negative, negativeOffset)
+        return out
     }
 }

@@ -17,14 +17,18 @@ public enum OTLPPointRejection: String, Error, Sendable, CaseIterable {
     case badAttribute = "bad_attribute"
     /// More than 16 attributes on one point.
     case tooManyAttributes = "too_many_attributes"
-    /// ExponentialHistogram and Summary points (not mapped), a metric without data.
+    /// Summary points (not mapped), a metric without data.
     case unsupportedType = "unsupported_type"
-    /// Unspecified temporality, a missing or non-finite value, a negative monotonic delta.
+    /// Unspecified temporality, a missing or non-finite value, a negative monotonic delta, an
+    /// exponential histogram's scale outside -10...20.
     case badValue = "bad_value"
     /// The request carried more than `maxPointsPerRequest` points: the rest are refused.
     case tooManyPoints = "too_many_points"
     /// A histogram point whose explicit bounds differ from its metric's (configured or first seen).
     case bucketMismatch = "bucket_mismatch"
+    /// An exponential histogram point with more than `OTLPDecoder.maxExponentialBuckets` buckets on a
+    /// side, or past `OTLPDecoder.maxExponentialBucketsPerRequest` in its request.
+    case tooManyBuckets = "too_many_buckets"
     /// A new cumulative stream while the stream table is full.
     case streamTableFull = "stream_table_full"
     /// The store refused the sample (a type clash with the metric's existing type, series limits).
@@ -40,7 +44,7 @@ public struct OTLPDecodeError: Error, Sendable, Equatable {
 /// One number data point of an OTLP request, with what identifies its stream.
 public struct OTLPNumberPoint: Sendable {
     public enum Shape: Sendable, Equatable {
-        case monotonicSum, nonMonotonicSum, gauge, histogram
+        case monotonicSum, nonMonotonicSum, gauge, histogram, exponentialHistogram
     }
     /// The metric's name as sent (not sanitized).
     public var metric: String
@@ -48,6 +52,9 @@ public struct OTLPNumberPoint: Sendable {
     public var temporality: OTLPTemporality
     /// The point's attributes as label pairs (keys not sanitized), values rendered as text.
     public var attributes: [(key: String, value: String)]
+    /// The attributes of the point's Resource that `OTLPDecoder.resourceAttributes` selects, in
+    /// that order (keys not sanitized).
+    public var resourceAttributes: [(key: String, value: String)] = []
     /// A digest of the encoded Resource and InstrumentationScope the point came with: the rest of
     /// its stream identity.
     public var origin: [UInt8]
@@ -57,25 +64,61 @@ public struct OTLPNumberPoint: Sendable {
     /// A histogram point's buckets: counts (one more than bounds) and explicit upper bounds.
     public var bucketCounts: [UInt64] = []
     public var bounds: [Double] = []
+    /// An exponential histogram point's buckets (its sum is `value`, nil when the point has none).
+    public var exponential: ExponentialBuckets?
+}
+
+/// The buckets of an OTLP ExponentialHistogramDataPoint. Positive bucket `offset + i` holds the
+/// observations in (base^(offset+i), base^(offset+i+1)], negative bucket `offset + i` those in
+/// [−base^(offset+i+1), −base^(offset+i)), with base = 2^(2^−scale); the zero bucket holds
+/// [−zeroThreshold, zeroThreshold].
+public struct ExponentialBuckets: Sendable, Equatable {
+    public var scale: Int = 0
+    public var zeroCount: UInt64 = 0
+    public var zeroThreshold: Double = 0
+    public var positiveOffset: Int = 0
+    public var positive: [UInt64] = []
+    public var negativeOffset: Int = 0
+    public var negative: [UInt64] = []
+    /// The largest observation, when the point says (an upper bound of every bucket's values).
+    public var max: Double?
+
+    public init(scale: Int = 0, zeroCount: UInt64 = 0, zeroThreshold: Double = 0, positiveOffset: Int = 0, positive: [UInt64] = [],
+                negativeOffset: Int = 0, negative: [UInt64] = [], max: Double? = nil) {
+        self.scale = scale
+        self.zeroCount = zeroCount
+        self.zeroThreshold = zeroThreshold
+        self.positiveOffset = positiveOffset
+        self.positive = positive
+        self.negativeOffset = negativeOffset
+        self.negative = negative
+        self.max = max
+    }
 }
 
 /// A decoded ExportMetricsServiceRequest: the points it carries and the ones refused while decoding.
 public struct OTLPRequest: Sendable {
     public var points: [OTLPNumberPoint] = []
     public var refused: [OTLPPointRejection] = []
+    /// Exponential histogram buckets the accepted points carry.
+    public var exponentialBuckets = 0
 }
 
 /// A hand-written decoder of the subset of OTLP metrics the sidecar maps (opentelemetry-proto
 /// `metrics/v1`, `collector/metrics/v1`): ExportMetricsServiceRequest → ResourceMetrics →
-/// ScopeMetrics → Metric {name, gauge, sum} → NumberDataPoint {attributes, start and end time,
-/// as_double, as_int}. Unknown fields are skipped; the nesting is fixed by the schema (no
+/// ScopeMetrics → Metric {name, gauge, sum, histogram, exponential_histogram} → their data
+/// points. Unknown fields are skipped; the nesting is fixed by the schema (no
 /// recursion into attribute arrays or lists), and points per request, attributes per point and
 /// attribute sizes are bounded.
 public struct OTLPDecoder: Sendable {
     public var maxPointsPerRequest: Int
+    /// The resource attributes whose values become labels of every point of their resource
+    /// (`otlp_resource_labels`); none by default.
+    public var resourceAttributes: [String]
 
-    public init(maxPointsPerRequest: Int = 10_000) {
+    public init(maxPointsPerRequest: Int = 10_000, resourceAttributes: [String] = []) {
         self.maxPointsPerRequest = maxPointsPerRequest
+        self.resourceAttributes = resourceAttributes
     }
 
     public func decode(_ bytes: UnsafeRawBufferPointer) -> Result<OTLPRequest, OTLPDecodeError> {
@@ -106,14 +149,56 @@ public struct OTLPDecoder: Sendable {
                 return OTLPDecodeError("malformed resource_metrics")
             }
         }
+        let labels: Result<[(key: String, value: String)], OTLPPointRejection>
+        switch selectedAttributes(bytes, resource) {
+        case nil: return OTLPDecodeError("malformed resource")
+        case .some(let selected): labels = selected
+        }
         for scope in scopes {
-            if let error = decodeScopeMetrics(bytes, scope, resource: resource, into: &request) { return error }
+            if let error = decodeScopeMetrics(bytes, scope, resource: resource, labels: labels, into: &request) { return error }
         }
         return nil
     }
 
+    /// The Resource's attributes (field 1) that `resourceAttributes` selects, in its order: nil
+    /// when malformed, a refusal when a selected one cannot be a label (all the resource's points
+    /// are refused with it). Attributes not selected are not read.
+    private func selectedAttributes(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>)
+        -> Result<[(key: String, value: String)], OTLPPointRejection>? {
+        guard !resourceAttributes.isEmpty else { return .success([]) }
+        var found: [String: String] = [:]
+        var refusal: OTLPPointRejection?
+        var reader = ProtobufReader(bytes, range: range)
+        while !reader.isAtEnd {
+            guard let (field, wire) = reader.readKey() else { return nil }
+            guard field == 1 && wire == 2 else {
+                guard reader.skip(wire) else { return nil }
+                continue
+            }
+            guard let kv = reader.readLengthDelimited() else { return nil }
+            var inner = ProtobufReader(bytes, range: kv)
+            var key: String?
+            while !inner.isAtEnd, key == nil {
+                guard let (f, w) = inner.readKey() else { return nil }
+                if f == 1 && w == 2 {
+                    guard let r = inner.readLengthDelimited() else { return nil }
+                    key = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[r]), as: UTF8.self)
+                } else if !inner.skip(w) {
+                    return nil
+                }
+            }
+            guard let key, resourceAttributes.contains(key) else { continue }
+            var pairs: [(key: String, value: String)] = []
+            guard Self.addAttribute(bytes, kv, to: &pairs, refusal: &refusal) else { return nil }
+            if let pair = pairs.first { found[pair.key] = pair.value }
+        }
+        if let refusal { return .failure(refusal) }
+        return .success(resourceAttributes.compactMap { key in found[key].map { (key, $0) } })
+    }
+
     private func decodeScopeMetrics(
-        _ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, resource: Range<Int>, into request: inout OTLPRequest
+        _ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, resource: Range<Int>,
+        labels: Result<[(key: String, value: String)], OTLPPointRejection>, into request: inout OTLPRequest
     ) -> OTLPDecodeError? {
         var scope: Range<Int> = range.lowerBound..<range.lowerBound
         var metrics: [Range<Int>] = []
@@ -136,13 +221,14 @@ public struct OTLPDecoder: Sendable {
             hasher.combine(scope.count)
         }
         for metric in metrics {
-            if let error = decodeMetric(bytes, metric, origin: origin, into: &request) { return error }
+            if let error = decodeMetric(bytes, metric, origin: origin, resourceLabels: labels, into: &request) { return error }
         }
         return nil
     }
 
     private func decodeMetric(
-        _ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, origin: [UInt8], into request: inout OTLPRequest
+        _ bytes: UnsafeRawBufferPointer, _ range: Range<Int>, origin: [UInt8],
+        resourceLabels: Result<[(key: String, value: String)], OTLPPointRejection>, into request: inout OTLPRequest
     ) -> OTLPDecodeError? {
         var name = ""
         var data: (field: UInt64, range: Range<Int>)?
@@ -165,7 +251,7 @@ public struct OTLPDecoder: Sendable {
             return nil
         }
         // Gauge, Sum, Histogram, ExponentialHistogram and Summary all carry data_points as field 1;
-        // Sum has aggregation_temporality 2 and is_monotonic 3 (Histogram: temporality 2).
+        // Sum has aggregation_temporality 2 and is_monotonic 3 (the histograms: temporality 2).
         var points: [Range<Int>] = []
         var temporality: UInt64 = 0
         var monotonic = false
@@ -191,6 +277,7 @@ public struct OTLPDecoder: Sendable {
         case 5: shape = .gauge
         case 7: shape = monotonic ? .monotonicSum : .nonMonotonicSum
         case 9: shape = .histogram
+        case 10: shape = .exponentialHistogram
         default:
             request.refused.append(contentsOf: repeatElement(.unsupportedType, count: points.count))
             return nil
@@ -200,16 +287,31 @@ public struct OTLPDecoder: Sendable {
                 request.refused.append(.tooManyPoints)
                 continue
             }
-            switch shape == .histogram ? decodeHistogramPoint(bytes, point) : decodeNumberPoint(bytes, point) {
+            let decodedPoint = switch shape {
+            case .histogram: decodeHistogramPoint(bytes, point)
+            case .exponentialHistogram: decodeExponentialPoint(bytes, point)
+            default: decodeNumberPoint(bytes, point)
+            }
+            switch decodedPoint {
             case .failure(.decode(let error)): return error
             case .failure(.refused(let reason)): request.refused.append(reason)
             case .success(let decoded):
+                let buckets = decoded.exponential.map { $0.positive.count + $0.negative.count } ?? 0
+                guard request.exponentialBuckets + buckets <= Self.maxExponentialBucketsPerRequest else {
+                    request.refused.append(.tooManyBuckets)
+                    continue
+                }
+                guard case .success(let resourceAttributes) = resourceLabels else {
+                    if case .failure(let reason) = resourceLabels { request.refused.append(reason) }
+                    continue
+                }
+                request.exponentialBuckets += buckets
                 request.points.append(OTLPNumberPoint(
                     metric: name, shape: shape,
                     temporality: shape == .gauge ? .unspecified : OTLPTemporality(rawValue: temporality) ?? .unspecified,
-                    attributes: decoded.attributes, origin: origin,
+                    attributes: decoded.attributes, resourceAttributes: resourceAttributes, origin: origin,
                     startTimeUnixNano: decoded.start, timeUnixNano: decoded.time, value: decoded.value,
-                    bucketCounts: decoded.buckets, bounds: decoded.bounds))
+                    bucketCounts: decoded.buckets, bounds: decoded.bounds, exponential: decoded.exponential))
             }
         }
         return nil
@@ -221,7 +323,7 @@ public struct OTLPDecoder: Sendable {
     }
 
     private typealias DecodedPoint = (attributes: [(key: String, value: String)], start: UInt64, time: UInt64, value: Double?,
-                                      buckets: [UInt64], bounds: [Double])
+                                      buckets: [UInt64], bounds: [Double], exponential: ExponentialBuckets?)
 
     /// Most explicit bounds one histogram point may carry.
     public static let maxBounds = 256
@@ -229,7 +331,7 @@ public struct OTLPDecoder: Sendable {
     /// A HistogramDataPoint: attributes 9, start 2, time 3, sum 5 (the point's `value`),
     /// bucket_counts 6 and explicit_bounds 7 (packed or not); count 4 is implied by the buckets.
     private func decodeHistogramPoint(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Result<DecodedPoint, PointFailure> {
-        var point: DecodedPoint = ([], 0, 0, nil, [], [])
+        var point: DecodedPoint = ([], 0, 0, nil, [], [], nil)
         var refusal: OTLPPointRejection?
         var reader = ProtobufReader(bytes, range: range)
         let malformed = PointFailure.decode(OTLPDecodeError("malformed histogram data point"))
@@ -252,14 +354,8 @@ public struct OTLPDecoder: Sendable {
                     if field == 6 { point.buckets.append(bits) } else { point.bounds.append(Double(bitPattern: bits)) }
                 }
             case (9, 2):
-                guard let r = reader.readLengthDelimited() else { return .failure(malformed) }
-                guard refusal == nil else { continue }
-                switch Self.attribute(bytes, r) {
-                case nil: return .failure(malformed)
-                case .some(nil): refusal = .badAttribute
-                case .some(.some(let pair)):
-                    if point.attributes.count >= Self.maxAttributesPerPoint { refusal = .tooManyAttributes } else { point.attributes.append(pair) }
-                }
+                guard let r = reader.readLengthDelimited(),
+                      Self.addAttribute(bytes, r, to: &point.attributes, refusal: &refusal) else { return .failure(malformed) }
             default:
                 guard reader.skip(wire) else { return .failure(malformed) }
             }
@@ -274,7 +370,7 @@ public struct OTLPDecoder: Sendable {
     }
 
     private func decodeNumberPoint(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Result<DecodedPoint, PointFailure> {
-        var point: DecodedPoint = ([], 0, 0, nil, [], [])
+        var point: DecodedPoint = ([], 0, 0, nil, [], [], nil)
         var refusal: OTLPPointRejection?
         var reader = ProtobufReader(bytes, range: range)
         while !reader.isAtEnd {
@@ -290,16 +386,8 @@ public struct OTLPDecoder: Sendable {
                 }
             case (7, 2):  // attributes
                 guard let r = reader.readLengthDelimited() else { return .failure(.decode(OTLPDecodeError("truncated attribute"))) }
-                guard refusal == nil else { continue }
-                switch Self.attribute(bytes, r) {
-                case nil: return .failure(.decode(OTLPDecodeError("malformed attribute")))
-                case .some(nil): refusal = .badAttribute
-                case .some(.some(let pair)):
-                    if point.attributes.count >= Self.maxAttributesPerPoint {
-                        refusal = .tooManyAttributes
-                    } else {
-                        point.attributes.append(pair)
-                    }
+                guard Self.addAttribute(bytes, r, to: &point.attributes, refusal: &refusal) else {
+                    return .failure(.decode(OTLPDecodeError("malformed attribute")))
                 }
             default:
                 guard reader.skip(wire) else { return .failure(.decode(OTLPDecodeError("malformed data point"))) }
@@ -307,6 +395,110 @@ public struct OTLPDecoder: Sendable {
         }
         if let refusal { return .failure(.refused(refusal)) }
         return .success(point)
+    }
+
+    /// Adds the KeyValue at `range` to `attributes`, or sets `refusal` (not a label, one too
+    /// many); after a refusal the rest are only skipped. False when the KeyValue is malformed.
+    private static func addAttribute(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>,
+                                     to attributes: inout [(key: String, value: String)], refusal: inout OTLPPointRejection?) -> Bool {
+        guard refusal == nil else { return true }
+        switch attribute(bytes, range) {
+        case nil: return false
+        case .some(nil): refusal = .badAttribute
+        case .some(.some(let pair)):
+            if attributes.count >= maxAttributesPerPoint { refusal = .tooManyAttributes } else { attributes.append(pair) }
+        }
+        return true
+    }
+
+    /// Most buckets one side (positive or negative) of an exponential histogram point may carry
+    /// (the SDKs' default is 160).
+    public static let maxExponentialBuckets = 1_024
+    /// Most exponential histogram buckets one request may carry (as many as the explicit-bucket
+    /// histograms of the largest body can): bounds the decoded request's memory (16 MiB) and the
+    /// time re-bucketing takes.
+    public static let maxExponentialBucketsPerRequest = 1 << 21
+    /// The scales the OpenTelemetry specification defines for exponential histograms.
+    public static let exponentialScales = -10...20
+
+    /// An ExponentialHistogramDataPoint: attributes 1, start 2, time 3, sum 5 (the point's `value`,
+    /// optional), scale 6 (sint32), zero_count 7, positive 8 and negative 9 (Buckets: offset 1,
+    /// sint32; bucket_counts 2, varints, packed or not), max 13, zero_threshold 14; count 4 is
+    /// implied by the buckets, min 12 is not needed.
+    private func decodeExponentialPoint(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> Result<DecodedPoint, PointFailure> {
+        var point: DecodedPoint = ([], 0, 0, nil, [], [], nil)
+        var buckets = ExponentialBuckets()
+        var refusal: OTLPPointRejection?
+        var reader = ProtobufReader(bytes, range: range)
+        let malformed = PointFailure.decode(OTLPDecodeError("malformed exponential histogram data point"))
+        while !reader.isAtEnd {
+            guard let (field, wire) = reader.readKey() else { return .failure(malformed) }
+            switch (field, wire) {
+            case (1, 2):
+                guard let r = reader.readLengthDelimited(),
+                      Self.addAttribute(bytes, r, to: &point.attributes, refusal: &refusal) else { return .failure(malformed) }
+            case (2, 1), (3, 1), (5, 1), (7, 1), (13, 1), (14, 1):
+                guard let bits = reader.readFixed64() else { return .failure(malformed) }
+                switch field {
+                case 2: point.start = bits
+                case 3: point.time = bits
+                case 5: point.value = Double(bitPattern: bits)
+                case 7: buckets.zeroCount = bits
+                case 13: buckets.max = Double(bitPattern: bits)
+                default: buckets.zeroThreshold = Double(bitPattern: bits)
+                }
+            case (6, 0):
+                guard let v = reader.readVarint() else { return .failure(malformed) }
+                let scale = Varint.unzigzag(v)
+                guard Self.exponentialScales.contains(Int(scale)) else { refusal = refusal ?? .badValue; continue }
+                buckets.scale = Int(scale)
+            case (8, 2), (9, 2):
+                guard let r = reader.readLengthDelimited(), let side = Self.exponentialSide(bytes, r) else { return .failure(malformed) }
+                guard let side else { refusal = refusal ?? .tooManyBuckets; continue }
+                if field == 8 { (buckets.positiveOffset, buckets.positive) = side } else { (buckets.negativeOffset, buckets.negative) = side }
+            default:
+                guard reader.skip(wire) else { return .failure(malformed) }
+            }
+        }
+        if let refusal { return .failure(.refused(refusal)) }
+        guard buckets.zeroThreshold.isFinite, buckets.zeroThreshold >= 0, buckets.max.map({ !$0.isNaN }) ?? true else {
+            return .failure(.refused(.badValue))
+        }
+        point.exponential = buckets
+        return .success(point)
+    }
+
+    /// One side's Buckets {offset 1 (sint32), bucket_counts 2}: nil when malformed, `.some(nil)`
+    /// when it has more than `maxExponentialBuckets` counts.
+    private static func exponentialSide(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) -> (offset: Int, counts: [UInt64])?? {
+        var offset = 0
+        var counts: [UInt64] = []
+        var tooMany = false
+        var reader = ProtobufReader(bytes, range: range)
+        func add(_ count: UInt64) {
+            if counts.count < maxExponentialBuckets { counts.append(count) } else { tooMany = true }
+        }
+        while !reader.isAtEnd {
+            guard let (field, wire) = reader.readKey() else { return nil }
+            switch (field, wire) {
+            case (1, 0):
+                guard let v = reader.readVarint(), let o = Int32(exactly: Varint.unzigzag(v)) else { return nil }
+                offset = Int(o)
+            case (2, 0):
+                guard let v = reader.readVarint() else { return nil }
+                add(v)
+            case (2, 2):  // packed
+                guard let r = reader.readLengthDelimited() else { return nil }
+                var packed = ProtobufReader(bytes, range: r)
+                while !packed.isAtEnd {
+                    guard let v = packed.readVarint() else { return nil }
+                    add(v)
+                }
+            default:
+                guard reader.skip(wire) else { return nil }
+            }
+        }
+        return .some(tooMany ? nil : (offset, counts))
     }
 
     /// Attributes one point may carry (the protocol's labels per series).

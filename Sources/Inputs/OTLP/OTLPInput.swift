@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import P2PMetricsInputStatsD
 import P2PMetricsStore
 import P2PMetricsWire
@@ -6,9 +9,10 @@ import P2PMetricsWire
 /// sample records and counts the points it read and refused.
 ///
 /// Mapping: a monotonic Sum is a counter, a non-monotonic Sum a gauge (adds), a Gauge a gauge
-/// (sets). Delta points add; cumulative points go through `CumulativeStreams` first. Metric names
-/// and attribute keys are sanitized as StatsD names and tags are (dots become underscores in the
-/// exposition); resource attributes are not labels.
+/// (sets), a Histogram a histogram, an ExponentialHistogram a histogram with the metric's explicit
+/// bounds (`rebucket`). Delta points add; cumulative points go through `CumulativeStreams` first.
+/// Metric names and attribute keys are sanitized as StatsD names and tags are (dots become
+/// underscores in the exposition); resource attributes are labels only when the decoder selects them.
 public struct OTLPInput: Sendable {
     /// What this input counted, exposed as the `p2pmetricsd_otlp_*` self-metrics.
     public private(set) var statistics = OTLPInputStatistics()
@@ -122,15 +126,17 @@ public struct OTLPInput: Sendable {
     }
 
     private mutating func samples(for point: OTLPNumberPoint, store: MetricStore) -> Result<Samples, OTLPPointRejection> {
-        guard point.shape == .histogram else {
+        switch point.shape {
+        case .histogram, .exponentialHistogram: return histogramSamples(for: point, store: store)
+        default:
             return sample(for: point, now: store.now).map { Samples(name: $0.name, labels: $0.labels, values: [($0.kind, $0.value, 1)]) }
         }
-        return histogramSamples(for: point, store: store)
     }
 
-    /// A histogram point as weighted observations, one per non-empty bucket: each at a value inside
-    /// its bucket, chosen so that value × count summed over the buckets is the point's sum (as
-    /// nearly as the buckets allow). Bounds must equal the metric's (configured, or its family's).
+    /// A histogram point as weighted observations: one per non-empty bucket, counted at its upper
+    /// bound but kept out of `_sum`, and the point's sum added to `_sum` alone (`HistogramWeight`),
+    /// so that buckets, `_count` and `_sum` move by exactly what the point says. The bounds are the metric's (configured, or its family's): an
+    /// explicit-bucket point's must equal them, an exponential point is re-bucketed into them.
     private mutating func histogramSamples(for point: OTLPNumberPoint, store: MetricStore) -> Result<Samples, OTLPPointRejection> {
         let name: String, labels: [(String, String)]
         switch Self.series(of: point, histogram: true) {
@@ -141,60 +147,189 @@ public struct OTLPInput: Sendable {
         let bounds = store.families.first { $0.name == exposed && $0.type == .histogram }?.buckets
             ?? store.configuration.metrics.first { Names.exposedName($0.name.utf8) == exposed }?.buckets
             ?? store.configuration.defaultBuckets
-        guard point.bounds == bounds else { return .failure(.bucketMismatch) }
-        guard let sum = point.value, sum.isFinite else { return .failure(.badValue) }
-        var counts = point.bucketCounts
-        var total = sum
-        switch point.temporality {
-        case .unspecified: return .failure(.badValue)
-        case .delta: break
-        case .cumulative:
-            guard let delta = streams.delta(stream: Self.streamKey(point), start: point.startTimeUnixNano, buckets: counts,
-                                            sum: sum, now: store.now) else { return .failure(.streamTableFull) }
-            (counts, total) = delta
+        if point.temporality == .unspecified { return .failure(.badValue) }
+        if let sum = point.value, !sum.isFinite { return .failure(.badValue) }
+        var counts: [UInt64]
+        var total: Double
+        if let exponential = point.exponential {
+            var buckets = exponential
+            var sum = point.value
+            if point.temporality == .cumulative {
+                guard let delta = streams.delta(stream: Self.streamKey(point), start: point.startTimeUnixNano, exponential: buckets,
+                                                sum: sum, now: store.now) else { return .failure(.streamTableFull) }
+                (buckets, sum) = delta
+            }
+            guard let rebucketed = Self.rebucket(buckets, into: bounds) else { return .failure(.badValue) }
+            counts = rebucketed.counts
+            if let sum {
+                Self.fitSum(&counts, rebucketed.straddlers, bounds: bounds, sum: sum)
+                total = sum
+            } else {
+                // Without a sum (the SDKs omit it once negative values were recorded), each
+                // observation counts at its bucket's upper bound.
+                total = counts.indices.reduce(0) { $0 + Double(counts[$1]) * ($1 < bounds.count ? bounds[$1] : (bounds.last ?? 0).nextUp) }
+            }
+        } else {
+            guard point.bounds == bounds else { return .failure(.bucketMismatch) }
+            counts = point.bucketCounts
+            total = point.value ?? 0
+            if point.temporality == .cumulative {
+                guard let delta = streams.delta(stream: Self.streamKey(point), start: point.startTimeUnixNano, buckets: counts,
+                                                sum: total, now: store.now) else { return .failure(.streamTableFull) }
+                (counts, total) = delta
+            }
         }
-        guard counts.allSatisfy({ $0 <= UInt64(UInt32.max) }) else { return .failure(.badValue) }
-        let values = Self.representatives(counts: counts, bounds: bounds, sum: total)
-        return .success(Samples(name: name, labels: labels, values: counts.indices.compactMap { i in
-            counts[i] == 0 ? nil : (.histogramObserve, SampleValue(canonical: values[i]), UInt32(counts[i]))
-        }))
+        guard counts.allSatisfy({ $0 <= UInt64(HistogramWeight.maxCount) }) else { return .failure(.badValue) }
+        // Each bucket's count at its upper bound, kept out of `_sum`; then the point's sum as one
+        // uncounted addition, so `_sum` moves by exactly the number the exporter summed.
+        var values: [(SampleKind, SampleValue, UInt32)] = counts.indices.compactMap { i in
+            let upper = i < bounds.count ? bounds[i] : (bounds.last ?? 0).nextUp
+            return counts[i] == 0 ? nil : (.histogramObserve, SampleValue(canonical: upper), UInt32(counts[i]) | HistogramWeight.countOnly)
+        }
+        if !values.isEmpty || total != 0 { values.append((.histogramObserve, SampleValue(canonical: total), HistogramWeight.sumOnly)) }
+        return .success(Samples(name: name, labels: labels, values: values))
     }
 
-    /// A value inside each bucket (bucket i is (bounds[i-1], bounds[i]]) such that Σ counts[i] ×
-    /// value[i] is `sum` when the buckets allow it: every bucket starts at its upper end (the +Inf
-    /// bucket just above the last bound), then the difference is taken from the top bucket down
-    /// to each bucket's lower end, or given to the +Inf bucket.
-    static func representatives(counts: [UInt64], bounds: [Double], sum: Double) -> [Double] {
-        var values = counts.indices.map { i in i < bounds.count ? bounds[i] : (bounds.last ?? 0).nextUp }
-        var difference = sum - zip(counts, values).reduce(0) { $0 + Double($1.0) * $1.1 }
-        if difference > 0, let last = counts.indices.last, counts[last] > 0 {
-            values[last] += difference / Double(counts[last])
-            return values
-        }
-        for i in counts.indices.reversed() where counts[i] > 0 && difference < 0 {
-            let lowest = i == 0 ? -Double.greatestFiniteMagnitude : bounds[i - 1].nextUp
-            let step = max(difference / Double(counts[i]), lowest - values[i])
-            values[i] += step
-            difference -= step * Double(counts[i])
-        }
-        return values
+    /// Observations of one exponential bucket that straddles explicit bounds: counted in explicit
+    /// bucket `upper`, they may belong as low as `lowest`.
+    struct Straddler: Equatable {
+        var count: UInt64
+        var upper: Int
+        var lowest: Int
     }
 
-    /// The point's metric name and labels, sanitized as StatsD names and tags are; the last of
-    /// attribute keys that sanitize alike wins, as with StatsD tags.
+    /// An exponential histogram's counts re-bucketed into explicit `bounds` (bucket i is
+    /// (bounds[i-1], bounds[i]], the last one +Inf): every exponential bucket's count goes whole
+    /// into the explicit bucket that holds its upper boundary — base^(index+1) for a positive
+    /// bucket, −base^index for a negative one, the zero threshold for the zero bucket — or the
+    /// point's max when that is lower. Counts stay exact; an observation is never placed in a
+    /// bucket below its own (a bucket that straddles a bound counts in the upper one, and is
+    /// listed in `straddlers` for `fitSum`). nil when an explicit bucket's count passes 2^32 − 1.
+    static func rebucket(_ e: ExponentialBuckets, into bounds: [Double]) -> (counts: [UInt64], straddlers: [Straddler])? {
+        var counts = [UInt64](repeating: 0, count: bounds.count + 1)
+        var straddlers: [Straddler] = []
+        var overflow = false
+        /// The first explicit bucket whose bound is ≥ `value`, else +Inf's.
+        func bucket(_ value: Double) -> Int {
+            first(in: bounds.count) { bounds[$0] >= value }
+        }
+        let highest = e.max.map(bucket) ?? bounds.count
+        /// `count` observations that belong in explicit buckets `lowest...at` (clamped by the max).
+        func add(_ count: UInt64, at upper: Int, lowest: Int) {
+            guard count > 0 else { return }
+            let at = Swift.min(upper, highest)
+            let (sum, o) = counts[at].addingReportingOverflow(count)
+            counts[at] = sum
+            overflow = overflow || o
+            if lowest < at { straddlers.append(Straddler(count: count, upper: at, lowest: lowest)) }
+        }
+        add(e.zeroCount, at: bucket(e.zeroThreshold), lowest: bucket(-e.zeroThreshold))
+        // Per explicit bound, the last exponential index whose upper boundary lies at or below it
+        // (or strictly below): one log2 per bound and point; per bucket, indexes that only move
+        // forward.
+        let n = bounds.count
+        if e.positive.contains(where: { $0 > 0 }) {
+            let atOrBelow = bounds.map { Self.lastIndex(upTo: $0, scale: e.scale, strict: false) }
+            let below = bounds.map { Self.lastIndex(upTo: $0, scale: e.scale, strict: true) }
+            var at = 0, lowest = 0
+            for (i, count) in e.positive.enumerated() where count > 0 {
+                // (base^k, base^(k+1)]: placed where base^(k+1) ≤ bound, may be as low as base^k < bound
+                let k = e.positiveOffset + i
+                while at < n && atOrBelow[at] < k { at += 1 }
+                while lowest < n && below[lowest] < k - 1 { lowest += 1 }
+                add(count, at: at, lowest: lowest)
+            }
+        }
+        if e.negative.contains(where: { $0 > 0 }) {
+            // bound ≥ −base^j ⇔ base^j ≥ −bound ⇔ j > (the last index whose boundary is below −bound)
+            let below = bounds.map { $0 >= 0 ? Int.min : Self.lastIndex(upTo: -$0, scale: e.scale, strict: true) }
+            var at = 0, lowest = 0
+            for (i, count) in e.negative.enumerated().reversed() where count > 0 {
+                // [−base^(k+1), −base^k): placed where −base^k ≤ bound, may be as low as −base^(k+1)
+                let k = e.negativeOffset + i
+                while at < n && !(k - 1 > below[at]) { at += 1 }
+                while lowest < n && !(k > below[lowest]) { lowest += 1 }
+                add(count, at: at, lowest: lowest)
+            }
+        }
+        // A sample's weight is 32 bits; past that `fitSum` could overflow moving counts together.
+        return overflow || counts.contains(where: { $0 > UInt64(UInt32.max) }) ? nil : (counts, straddlers)
+    }
+
+    /// The first index of `0..<count` where the monotone `predicate` holds, else `count`.
+    private static func first(in count: Int, where predicate: (Int) -> Bool) -> Int {
+        var low = 0, high = count
+        while low < high {
+            let mid = (low + high) / 2
+            if predicate(mid) { high = mid } else { low = mid + 1 }
+        }
+        return low
+    }
+
+    /// The highest exponential bucket index k at `scale` whose upper boundary base^(k+1) is at
+    /// most `bound` (below it when `strict`). log2 gives it to within one; exp2 of the exact
+    /// exponent decides at a boundary (2^−scale is a power of two, so a bound that is a power of
+    /// two is exact). Int.min for a bound ≤ 0.
+    static func lastIndex(upTo bound: Double, scale: Int, strict: Bool) -> Int {
+        guard bound > 0 else { return Int.min }
+        let step = Double(sign: .plus, exponent: -scale, significand: 1)
+        func fits(_ k: Int) -> Bool {
+            let upper = exp2(Double(k + 1) * step)
+            return strict ? upper < bound : upper <= bound
+        }
+        // log2 of a finite positive double is within ±1075, times at most 2^20: no overflow.
+        var k = Int((log2(bound) * Double(sign: .plus, exponent: scale, significand: 1)).rounded(.down)) - 1
+        while fits(k + 1) { k += 1 }
+        while !fits(k) { k -= 1 }
+        return k
+    }
+
+    /// Moves straddling observations down, one explicit bucket at a time, only as far as needed
+    /// for `sum` to be reachable with every observation inside its bucket (when the counts'
+    /// lowest possible sum is above it). Each stays in an explicit bucket its exponential bucket
+    /// overlaps; moving a group one bucket down never takes the highest reachable sum below `sum`.
+    static func fitSum(_ counts: inout [UInt64], _ straddlers: [Straddler], bounds: [Double], sum: Double) {
+        /// The lowest value an observation in explicit bucket i can have.
+        func floor(_ i: Int) -> Double { i == 0 ? -.infinity : bounds[i - 1] }
+        var deficit = counts.indices.reduce(0.0) { $0 + (counts[$1] == 0 ? 0 : Double(counts[$1]) * floor($1)) } - sum
+        for s in straddlers where deficit > 0 {
+            var group = s.count
+            var at = s.upper
+            while deficit > 0, at > s.lowest {
+                let gain = floor(at) - floor(at - 1)
+                let needed = (deficit / gain).rounded(.up)
+                let moved = gain.isInfinite ? 1 : needed < Double(group) ? UInt64(needed) : group
+                counts[at] -= moved
+                counts[at - 1] += moved
+                deficit -= Double(moved) * gain
+                group = moved
+                at -= 1
+            }
+        }
+    }
+
+    /// The point's metric name and labels, sanitized as StatsD names and tags are: the selected
+    /// resource attributes first, then the point's attributes; the last of keys that sanitize
+    /// alike wins (a point attribute over a resource one), as with StatsD tags. At most
+    /// `OTLPDecoder.maxAttributesPerPoint` labels in all.
     private static func series(of point: OTLPNumberPoint, histogram: Bool) -> Result<(String, [(String, String)]), OTLPPointRejection> {
         guard let name = Array(point.metric.utf8).withUnsafeBytes({ StatsDTranscoder.sanitizedName($0[...]) }) else {
             return .failure(.badName)
         }
         var labels: [(String, String)] = []
-        for (key, value) in point.attributes {
-            guard let label = Array(key.utf8).withUnsafeBytes({ StatsDTranscoder.sanitizedLabelName($0[...], histogram: histogram) }) else {
-                return .failure(.badAttribute)
-            }
+        for (key, value) in point.resourceAttributes + point.attributes {
+            guard let label = labelName(forAttribute: key, histogram: histogram) else { return .failure(.badAttribute) }
             labels.removeAll { $0.0 == label }
             labels.append((label, value))
         }
+        guard labels.count <= OTLPDecoder.maxAttributesPerPoint else { return .failure(.tooManyAttributes) }
         return .success((name, labels))
+    }
+
+    /// The label an attribute key becomes (`service.name` → `service_name`, as StatsD tags are
+    /// sanitized); nil when it cannot be one.
+    public static func labelName(forAttribute key: String, histogram: Bool = false) -> String? {
+        Array(key.utf8).withUnsafeBytes { StatsDTranscoder.sanitizedLabelName($0[...], histogram: histogram) }
     }
 
     private typealias Sample = (kind: SampleKind, name: String, labels: [(String, String)], value: SampleValue)
@@ -209,7 +344,7 @@ public struct OTLPInput: Sendable {
         let kind: SampleKind
         var amount = value
         switch (point.shape, point.temporality) {
-        case (.histogram, _):
+        case (.histogram, _), (.exponentialHistogram, _):
             return .failure(.unsupportedType)  // histograms go through histogramSamples
         case (.gauge, _):
             kind = .gaugeSet
