@@ -17,7 +17,8 @@ sample on); the second half follows. Then, at one evaluation time T:
 
 * both daemons' /metrics hold exactly the workload's totals (the C client's helper semantics);
 * every `p2p_` series Prometheus holds is the same in both jobs, label set and value (the OTLP
-  histogram's `_sum` only to rounding: OTLP_SUM below, an open bug pinned by an expected failure);
+  histogram's `_sum` included: test_otlp_histogram_sum_of_exact_observations_is_exact found it
+  42.00000000000001 where the C client's is 42, fixed since);
 * the seed guide's queries, the contrib corrections and the dashboard's, as written (`[5m]`),
   give the same answers: instant ones exactly; ratios of rates and `histogram_quantile` of rates
   equal to 1e-12 (float rounding: the two jobs' scrape times differ, and rate() scales each job's
@@ -44,10 +45,6 @@ from test_contrib import PROMETHEUS, Prometheus
 SEED_PROCESS = Path(__file__).with_name("otlp_seed_process.py")
 TYPES = ("microvm", "container", "storepath", "closure")
 BOUNDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)  # the catalog's
-# The OTLP receiver's histogram _sum is exact only to rounding: it applies each bucket as weighted
-# observations at chosen values and the store adds value x weight, so a sum of quarter seconds
-# can come out as 42.00000000000001 (test_otlp_histogram_sum_of_exact_observations_is_exact).
-OTLP_SUM = ("p2p_transfer_duration_sum",)
 COUNTERS = ("p2p_image_imports_total", "p2p_image_imports_failed", "p2p_image_downloads_total",
             "p2p_image_downloads_failed", "p2p_bytes_transferred_total", "p2p_chunks_transferred_total",
             "p2p_chunks_deduplicated_total", "p2p_verification_success", "p2p_verification_failed", "p2p_cache_hits",
@@ -147,17 +144,11 @@ def p2p_series(daemon) -> dict[tuple[str, frozenset], float]:
     return {k: v for k, v in daemon.scrape().items() if k[0].startswith("p2p_")}
 
 
-def agree(got: dict, expected: dict, rounded: tuple[str, ...] = ()) -> bool:
-    """The same keys and values; the values of series named in `rounded` only to 1e-12."""
-    return got.keys() == expected.keys() and all(
-        got[k] == v or (k[0] in rounded and same(got[k], v, 1e-12)) for k, v in expected.items())
-
-
-def wait_for_series(daemon, expected: dict, rounded: tuple[str, ...] = (), timeout: float = 30.0) -> dict:
-    """Polls /metrics until its p2p_ series agree with `expected`; returns the last ones."""
+def wait_for_series(daemon, expected: dict, timeout: float = 30.0) -> dict:
+    """Polls /metrics until its p2p_ series are exactly `expected`; returns the last ones."""
     deadline = time.monotonic() + timeout
     got = p2p_series(daemon)
-    while not agree(got, expected, rounded) and time.monotonic() < deadline:
+    while got != expected and time.monotonic() < deadline:
         time.sleep(0.05)
         got = p2p_series(daemon)
     return got
@@ -268,6 +259,7 @@ EXACT = [
     "sum by (job) (p2p_bytes_transferred_total)",
     "sum by (job, verification_type) (p2p_verification_failed)",
     "histogram_quantile(0.9, sum by (job, le) (p2p_transfer_duration_bucket))",
+    "p2p_transfer_duration_sum / p2p_transfer_duration_count",
 ]
 RATIOS = [
     "(sum by (job) (rate(p2p_image_downloads_total[5m])) - sum by (job) (rate(p2p_image_downloads_failed[5m])))"
@@ -282,7 +274,6 @@ RATIOS = [
     "histogram_quantile(0.9, sum by (job, le) (rate(p2p_transfer_duration_bucket[5m])))",
     "histogram_quantile(0.99, sum by (job, le) (rate(p2p_transfer_duration_bucket[5m])))",
     "sum by (job, artifact_type) (rate(p2p_image_imports_failed[5m])) / sum by (job, artifact_type) (rate(p2p_image_imports_total[5m]))",
-    "p2p_transfer_duration_sum / p2p_transfer_duration_count",  # exact in the C job; OTLP_SUM
 ]
 RATES = [
     "rate(p2p_image_downloads_total[5m]) - rate(p2p_image_downloads_failed[5m])",  # guide 1, as written
@@ -330,12 +321,11 @@ def test_seed_queries_in_prometheus_answer_the_same_for_the_otel_sdk_and_the_c_c
         # C client's are process-scoped (A1's 2 were withdrawn when it exited: B's 1 remains);
         # an OTLP exporter has no process to watch, so A1's last export (2) stays until its
         # restarted instance exports (same service.instance.id: a reset of its stream) or the
-        # stream expires after 15 minutes. (The OTLP histogram's _sum is exact only to rounding:
-        # OTLP_SUM; the C client's is exact.)
+        # stream expires after 15 minutes.
         want = phase0 | {key("p2p_transfers_active"): 1}
         assert wait_for_series(c, want) == want
         want = phase0 | {key("p2p_transfers_active"): 3}
-        assert agree(wait_for_series(otlp, want, OTLP_SUM), want, OTLP_SUM)
+        assert wait_for_series(otlp, want) == want
 
         jobs = [{"job_name": job, "scrape_interval": "1s", "scrape_timeout": "1s",
                  "static_configs": [{"targets": [f"127.0.0.1:{d.port}"]}]} for job, d in (("otlp", otlp), ("c", c))]
@@ -351,7 +341,7 @@ def test_seed_queries_in_prometheus_answer_the_same_for_the_otel_sdk_and_the_c_c
             p.expect("waiting")
         expected = final | {key("p2p_transfers_active"): 1 + 2}  # A2's 1 (A1's 2 replaced, or withdrawn), B's 2
         assert wait_for_series(c, expected) == expected
-        assert agree(wait_for_series(otlp, expected, OTLP_SUM), expected, OTLP_SUM)
+        assert wait_for_series(otlp, expected) == expected
         assert otlp.value("p2pmetricsd_otlp_points_rejected_total", reason="bucket_mismatch") == 0
         assert otlp.value("p2pmetricsd_otlp_requests_rejected_total") == 0
         for d in (otlp, c):
@@ -367,7 +357,7 @@ def test_seed_queries_in_prometheus_answer_the_same_for_the_otel_sdk_and_the_c_c
         everything = {job: {(dict(k)["__name__"], k - {("__name__", dict(k)["__name__"])}): v for k, v in series.items()}
                       for job, series in instant(prom, '{__name__=~"p2p_.+"}', t, keep_name=True).items()}
         assert everything["c"] == expected
-        assert agree(everything["otlp"], everything["c"], OTLP_SUM)
+        assert everything["otlp"] == everything["c"]
 
         # Every counter's window: the same first and last values in both jobs, no reset, and each
         # job's rate() exactly Prometheus' extrapolation of that increase over its own samples.
@@ -421,12 +411,11 @@ def test_seed_queries_in_prometheus_answer_the_same_for_the_otel_sdk_and_the_c_c
         assert c.stop() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="found by the comparison test, open (Sources/Inputs/OTLP, representatives): "
-                   "the receiver applies a histogram point's buckets as weighted observations at chosen values, "
-                   "and value x weight rounds")
 def test_otlp_histogram_sum_of_exact_observations_is_exact(tmp_path):
     """The comparison's histogram as the four delta points its SDK processes export (quarter
-    seconds): the C client's _sum of the same 48 observations is exactly 42; OTLP's must be too."""
+    seconds): the C client's _sum of the same 48 observations is exactly 42; OTLP's must be too
+    (found by the comparison test as 42.00000000000001: buckets applied as weighted observations
+    at chosen values, value x weight rounding; fixed in Sources/Inputs/OTLP)."""
     import bisect
     import json
     import urllib.request

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, free_port, start_daemon
-from test_otlp_prometheus import OTLP_SUM, Process, agree, commands, key, totals, wait_for_series, workload
+from test_otlp_prometheus import Process, commands, key, totals, wait_for_series, workload
 
 PACKAGE = ROOT / "Tests" / "otel-swift"
 
@@ -63,8 +63,8 @@ def test_swift_otel_cumulative_and_delta_processes_with_a_restart_give_exact_tot
         # A swift-metrics Meter is exported as an OTLP Gauge (swift-metrics has no up-down
         # counter): the receiver sets it, so only one process may report it (here B: 2).
         expected = totals([w for _, _, words in events for w in words]) | {key("p2p_transfers_active"): 2}
-        got = wait_for_series(d, expected, OTLP_SUM)  # _sum exact only to rounding, as from the Python SDK
-        assert agree(got, expected, OTLP_SUM), {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+        got = wait_for_series(d, expected)
+        assert got == expected, {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
         assert d.value("p2pmetricsd_otlp_requests_rejected_total") == 0
         assert sum(v for (n, _), v in d.scrape().items() if n == "p2pmetricsd_otlp_points_rejected_total") == 0
     finally:
