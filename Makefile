@@ -90,6 +90,14 @@ test-rust:
 test-integration:
 	python3 -m pytest -q -p no:cacheprovider Tests/integration
 
+## The seed's metrics from Swift through swift-otel's OTLP/HTTP exporter (Tests/otel-swift, its own
+## package). Not part of `make test`: its first build (swift-otel, AsyncHTTPClient, SwiftNIO,
+## BoringSSL) took 16 minutes on the shared 2-core machine, twice the budget a clean CI run allows.
+.PHONY: test-swift-otel
+test-swift-otel: build
+	swift build --package-path Tests/otel-swift --product seed-otel
+	P2PM_SWIFT_OTEL=1 python3 -m pytest -q -p no:cacheprovider Tests/integration/test_otlp_swift_otel.py
+
 ## Runs the performance matrix (release daemon, load tools, in-process benchmarks) and prints one
 ## table; see Benchmarks/bench for its knobs (BENCH_SECONDS, BENCH_SKIP_SWIFT, BENCH_PROFILE...).
 bench: deps
