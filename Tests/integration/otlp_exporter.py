@@ -9,26 +9,13 @@ exponential histogram instead (an ExponentialBucketHistogramAggregation View, th
 import os
 import sys
 
-from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, ObservableCounter, ObservableGauge, ObservableUpDownCounter, UpDownCounter
-from opentelemetry.sdk.metrics.export import AggregationTemporality, PeriodicExportingMetricReader
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, ExponentialBucketHistogramAggregation, View
+from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 
-# The catalog's bounds of p2p.transfer.duration (Sources/P2PMetricsStore/Catalog.swift).
-TRANSFER_DURATION_BOUNDS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
+from otlp_seed_process import meter_provider
 
 endpoint, temporality, *steps = sys.argv[1:]
-kind = AggregationTemporality.DELTA if temporality == "delta" else AggregationTemporality.CUMULATIVE
-exporter = OTLPMetricExporter(
-    endpoint=endpoint,
-    preferred_temporality={instrument: kind for instrument in (Counter, UpDownCounter, Histogram, ObservableCounter,
-                                                               ObservableUpDownCounter, ObservableGauge)},
-)
-# Exports only when flushed (the interval is longer than any test).
-reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
-aggregation = (ExponentialBucketHistogramAggregation() if os.environ.get("P2PM_HISTOGRAM") == "exponential"
-               else ExplicitBucketHistogramAggregation(TRANSFER_DURATION_BOUNDS))
-provider = MeterProvider(metric_readers=[reader], views=[View(instrument_name="p2p.transfer.duration", aggregation=aggregation)])
+provider = meter_provider(endpoint, temporality,
+                          ExponentialBucketHistogramAggregation() if os.environ.get("P2PM_HISTOGRAM") == "exponential" else None)
 meter = provider.get_meter("p2p.seed")
 imports = meter.create_counter("p2p.image.imports.total", description="Total number of P2P image imports")
 active = meter.create_up_down_counter("p2p.transfers.active", description="Transfers in progress")

@@ -34,9 +34,10 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 TRANSFER_DURATION_BOUNDS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600]
 
 
-def meter_provider(endpoint: str, temporality: str) -> MeterProvider:
+def meter_provider(endpoint: str, temporality: str, histogram_aggregation=None) -> MeterProvider:
     """An SDK MeterProvider exporting OTLP/HTTP protobuf to `endpoint` with the given temporality
-    for every instrument, only when flushed (the export interval is longer than any test)."""
+    for every instrument, only when flushed (the export interval is longer than any test);
+    `p2p.transfer.duration` aggregated with `histogram_aggregation` (default: the catalog's bounds)."""
     kind = AggregationTemporality.DELTA if temporality == "delta" else AggregationTemporality.CUMULATIVE
     exporter = OTLPMetricExporter(
         endpoint=endpoint,
@@ -46,7 +47,7 @@ def meter_provider(endpoint: str, temporality: str) -> MeterProvider:
     reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
     return MeterProvider(metric_readers=[reader], views=[
         View(instrument_name="p2p.transfer.duration",
-             aggregation=ExplicitBucketHistogramAggregation(TRANSFER_DURATION_BOUNDS)),
+             aggregation=histogram_aggregation or ExplicitBucketHistogramAggregation(TRANSFER_DURATION_BOUNDS)),
     ])
 
 
