@@ -173,6 +173,16 @@ class Soak:
         path.write_text(json.dumps(cfg))
         return path
 
+    def terminate(self) -> int:
+        """SIGTERM, then the exit status; killed (counted as a violation) if still running after 60 s."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.v.add("SIGTERM: still running after 60 s, killed")
+            return self.proc.wait()
+
     def start_daemon(self) -> None:
         self.config = self.write_config()
         self.log_path = self.tmp / "p2pmetricsd.log"
@@ -605,15 +615,7 @@ class Soak:
                              if k[0] in ("p2p_bytes_transferred_total", "p2p_chunks_transferred_total",
                                          "p2p_image_downloads_total")}
         # SIGTERM: exit 0, the shutdown line counts every datagram, the state file is written.
-        rc = None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                rc = self.proc.wait()
-                self.v.add("SIGTERM: still running after 60 s, killed")
+        rc = self.terminate() if self.proc.poll() is None else None
         if rc != 0:
             self.v.add(f"exit status after SIGTERM: {rc}")
         logtext = self.log_path.read_text(errors="replace")
@@ -637,12 +639,7 @@ class Soak:
                 for k, g, v in bad[:10]:
                     self.v.add(f"restored {k[0]}{dict(k[1])} = {g}, expected {v}")
             finally:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    rc2 = self.proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    rc2 = self.proc.wait()
+                rc2 = self.terminate()
                 if rc2 != 0:
                     self.v.add(f"restarted daemon exit status {rc2}")
         # Figures.
