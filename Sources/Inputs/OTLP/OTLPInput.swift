@@ -167,7 +167,7 @@ public struct OTLPInput: Sendable {
             } else {
                 // Without a sum (the SDKs omit it once negative values were recorded), each
                 // observation counts at its bucket's upper bound.
-                total = counts.indices.reduce(0) { $0 + Double(counts[$1]) * ($1 < bounds.count ? bounds[$1] : (bounds.last ?? 0).nextUp) }
+                total = counts.indices.reduce(0) { $0 + Double(counts[$1]) * Self.upperValue(ofBucket: $1, bounds: bounds) }
             }
         } else {
             guard point.bounds == bounds else { return .failure(.bucketMismatch) }
@@ -183,11 +183,17 @@ public struct OTLPInput: Sendable {
         // Each bucket's count at its upper bound, kept out of `_sum`; then the point's sum as one
         // uncounted addition, so `_sum` moves by exactly the number the exporter summed.
         var values: [(SampleKind, SampleValue, UInt32)] = counts.indices.compactMap { i in
-            let upper = i < bounds.count ? bounds[i] : (bounds.last ?? 0).nextUp
-            return counts[i] == 0 ? nil : (.histogramObserve, SampleValue(canonical: upper), UInt32(counts[i]) | HistogramWeight.countOnly)
+            counts[i] == 0 ? nil
+                : (.histogramObserve, SampleValue(canonical: Self.upperValue(ofBucket: i, bounds: bounds)), UInt32(counts[i]) | HistogramWeight.countOnly)
         }
         if !values.isEmpty || total != 0 { values.append((.histogramObserve, SampleValue(canonical: total), HistogramWeight.sumOnly)) }
         return .success(Samples(name: name, labels: labels, values: values))
+    }
+
+    /// The highest value bucket `index` holds (bucket i is (bounds[i-1], bounds[i]]): its bound,
+    /// or just above the last bound for the +Inf bucket.
+    static func upperValue(ofBucket index: Int, bounds: [Double]) -> Double {
+        index < bounds.count ? bounds[index] : (bounds.last ?? 0).nextUp
     }
 
     /// Observations of one exponential bucket that straddles explicit bounds: counted in explicit
